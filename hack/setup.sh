@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs everything `make test`, `make bench` and `make cluster` need on a fresh
+# Debian 12 machine. Idempotent and fast when nothing is missing: it is run by every make
+# target that builds or tests.
+set -euo pipefail
+
+need_apt=()
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+
+# command -> Debian package
+declare -A packages=(
+  [ip]=iproute2
+  [unshare]=util-linux
+  [openssl]=openssl
+)
+for cmd in "${!packages[@]}"; do
+  have_cmd "$cmd" || need_apt+=("${packages[$cmd]}")
+done
+
+if ((${#need_apt[@]})); then
+  echo "setup: installing ${need_apt[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# Rust components and cargo tools.
+if have_cmd rustup; then
+  for component in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^${component}" \
+      || rustup component add "$component"
+  done
+fi
+have_cmd cargo-nextest || cargo install --locked cargo-nextest
+
+# Tools for `make fuzz-smoke` only: installing cargo-fuzz takes a minute, so only on demand.
+if [[ "${BASALT_SETUP_FUZZ:-0}" == 1 ]]; then
+  have_cmd cargo-fuzz || cargo install --locked cargo-fuzz
+fi

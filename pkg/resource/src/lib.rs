@@ -1,0 +1,51 @@
+//! The COSI resource model of Basalt.
+//!
+//! Everything a node knows is a typed resource: [`Metadata`] (identity, version, owner,
+//! phase, finalizers, labels) plus a spec implementing [`ResourceSpec`]. The state store
+//! keeps resources type-erased as [`AnyResource`]; controllers and clients work with the
+//! typed [`Resource<S>`]. Every type is described by a [`ResourceDefinitionSpec`] in a
+//! [`Registry`], so the API can list types and decode specs it was not compiled with.
+//!
+//! Domain resources live in one module per domain ([`config`], [`network`], [`runtime`],
+//! [`meta`]), mirrored by controllers of the same domain.
+
+mod error;
+mod metadata;
+mod registry;
+mod resource;
+mod selector;
+mod spec;
+
+pub mod config;
+pub mod meta;
+pub mod network;
+pub mod proto;
+pub mod runtime;
+
+pub use error::ResourceError;
+pub use metadata::{Kind, Metadata, Phase, ResourceKey};
+pub use registry::{Registry, ResourceDefinitionSpec};
+pub use resource::{AnyResource, Resource};
+pub use selector::{LabelQuery, LabelTerm};
+pub use spec::{Column, DynSpec, ResourceSpec};
+
+/// Namespaces every node has; a type names its default one in
+/// [`ResourceSpec::DEFAULT_NAMESPACE`].
+pub mod namespaces {
+    /// User-owned configuration resources.
+    pub const CONFIG: &str = "config";
+    /// Network state: links, addresses, hostname.
+    pub const NETWORK: &str = "network";
+    /// Facts about the running system: kernel command line, services.
+    pub const RUNTIME: &str = "runtime";
+    /// Secrets: never sent to a reader.
+    pub const SECRETS: &str = "secrets";
+    /// Kubernetes components.
+    pub const K8S: &str = "k8s";
+    /// Cluster membership.
+    pub const CLUSTER: &str = "cluster";
+    /// Resource definitions and other facts about the state itself.
+    pub const META: &str = "meta";
+    /// Resources that survive a reboot (backed by the STATE partition).
+    pub const PERSISTENT: &str = "persistent";
+}

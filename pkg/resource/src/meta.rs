@@ -1,0 +1,14 @@
+//! Meta domain: facts about the state itself, and the one place every built-in type is
+//! registered.
+
+pub use crate::registry::{PrintColumn, ResourceDefinitionSpec};
+use crate::{config, network, runtime, Registry, ResourceError};
+
+/// A registry with every built-in resource type.
+pub fn builtin_registry() -> Result<Registry, ResourceError> {
+    let mut registry = Registry::new();
+    registry.register::<config::HostnameConfigSpec>()?;
+    registry.register::<network::HostnameSpec>()?;
+    registry.register::<runtime::KernelCmdlineSpec>()?;
+    Ok(registry)
+}

@@ -1,0 +1,67 @@
+use std::any::Any;
+use std::fmt::Debug;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::ResourceError;
+
+/// A column that `osctl get` prints for a type: a header and a dotted path into the spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Column {
+    pub name: &'static str,
+    /// Dotted path into the spec, e.g. `hostname` or `args.0`.
+    pub path: &'static str,
+}
+
+/// The spec of a resource type.
+///
+/// `TYPE` is the plural, dotted, globally unique type name (`Hostnames.net.basalt.dev`).
+pub trait ResourceSpec:
+    Clone + PartialEq + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+    const TYPE: &'static str;
+    const DEFAULT_NAMESPACE: &'static str;
+    /// Sensitive resources are never sent to a client with the reader role.
+    const SENSITIVE: bool = false;
+    const ALIASES: &'static [&'static str] = &[];
+    const PRINT_COLUMNS: &'static [Column] = &[];
+}
+
+/// A type-erased spec: what the state store holds.
+pub trait DynSpec: Any + Debug + Send + Sync {
+    fn as_any(&self) -> &dyn Any;
+    fn type_name(&self) -> &'static str;
+    /// Deep equality with another spec (false when the types differ).
+    fn dyn_eq(&self, other: &dyn DynSpec) -> bool;
+    fn to_yaml(&self) -> Result<String, ResourceError>;
+    fn to_json_value(&self) -> Result<serde_json::Value, ResourceError>;
+}
+
+impl<S: ResourceSpec> DynSpec for S {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn type_name(&self) -> &'static str {
+        S::TYPE
+    }
+
+    fn dyn_eq(&self, other: &dyn DynSpec) -> bool {
+        other.as_any().downcast_ref::<S>() == Some(self)
+    }
+
+    fn to_yaml(&self) -> Result<String, ResourceError> {
+        serde_yaml_ng::to_string(self).map_err(|e| ResourceError::EncodeSpec {
+            type_name: S::TYPE.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn to_json_value(&self) -> Result<serde_json::Value, ResourceError> {
+        serde_json::to_value(self).map_err(|e| ResourceError::EncodeSpec {
+            type_name: S::TYPE.to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
