@@ -1,0 +1,474 @@
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+
+use basalt_resource::{
+    AnyResource, Kind, LabelQuery, Phase, Registry, Resource, ResourceKey, ResourceSpec,
+};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use crate::kind_store::KindStore;
+use crate::persistent::{LoadReport, PersistentStore};
+use crate::watch::{Event, Watch, WatchKindOptions, Watcher};
+use crate::{StateError, DEFAULT_WATCH_CAPACITY};
+
+/// The resource state of a node. Cheap to clone: clones share the same state.
+#[derive(Debug, Clone)]
+pub struct State {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// namespace -> type -> store; nested so lookups by `&str` allocate nothing.
+    kinds: RwLock<HashMap<String, HashMap<String, Arc<KindStore>>>>,
+    persistent: Option<(PersistentStore, Vec<String>)>,
+    watch_capacity: usize,
+}
+
+/// Options for opening a [`State`].
+#[derive(Debug)]
+pub struct StateBuilder {
+    watch_capacity: usize,
+    persistent: Option<(PathBuf, Vec<String>, Arc<Registry>)>,
+}
+
+impl StateBuilder {
+    /// How many events a watcher may fall behind before its watch is closed.
+    pub fn watch_capacity(mut self, capacity: usize) -> Self {
+        self.watch_capacity = capacity.max(1);
+        self
+    }
+
+    /// Stores the given namespaces in a crash-safe file at `path`, decoding what is there
+    /// with `registry`.
+    pub fn persistent(
+        mut self,
+        path: impl Into<PathBuf>,
+        namespaces: &[&str],
+        registry: Arc<Registry>,
+    ) -> Self {
+        let namespaces = namespaces.iter().map(|s| s.to_string()).collect();
+        self.persistent = Some((path.into(), namespaces, registry));
+        self
+    }
+
+    /// Opens the state, loading persistent namespaces from disk.
+    pub fn open(self) -> Result<(State, LoadReport), StateError> {
+        let mut report = LoadReport::default();
+        let mut loaded = Vec::new();
+        let persistent = match self.persistent {
+            None => None,
+            Some((path, namespaces, registry)) => {
+                let (store, resources, r) = PersistentStore::open(&path, &registry, &namespaces)?;
+                report = r;
+                loaded = resources;
+                Some((store, namespaces))
+            }
+        };
+        let state = State {
+            inner: Arc::new(Inner {
+                kinds: RwLock::new(HashMap::new()),
+                persistent,
+                watch_capacity: self.watch_capacity,
+            }),
+        };
+        for resource in loaded {
+            let store =
+                state.kind_store(&resource.metadata.namespace, &resource.metadata.type_name);
+            let id = resource.metadata.id.clone();
+            store.lock().resources.insert(id, Arc::new(resource));
+        }
+        Ok((state, report))
+    }
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a write does to the stored resource.
+#[allow(clippy::large_enum_variant)] // short-lived, one per write: boxing would cost an allocation
+enum Change {
+    Put(AnyResource),
+    Delete,
+    /// Nothing to store: the write would not change anything.
+    Keep,
+}
+
+impl State {
+    /// An in-memory state.
+    pub fn new() -> Self {
+        // Opening without persistence touches no disk and cannot fail.
+        match Self::builder().open() {
+            Ok((state, _)) => state,
+            Err(_) => unreachable!("an in-memory state opens without I/O"),
+        }
+    }
+
+    pub fn builder() -> StateBuilder {
+        StateBuilder {
+            watch_capacity: DEFAULT_WATCH_CAPACITY,
+            persistent: None,
+        }
+    }
+
+    fn find_store(&self, namespace: &str, type_name: &str) -> Option<Arc<KindStore>> {
+        let kinds = self.inner.kinds.read().unwrap_or_else(|p| p.into_inner());
+        kinds.get(namespace).and_then(|t| t.get(type_name)).cloned()
+    }
+
+    fn kind_store(&self, namespace: &str, type_name: &str) -> Arc<KindStore> {
+        if let Some(store) = self.find_store(namespace, type_name) {
+            return store;
+        }
+        let persistent = self
+            .inner
+            .persistent
+            .as_ref()
+            .is_some_and(|(_, namespaces)| namespaces.iter().any(|n| n == namespace));
+        let mut kinds = self.inner.kinds.write().unwrap_or_else(|p| p.into_inner());
+        kinds
+            .entry(namespace.to_string())
+            .or_default()
+            .entry(type_name.to_string())
+            .or_insert_with(|| Arc::new(KindStore::new(persistent)))
+            .clone()
+    }
+
+    /// One resource.
+    pub async fn get(&self, key: &ResourceKey) -> Result<Arc<AnyResource>, StateError> {
+        self.find_store(&key.namespace, &key.type_name)
+            .and_then(|s| s.lock().resources.get(&key.id).cloned())
+            .ok_or_else(|| StateError::NotFound(key.clone()))
+    }
+
+    /// Every resource of a kind whose labels match, ordered by id.
+    pub async fn list(
+        &self,
+        kind: &Kind,
+        selector: &LabelQuery,
+    ) -> Result<Vec<Arc<AnyResource>>, StateError> {
+        Ok(self
+            .find_store(&kind.namespace, &kind.type_name)
+            .map(|s| {
+                s.lock()
+                    .resources
+                    .values()
+                    .filter(|r| selector.matches(&r.metadata.labels))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Applies one write: `plan` looks at the current resource and says what to store.
+    /// The stored resource gets the next version and the current time as `updated`.
+    async fn write(
+        &self,
+        key: &ResourceKey,
+        plan: impl FnOnce(Option<&Arc<AnyResource>>) -> Result<Change, StateError>,
+    ) -> Result<Option<Arc<AnyResource>>, StateError> {
+        let store = self.kind_store(&key.namespace, &key.type_name);
+        let prepare = |current: Option<&Arc<AnyResource>>| -> Result<(Option<Arc<AnyResource>>, bool), StateError> {
+            match plan(current)? {
+                Change::Keep => Ok((current.cloned(), false)),
+                Change::Delete => Ok((None, true)),
+                Change::Put(mut next) => {
+                    let now = OffsetDateTime::now_utc();
+                    next.metadata.version = current.map_or(1, |c| c.metadata.version + 1);
+                    next.metadata.updated = now;
+                    if current.is_none() {
+                        next.metadata.created = now;
+                    }
+                    Ok((Some(Arc::new(next)), true))
+                }
+            }
+        };
+
+        if !store.persistent {
+            let mut inner = store.lock();
+            let current = inner.resources.get(&key.id).cloned();
+            let (next, changed) = prepare(current.as_ref())?;
+            if changed {
+                inner.apply(&key.id, current, next.clone());
+            }
+            return Ok(next);
+        }
+
+        // Persistent: one writer at a time per kind; the disk write happens before the
+        // change is visible, so an acknowledged write survives a crash.
+        let _writer = store.write_lock.lock().await;
+        let current = store.lock().resources.get(&key.id).cloned();
+        let (next, changed) = prepare(current.as_ref())?;
+        if changed {
+            let Some((disk, _)) = self.inner.persistent.clone() else {
+                unreachable!("a persistent kind exists only with a persistent store")
+            };
+            let disk_path = disk.path().display().to_string();
+            let record = next.clone();
+            let disk_key = key.clone();
+            tokio::task::spawn_blocking(move || match record {
+                Some(r) => disk.put(&r),
+                None => disk.delete(&disk_key),
+            })
+            .await
+            .map_err(|e| StateError::Persistence {
+                path: disk_path,
+                reason: format!("the disk writer failed: {e}"),
+            })??;
+            store.lock().apply(&key.id, current, next.clone());
+        }
+        Ok(next)
+    }
+
+    fn require_owner(current: &AnyResource, writer: &str) -> Result<(), StateError> {
+        if current.metadata.owner != writer {
+            return Err(StateError::OwnerConflict {
+                key: current.metadata.key(),
+                owner: current.metadata.owner.clone(),
+                writer: writer.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates a resource owned by `owner` (empty: user-owned), at version 1.
+    pub async fn create(
+        &self,
+        mut resource: AnyResource,
+        owner: &str,
+    ) -> Result<Arc<AnyResource>, StateError> {
+        check_spec_type(&resource)?;
+        let key = resource.metadata.key();
+        resource.metadata.owner = owner.to_string();
+        resource.metadata.phase = Phase::Running;
+        let stored = self
+            .write(&key, |current| match current {
+                Some(_) => Err(StateError::AlreadyExists(key.clone())),
+                None => Ok(Change::Put(resource)),
+            })
+            .await?;
+        stored.ok_or_else(|| StateError::NotFound(key.clone()))
+    }
+
+    /// Replaces the spec, labels and annotations of a resource. `resource.metadata.version`
+    /// must be the stored version (compare-and-swap); the writer must be the owner; a
+    /// resource being torn down cannot be updated. A write that changes nothing is not
+    /// stored and does not bump the version.
+    pub async fn update(
+        &self,
+        resource: AnyResource,
+        owner: &str,
+    ) -> Result<Arc<AnyResource>, StateError> {
+        check_spec_type(&resource)?;
+        let key = resource.metadata.key();
+        let stored = self
+            .write(&key, |current| {
+                let current = current.ok_or_else(|| StateError::NotFound(key.clone()))?;
+                Self::require_owner(current, owner)?;
+                if current.metadata.version != resource.metadata.version {
+                    return Err(StateError::Conflict {
+                        key: key.clone(),
+                        expected: resource.metadata.version,
+                        actual: current.metadata.version,
+                    });
+                }
+                if current.metadata.phase == Phase::TearingDown {
+                    return Err(StateError::PhaseConflict {
+                        key: key.clone(),
+                        phase: current.metadata.phase,
+                    });
+                }
+                let mut next = AnyResource {
+                    metadata: current.metadata.clone(),
+                    spec: resource.spec,
+                };
+                next.metadata.labels = resource.metadata.labels;
+                next.metadata.annotations = resource.metadata.annotations;
+                Ok(if next.same_content(current) {
+                    Change::Keep
+                } else {
+                    Change::Put(next)
+                })
+            })
+            .await?;
+        stored.ok_or_else(|| StateError::NotFound(key.clone()))
+    }
+
+    /// Starts the teardown of a resource: its phase becomes tearing-down, so consumers
+    /// release their finalizers. Idempotent.
+    pub async fn teardown(
+        &self,
+        key: &ResourceKey,
+        owner: &str,
+    ) -> Result<Arc<AnyResource>, StateError> {
+        let stored = self
+            .write(key, |current| {
+                let current = current.ok_or_else(|| StateError::NotFound(key.clone()))?;
+                Self::require_owner(current, owner)?;
+                if current.metadata.phase == Phase::TearingDown {
+                    return Ok(Change::Keep);
+                }
+                let mut next = AnyResource::clone(current);
+                next.metadata.phase = Phase::TearingDown;
+                Ok(Change::Put(next))
+            })
+            .await?;
+        stored.ok_or_else(|| StateError::NotFound(key.clone()))
+    }
+
+    /// Destroys a resource that has no finalizers left.
+    pub async fn destroy(&self, key: &ResourceKey, owner: &str) -> Result<(), StateError> {
+        self.write(key, |current| {
+            let current = current.ok_or_else(|| StateError::NotFound(key.clone()))?;
+            Self::require_owner(current, owner)?;
+            if !current.metadata.finalizers.is_empty() {
+                return Err(StateError::PendingFinalizers {
+                    key: key.clone(),
+                    finalizers: current.metadata.finalizers.clone(),
+                });
+            }
+            Ok(Change::Delete)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Adds a finalizer: the resource cannot be destroyed until it is removed. Any writer
+    /// may add one, but not to a resource already being torn down.
+    pub async fn add_finalizer(
+        &self,
+        key: &ResourceKey,
+        finalizer: &str,
+    ) -> Result<Arc<AnyResource>, StateError> {
+        let stored = self
+            .write(key, |current| {
+                let current = current.ok_or_else(|| StateError::NotFound(key.clone()))?;
+                if current.metadata.finalizers.contains(finalizer) {
+                    return Ok(Change::Keep);
+                }
+                if current.metadata.phase == Phase::TearingDown {
+                    return Err(StateError::PhaseConflict {
+                        key: key.clone(),
+                        phase: current.metadata.phase,
+                    });
+                }
+                let mut next = AnyResource::clone(current);
+                next.metadata.finalizers.insert(finalizer.to_string());
+                Ok(Change::Put(next))
+            })
+            .await?;
+        stored.ok_or_else(|| StateError::NotFound(key.clone()))
+    }
+
+    /// Removes a finalizer (a no-op if it is not there).
+    pub async fn remove_finalizer(
+        &self,
+        key: &ResourceKey,
+        finalizer: &str,
+    ) -> Result<Arc<AnyResource>, StateError> {
+        let stored = self
+            .write(key, |current| {
+                let current = current.ok_or_else(|| StateError::NotFound(key.clone()))?;
+                if !current.metadata.finalizers.contains(finalizer) {
+                    return Ok(Change::Keep);
+                }
+                let mut next = AnyResource::clone(current);
+                next.metadata.finalizers.remove(finalizer);
+                Ok(Change::Put(next))
+            })
+            .await?;
+        stored.ok_or_else(|| StateError::NotFound(key.clone()))
+    }
+
+    fn subscribe(&self, kind: &Kind, id: Option<&str>, options: WatchKindOptions) -> Watch {
+        let store = self.kind_store(&kind.namespace, &kind.type_name);
+        let (tx, rx) = mpsc::channel(self.inner.watch_capacity);
+        let overrun = Arc::new(AtomicBool::new(false));
+        let watcher = Watcher {
+            id: id.map(str::to_string),
+            selector: options.selector,
+            tx,
+            overrun: overrun.clone(),
+        };
+        let mut initial = VecDeque::new();
+        let mut inner = store.lock();
+        if options.bootstrap {
+            initial.extend(
+                inner
+                    .resources
+                    .values()
+                    .filter(|r| watcher.matches(r))
+                    .map(|r| Event::Created(r.clone())),
+            );
+            initial.push_back(Event::Bootstrapped);
+        }
+        inner.watchers.push(watcher);
+        Watch {
+            kind: kind.clone(),
+            initial,
+            rx,
+            overrun,
+        }
+    }
+
+    /// Watches one resource: first its current state (`Created`, if it exists), then
+    /// every change.
+    pub async fn watch(&self, key: &ResourceKey) -> Result<Watch, StateError> {
+        let mut watch = self.subscribe(
+            &key.kind(),
+            Some(&key.id),
+            WatchKindOptions {
+                bootstrap: true,
+                selector: LabelQuery::everything(),
+            },
+        );
+        watch.initial.retain(|e| !matches!(e, Event::Bootstrapped));
+        Ok(watch)
+    }
+
+    /// Watches every resource of a kind (optionally only those whose labels match):
+    /// with `bootstrap`, first each existing resource, then [`Event::Bootstrapped`], then
+    /// every change, with nothing missed in between.
+    pub async fn watch_kind(
+        &self,
+        kind: &Kind,
+        options: WatchKindOptions,
+    ) -> Result<Watch, StateError> {
+        Ok(self.subscribe(kind, None, options))
+    }
+
+    /// A typed resource in the type's default namespace.
+    pub async fn get_as<S: ResourceSpec>(&self, id: &str) -> Result<Resource<S>, StateError> {
+        let key = ResourceKey::new(S::DEFAULT_NAMESPACE, S::TYPE, id);
+        Ok(Resource::try_from(self.get(&key).await?.as_ref())?)
+    }
+
+    /// Every typed resource of the type's default namespace.
+    pub async fn list_as<S: ResourceSpec>(&self) -> Result<Vec<Resource<S>>, StateError> {
+        let kind = Kind::new(S::DEFAULT_NAMESPACE, S::TYPE);
+        self.list(&kind, &LabelQuery::everything())
+            .await?
+            .iter()
+            .map(|r| Ok(Resource::try_from(r.as_ref())?))
+            .collect()
+    }
+}
+
+/// A resource's metadata must name the type its spec is.
+fn check_spec_type(resource: &AnyResource) -> Result<(), StateError> {
+    let found = resource.spec.type_name();
+    if found != resource.metadata.type_name {
+        return Err(StateError::KeyMismatch {
+            key: resource.metadata.key(),
+            expected: resource.metadata.type_name.clone(),
+            found: found.to_string(),
+        });
+    }
+    Ok(())
+}
