@@ -1,6 +1,11 @@
 //! The persistent backend: resources survive a restart, a writer killed at any point
 //! leaves every resource intact (the old or the new version), bad files are errors.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err, clippy::map_entry)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::result_large_err,
+    clippy::map_entry
+)]
 
 mod common;
 

@@ -1,6 +1,11 @@
 //! Property tests of the state: random operation sequences against a model, and
 //! concurrent writers, with watchers checking that every event arrives once, in order.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err, clippy::map_entry)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::result_large_err,
+    clippy::map_entry
+)]
 
 mod common;
 

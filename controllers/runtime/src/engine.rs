@@ -1,0 +1,227 @@
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use basalt_state::State;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::QControllerRunner;
+use crate::runner::{Backoff, ControllerRunner};
+use crate::{
+    Controller, Input, InputKind, Output, OutputKind, QController, QInput, RegistrationError,
+};
+
+/// Tunables of an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// The first wait after a failed run; doubles per consecutive failure.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// How long [`Engine::run`] waits for running reconciles after shutdown is asked for.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+enum Registered {
+    Plain(Box<dyn Controller>),
+    Queue(Box<dyn QController>, Vec<QInput>),
+}
+
+struct Entry {
+    name: &'static str,
+    inputs: Vec<Input>,
+    outputs: Vec<Output>,
+    controller: Registered,
+}
+
+/// Runs a set of controllers over one state.
+pub struct Engine {
+    state: State,
+    options: EngineOptions,
+    entries: Vec<Entry>,
+    names: HashSet<&'static str>,
+    /// type -> (kind of output, controllers writing it)
+    writers: BTreeMap<String, (OutputKind, Vec<&'static str>)>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("controllers", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    pub fn new(state: State) -> Self {
+        Self::with_options(state, EngineOptions::default())
+    }
+
+    pub fn with_options(state: State, options: EngineOptions) -> Self {
+        Engine {
+            state,
+            options,
+            entries: Vec::new(),
+            names: HashSet::new(),
+            writers: BTreeMap::new(),
+        }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Checks a controller's name and outputs against those registered already.
+    fn admit(&mut self, name: &'static str, outputs: &[Output]) -> Result<(), RegistrationError> {
+        if self.names.contains(name) {
+            return Err(RegistrationError::DuplicateName(name.to_string()));
+        }
+        for output in outputs {
+            let Some((kind, writers)) = self.writers.get(&output.kind.type_name) else {
+                continue;
+            };
+            let other = writers.first().copied().unwrap_or_default().to_string();
+            let (controller, type_name) = (name.to_string(), output.kind.type_name.clone());
+            match (output.output_kind, kind) {
+                (OutputKind::Exclusive, _) => {
+                    return Err(RegistrationError::ExclusiveConflict {
+                        controller,
+                        type_name,
+                        other,
+                    })
+                }
+                (OutputKind::Shared, OutputKind::Exclusive) => {
+                    return Err(RegistrationError::SharedConflict {
+                        controller,
+                        type_name,
+                        other,
+                    })
+                }
+                (OutputKind::Shared, OutputKind::Shared) => {}
+            }
+        }
+        self.names.insert(name);
+        for output in outputs {
+            self.writers
+                .entry(output.kind.type_name.clone())
+                .or_insert_with(|| (output.output_kind, Vec::new()))
+                .1
+                .push(name);
+        }
+        Ok(())
+    }
+
+    /// Registers a controller; fails on a duplicate name or a conflicting output.
+    pub fn register(&mut self, controller: impl Controller) -> Result<(), RegistrationError> {
+        let (name, inputs, outputs) =
+            (controller.name(), controller.inputs(), controller.outputs());
+        self.admit(name, &outputs)?;
+        self.entries.push(Entry {
+            name,
+            inputs,
+            outputs,
+            controller: Registered::Plain(Box::new(controller)),
+        });
+        Ok(())
+    }
+
+    /// Registers a queue-driven controller.
+    pub fn register_q(&mut self, controller: impl QController) -> Result<(), RegistrationError> {
+        let (name, qinputs, outputs) =
+            (controller.name(), controller.inputs(), controller.outputs());
+        self.admit(name, &outputs)?;
+        self.entries.push(Entry {
+            name,
+            inputs: qinputs.iter().map(|q| q.input.clone()).collect(),
+            outputs,
+            controller: Registered::Queue(Box::new(controller), qinputs),
+        });
+        Ok(())
+    }
+
+    /// The dependency graph in Graphviz DOT: resource types are ellipses, controllers
+    /// boxes; input edges are solid (strong), dashed (weak) or dotted (destroy-ready),
+    /// output edges bold (exclusive) or plain (shared).
+    pub fn dot(&self) -> String {
+        let mut out = String::from("digraph controllers {\n  rankdir=LR;\n");
+        let mut types = std::collections::BTreeSet::new();
+        for e in &self.entries {
+            let _ = writeln!(out, "  \"{}\" [shape=box];", e.name);
+            for i in &e.inputs {
+                types.insert(i.kind.to_string());
+                let style = match i.input_kind {
+                    InputKind::Strong => "solid",
+                    InputKind::Weak => "dashed",
+                    InputKind::DestroyReady => "dotted",
+                };
+                let _ = writeln!(out, "  \"{}\" -> \"{}\" [style={style}];", i.kind, e.name);
+            }
+            for o in &e.outputs {
+                types.insert(o.kind.to_string());
+                let style = match o.output_kind {
+                    OutputKind::Exclusive => "bold",
+                    OutputKind::Shared => "solid",
+                };
+                let _ = writeln!(out, "  \"{}\" -> \"{}\" [style={style}];", e.name, o.kind);
+            }
+        }
+        for t in types {
+            let _ = writeln!(out, "  \"{t}\" [shape=ellipse];");
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    /// Runs every controller until `shutdown` is cancelled, then lets running reconciles
+    /// finish (up to the grace period) and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tasks = JoinSet::new();
+        let backoff = Backoff::new(self.options.backoff_base, self.options.backoff_max);
+        for entry in self.entries {
+            let (state, stop) = (self.state.clone(), shutdown.clone());
+            match entry.controller {
+                Registered::Plain(controller) => {
+                    let runner = ControllerRunner {
+                        controller,
+                        inputs: entry.inputs,
+                        outputs: entry.outputs,
+                        backoff: backoff.clone(),
+                    };
+                    tasks.spawn(runner.run(state, stop));
+                }
+                Registered::Queue(controller, inputs) => {
+                    let runner = QControllerRunner {
+                        controller,
+                        inputs,
+                        outputs: entry.outputs,
+                        backoff: backoff.clone(),
+                    };
+                    tasks.spawn(runner.run(state, stop));
+                }
+            }
+            tracing::debug!(controller = entry.name, "controller started");
+        }
+        shutdown.cancelled().await;
+        let drained = tokio::time::timeout(self.options.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                remaining = tasks.len(),
+                "controllers did not stop within the grace period; aborting them"
+            );
+            tasks.shutdown().await;
+        }
+    }
+}
