@@ -1,0 +1,5 @@
+//! Controllers of the network domain.
+
+mod hostname;
+
+pub use hostname::HostnameController;
