@@ -78,7 +78,8 @@ impl QControllerRunner {
                     }
                 },
                 || {},
-            );
+            )
+            .await;
         }
 
         let inputs = self.inputs.iter().map(|q| q.input.clone()).collect();

@@ -71,9 +71,11 @@ pub(crate) fn failure(
     }
 }
 
-/// Watches a kind for as long as `wake` says what to do with each changed resource.
-/// Survives overruns by watching again (and waking, since changes may have been missed).
-pub(crate) fn spawn_watch(
+/// Watches a kind and calls `on_change` with each changed resource. The first
+/// subscription is made before this returns, so a run that starts afterwards cannot miss
+/// a change. Survives overruns by watching again (and calling `on_resync`, since changes
+/// may have been missed in between).
+pub(crate) async fn spawn_watch(
     tasks: &mut JoinSet<()>,
     state: State,
     kind: basalt_resource::Kind,
@@ -81,30 +83,31 @@ pub(crate) fn spawn_watch(
     on_change: impl Fn(&AnyResource) + Send + Sync + 'static,
     on_resync: impl Fn() + Send + Sync + 'static,
 ) {
+    let options = WatchKindOptions {
+        bootstrap,
+        ..Default::default()
+    };
+    let Ok(mut watch) = state.watch_kind(&kind, options.clone()).await else {
+        return;
+    };
     tasks.spawn(async move {
         loop {
-            let options = WatchKindOptions {
-                bootstrap,
-                ..Default::default()
-            };
-            let Ok(mut watch) = state.watch_kind(&kind, options).await else {
-                return;
-            };
-            loop {
-                match watch.next().await {
-                    Some(Ok(Event::Bootstrapped)) => {}
-                    Some(Ok(event)) => {
-                        if let Some(r) = event.resource() {
-                            on_change(r);
-                        }
+            match watch.next().await {
+                Some(Ok(Event::Bootstrapped)) => {}
+                Some(Ok(event)) => {
+                    if let Some(r) = event.resource() {
+                        on_change(r);
                     }
-                    Some(Err(StateError::Overrun(_))) => {
-                        tracing::warn!(%kind, "watch overrun; watching again");
-                        on_resync();
-                        break;
-                    }
-                    Some(Err(_)) | None => return,
                 }
+                Some(Err(StateError::Overrun(_))) => {
+                    tracing::warn!(%kind, "watch overrun; watching again");
+                    match state.watch_kind(&kind, options.clone()).await {
+                        Ok(w) => watch = w,
+                        Err(_) => return,
+                    }
+                    on_resync();
+                }
+                Some(Err(_)) | None => return,
             }
         }
     });
@@ -145,7 +148,8 @@ impl ControllerRunner {
                     }
                 },
                 move || t2.notify_one(),
-            );
+            )
+            .await;
         }
         for output in &self.outputs {
             let t = trigger.clone();
@@ -161,7 +165,8 @@ impl ControllerRunner {
                     }
                 },
                 move || t2.notify_one(),
-            );
+            )
+            .await;
         }
 
         let mut rt = Runtime::new(state, name, self.inputs.clone(), self.outputs.clone());
