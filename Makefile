@@ -32,7 +32,8 @@ FUZZ_SECONDS ?= 60
 fuzz-smoke:
 	@BASALT_SETUP_FUZZ=1 bash hack/setup.sh
 	cd fuzz && for t in $$(RUSTC_BOOTSTRAP=1 cargo fuzz list); do \
-	  RUSTC_BOOTSTRAP=1 cargo fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	  mkdir -p corpus/$$t seeds/$$t; \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 
 clean:

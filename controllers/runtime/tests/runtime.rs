@@ -507,3 +507,119 @@ async fn qcontroller_reconciles_items_independently() {
     );
     h.stop().await;
 }
+
+/// Consumes `A` as a strong input: holds a finalizer on each running `A` and mirrors it
+/// as a `C`; lets go of an `A` that is tearing down.
+struct Consumer;
+
+#[async_trait]
+impl Controller for Consumer {
+    fn name(&self) -> &'static str {
+        "test.Consumer"
+    }
+    fn inputs(&self) -> Vec<Input> {
+        vec![Input::strong::<A>()]
+    }
+    fn outputs(&self) -> Vec<Output> {
+        vec![Output::exclusive::<C>()]
+    }
+    async fn reconcile(&mut self, rt: &mut Runtime) -> Result<Action, ControllerError> {
+        for a in rt.list::<A>().await? {
+            if a.metadata.phase == Phase::TearingDown {
+                rt.remove_finalizer(&a.metadata.key()).await?;
+            } else {
+                rt.add_finalizer(&a.metadata.key()).await?;
+                rt.put_spec(a.id(), C::new(a.spec.value)).await?;
+            }
+        }
+        Ok(Action::Done)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strong_inputs_hold_teardown_until_the_consumer_lets_go() {
+    let source = Arc::new(AtomicI64::new(4));
+    let h = Harness::builder()
+        .with(Poller {
+            source: source.clone(),
+        })
+        .unwrap()
+        .with(Consumer)
+        .unwrap()
+        .start();
+    let a = h
+        .assert_resource::<A>("polled", |a| {
+            a.metadata.finalizers.contains("test.Consumer")
+        })
+        .await;
+    assert_eq!(a.metadata.owner, "test.Poller");
+    h.assert_resource::<C>("polled", |c| c.spec.value == 4)
+        .await;
+    // The producer drops its output; the consumer releases it and drops its own; the
+    // producer, woken by its output being free, destroys it.
+    source.store(-1, Ordering::SeqCst);
+    h.assert_no_resource::<A>("polled").await;
+    h.assert_no_resource::<C>("polled").await;
+    h.stop().await;
+}
+
+/// Counts runs; its only input is destroy-ready `A`s.
+struct Reaper {
+    runs: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Controller for Reaper {
+    fn name(&self) -> &'static str {
+        "test.Reaper"
+    }
+    fn inputs(&self) -> Vec<Input> {
+        vec![Input::destroy_ready::<A>()]
+    }
+    fn outputs(&self) -> Vec<Output> {
+        vec![]
+    }
+    async fn reconcile(&mut self, _: &mut Runtime) -> Result<Action, ControllerError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        Ok(Action::Done)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_ready_inputs_wake_only_when_a_resource_can_be_destroyed() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let h = Harness::builder()
+        .with(Reaper { runs: runs.clone() })
+        .unwrap()
+        .start();
+    let wait_runs = |n: usize| {
+        let runs = runs.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while runs.load(Ordering::SeqCst) < n {
+                assert!(Instant::now() < deadline, "expected {n} runs");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    };
+    wait_runs(1).await; // the first run at start
+    set::<A>(h.state(), "x", 1).await;
+    set::<A>(h.state(), "x", 2).await;
+    h.state()
+        .add_finalizer(&key::<A>("x"), "holder")
+        .await
+        .unwrap();
+    h.state().teardown(&key::<A>("x"), "").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "woken before the resource was ready"
+    );
+    h.state()
+        .remove_finalizer(&key::<A>("x"), "holder")
+        .await
+        .unwrap();
+    wait_runs(2).await;
+    h.stop().await;
+}

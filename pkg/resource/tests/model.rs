@@ -141,3 +141,21 @@ fn print_columns_extract_from_spec() {
     let row: Vec<String> = def.print_columns.iter().map(|c| c.extract(&spec)).collect();
     assert_eq!(row, ["n1", "example.org", "config"]);
 }
+
+/// The fuzz seeds are valid inputs: if the encodings change, the seeds must too.
+#[test]
+fn fuzz_seeds_decode() {
+    let registry = builtin_registry().unwrap();
+    let seeds = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/seeds");
+    for name in ["hostname.yaml", "cmdline.yaml"] {
+        let text = std::fs::read_to_string(format!("{seeds}/resource_yaml/{name}")).unwrap();
+        registry
+            .decode_yaml(&text)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let bytes = std::fs::read(format!("{seeds}/resource_proto/hostname.bin")).unwrap();
+    let message = basalt_resource::proto::Resource::decode(bytes.as_slice()).unwrap();
+    let r = registry.decode_proto(message).unwrap();
+    assert_eq!(r.spec_as::<HostnameSpec>().unwrap().hostname, "n1");
+    assert_eq!(r.metadata.labels["role"], "controlplane");
+}
