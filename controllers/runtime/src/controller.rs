@@ -12,8 +12,9 @@ use crate::{ControllerError, Runtime};
 pub enum InputKind {
     /// Any change wakes the controller.
     Weak,
-    /// Any change wakes the controller, which also holds a finalizer on the resources it
-    /// uses so they are not destroyed under it.
+    /// Any change wakes the controller, which holds a finalizer on the resources it
+    /// uses ([`Runtime::add_finalizer`], allowed only on strong inputs) so they are not
+    /// destroyed under it, and releases it when they tear down.
     Strong,
     /// Only a resource that is tearing down with no finalizers left wakes the controller:
     /// for the owner that destroys it.
@@ -32,7 +33,7 @@ pub struct Input {
 impl Input {
     fn of<S: ResourceSpec>(input_kind: InputKind) -> Self {
         Input {
-            kind: Kind::new(S::DEFAULT_NAMESPACE, S::TYPE),
+            kind: Kind::of::<S>(),
             id: None,
             input_kind,
         }
@@ -98,14 +99,14 @@ pub struct Output {
 impl Output {
     pub fn exclusive<S: ResourceSpec>() -> Self {
         Output {
-            kind: Kind::new(S::DEFAULT_NAMESPACE, S::TYPE),
+            kind: Kind::of::<S>(),
             output_kind: OutputKind::Exclusive,
         }
     }
 
     pub fn shared<S: ResourceSpec>() -> Self {
         Output {
-            kind: Kind::new(S::DEFAULT_NAMESPACE, S::TYPE),
+            kind: Kind::of::<S>(),
             output_kind: OutputKind::Shared,
         }
     }

@@ -186,6 +186,7 @@ impl Engine {
     /// finish (up to the grace period) and returns.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut tasks = JoinSet::new();
+        let mut names = std::collections::HashMap::new();
         let backoff = Backoff::new(self.options.backoff_base, self.options.backoff_max);
         for entry in self.entries {
             let (state, stop) = (self.state.clone(), shutdown.clone());
@@ -197,7 +198,7 @@ impl Engine {
                         outputs: entry.outputs,
                         backoff: backoff.clone(),
                     };
-                    tasks.spawn(runner.run(state, stop));
+                    names.insert(tasks.spawn(runner.run(state, stop)).id(), entry.name);
                 }
                 Registered::Queue(controller, inputs) => {
                     let runner = QControllerRunner {
@@ -206,12 +207,27 @@ impl Engine {
                         outputs: entry.outputs,
                         backoff: backoff.clone(),
                     };
-                    tasks.spawn(runner.run(state, stop));
+                    names.insert(tasks.spawn(runner.run(state, stop)).id(), entry.name);
                 }
             }
             tracing::debug!(controller = entry.name, "controller started");
         }
-        shutdown.cancelled().await;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                // Runners contain their controllers' panics and run until shutdown: one
+                // that ends early is a bug in the runtime, and loud.
+                Some(ended) = tasks.join_next_with_id() => {
+                    let id = match &ended {
+                        Ok((id, ())) => *id,
+                        Err(e) => e.id(),
+                    };
+                    let controller = names.get(&id).copied().unwrap_or("?");
+                    tracing::error!(controller, result = ?ended.map(|_| ()), "a controller runner stopped before shutdown");
+                }
+            }
+        }
         let drained = tokio::time::timeout(self.options.shutdown_grace, async {
             while tasks.join_next().await.is_some() {}
         })

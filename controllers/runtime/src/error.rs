@@ -15,6 +15,11 @@ pub enum ControllerError {
     #[error("controller {controller} read {kind}, which is not one of its inputs or outputs")]
     NotAnInput { controller: String, kind: Kind },
 
+    #[error(
+        "controller {controller} holds finalizers only on strong inputs, and {kind} is not one"
+    )]
+    NotAStrongInput { controller: String, kind: Kind },
+
     #[error("controller {controller} wrote {type_name}, which is not one of its outputs")]
     NotAnOutput {
         controller: String,

@@ -25,9 +25,11 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, max: Duration) -> Self {
+        // Bounded so that "now + delay" can always be represented.
+        const LONGEST: Duration = Duration::from_secs(24 * 3600);
         Backoff {
-            base,
-            max,
+            base: base.min(LONGEST),
+            max: max.min(LONGEST),
             failures: 0,
         }
     }
@@ -43,7 +45,7 @@ impl Backoff {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let jitter = 0.75 + f64::from(nanos % 1000) / 2000.0;
-        delay.mul_f64(jitter)
+        Duration::try_from_secs_f64(delay.as_secs_f64() * jitter).unwrap_or(delay)
     }
 
     pub fn reset(&mut self) {
@@ -87,8 +89,12 @@ pub(crate) async fn spawn_watch(
         bootstrap,
         ..Default::default()
     };
-    let Ok(mut watch) = state.watch_kind(&kind, options.clone()).await else {
-        return;
+    let mut watch = match state.watch_kind(&kind, options.clone()).await {
+        Ok(watch) => watch,
+        Err(e) => {
+            tracing::error!(%kind, error = %e, "cannot watch an input; the controller will not wake for it");
+            return;
+        }
     };
     tasks.spawn(async move {
         loop {
@@ -103,11 +109,19 @@ pub(crate) async fn spawn_watch(
                     tracing::warn!(%kind, "watch overrun; watching again");
                     match state.watch_kind(&kind, options.clone()).await {
                         Ok(w) => watch = w,
-                        Err(_) => return,
+                        Err(e) => {
+                            tracing::error!(%kind, error = %e, "cannot watch an input again; the controller no longer wakes for it");
+                            return;
+                        }
                     }
                     on_resync();
                 }
-                Some(Err(_)) | None => return,
+                // The state is gone: the node is shutting down.
+                None => return,
+                Some(Err(e)) => {
+                    tracing::error!(%kind, error = %e, "input watch failed; the controller no longer wakes for it");
+                    return;
+                }
             }
         }
     });
@@ -181,9 +195,13 @@ impl ControllerRunner {
                 }
             };
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
                 _ = trigger.notified() => {}
                 _ = requeue => {}
+            }
+            if shutdown.is_cancelled() {
+                break;
             }
             requeue_at = None;
             rt.start_run();
@@ -198,16 +216,17 @@ impl ControllerRunner {
                 Ok(Action::Done) => self.backoff.reset(),
                 Ok(Action::RequeueAfter(after)) => {
                     self.backoff.reset();
-                    requeue_at = Some(Instant::now() + after);
+                    // A wait too long to represent is a wait for the next change.
+                    requeue_at = Instant::now().checked_add(after);
                 }
                 Err(reason) => {
                     let delay = self.backoff.next_delay();
                     tracing::warn!(controller = name, error = %reason, retry_in = ?delay, "reconcile failed");
-                    requeue_at = Some(Instant::now() + delay);
                     // Changes during the backoff do not cut it short; they are remembered.
                     tokio::select! {
+                        biased;
                         _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(delay) => {}
+                        _ = tokio::time::sleep(delay) => trigger.notify_one(),
                     }
                 }
             }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use basalt_resource::{AnyResource, Kind, LabelQuery, Phase, Resource, ResourceKey, ResourceSpec};
 use basalt_state::{State, StateError};
 
-use crate::{ControllerError, Input, Output};
+use crate::{ControllerError, Input, InputKind, Output};
 
 /// What a controller sees of the state during a reconcile: typed reads of its inputs
 /// (and outputs), writes of its outputs, and the bookkeeping for output clean-up.
@@ -158,17 +158,32 @@ impl Runtime {
         self.put(Resource::new(id, spec)).await
     }
 
-    /// Holds a finalizer (the controller's name) on an input, so it is not destroyed
-    /// while this controller uses it.
+    fn check_strong(&self, kind: &Kind) -> Result<(), ControllerError> {
+        if self
+            .inputs
+            .iter()
+            .any(|i| i.kind == *kind && i.input_kind == InputKind::Strong)
+        {
+            Ok(())
+        } else {
+            Err(ControllerError::NotAStrongInput {
+                controller: self.controller.to_string(),
+                kind: kind.clone(),
+            })
+        }
+    }
+
+    /// Holds a finalizer (the controller's name) on a strong input, so it is not
+    /// destroyed while this controller uses it.
     pub async fn add_finalizer(&self, key: &ResourceKey) -> Result<(), ControllerError> {
-        self.check_read(&key.kind())?;
+        self.check_strong(&key.kind())?;
         self.state.add_finalizer(key, self.controller).await?;
         Ok(())
     }
 
-    /// Releases this controller's finalizer on an input.
+    /// Releases this controller's finalizer on a strong input.
     pub async fn remove_finalizer(&self, key: &ResourceKey) -> Result<(), ControllerError> {
-        self.check_read(&key.kind())?;
+        self.check_strong(&key.kind())?;
         match self.state.remove_finalizer(key, self.controller).await {
             Ok(_) | Err(StateError::NotFound(_)) => Ok(()),
             Err(e) => Err(e.into()),

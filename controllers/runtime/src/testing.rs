@@ -92,7 +92,7 @@ impl Harness {
         id: &str,
         check: impl Fn(&Resource<S>) -> bool,
     ) -> Resource<S> {
-        let key = ResourceKey::new(S::DEFAULT_NAMESPACE, S::TYPE, id);
+        let key = ResourceKey::of::<S>(id);
         let mut last: Option<Resource<S>> = None;
         let found = tokio::time::timeout(self.timeout, async {
             loop {
@@ -119,7 +119,7 @@ impl Harness {
 
     /// Waits until the resource does not exist.
     pub async fn assert_no_resource<S: ResourceSpec>(&self, id: &str) {
-        let key = ResourceKey::new(S::DEFAULT_NAMESPACE, S::TYPE, id);
+        let key = ResourceKey::of::<S>(id);
         let gone = tokio::time::timeout(self.timeout, async {
             while !matches!(self.state.get(&key).await, Err(StateError::NotFound(_))) {
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -137,7 +137,7 @@ impl Harness {
         n: usize,
         check: impl Fn(&Resource<S>) -> bool,
     ) {
-        let kind = Kind::new(S::DEFAULT_NAMESPACE, S::TYPE);
+        let kind = Kind::of::<S>();
         let mut last = 0;
         let done = tokio::time::timeout(self.timeout, async {
             loop {

@@ -17,7 +17,7 @@ use basalt_state::State;
 use common::{Num, Stage, A, B, C, D};
 
 fn key<S: ResourceSpec>(id: &str) -> ResourceKey {
-    ResourceKey::new(S::DEFAULT_NAMESPACE, S::TYPE, id)
+    ResourceKey::of::<S>(id)
 }
 
 async fn set<S: Num>(state: &State, id: &str, value: i64) {
@@ -621,5 +621,49 @@ async fn destroy_ready_inputs_wake_only_when_a_resource_can_be_destroyed() {
         .await
         .unwrap();
     wait_runs(2).await;
+    h.stop().await;
+}
+
+/// Asks for requeues too far away to represent, and holds a finalizer on a weak input.
+struct Extreme {
+    runs: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Controller for Extreme {
+    fn name(&self) -> &'static str {
+        "test.Extreme"
+    }
+    fn inputs(&self) -> Vec<Input> {
+        vec![Input::weak::<A>()]
+    }
+    fn outputs(&self) -> Vec<Output> {
+        vec![Output::exclusive::<B>()]
+    }
+    async fn reconcile(&mut self, rt: &mut Runtime) -> Result<Action, ControllerError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        for a in rt.list::<A>().await? {
+            let refused = matches!(
+                rt.add_finalizer(&a.metadata.key()).await,
+                Err(ControllerError::NotAStrongInput { .. })
+            );
+            rt.put_spec(a.id(), B::new(i64::from(refused))).await?;
+        }
+        Ok(Action::RequeueAfter(Duration::MAX))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_requeues_and_finalizers_on_weak_inputs_are_handled() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let h = Harness::builder()
+        .with(Extreme { runs: runs.clone() })
+        .unwrap()
+        .start();
+    set::<A>(h.state(), "x", 1).await;
+    // Still alive after asking for Duration::MAX, and weak inputs take no finalizers.
+    h.assert_resource::<B>("x", |b| b.spec.value == 1).await;
+    set::<A>(h.state(), "y", 1).await;
+    h.assert_resource::<B>("y", |b| b.spec.value == 1).await;
     h.stop().await;
 }

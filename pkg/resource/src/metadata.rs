@@ -31,6 +31,11 @@ pub struct Kind {
 }
 
 impl Kind {
+    /// The kind of a spec type in its default namespace.
+    pub fn of<S: crate::ResourceSpec>() -> Self {
+        Kind::new(S::DEFAULT_NAMESPACE, S::TYPE)
+    }
+
     pub fn new(namespace: impl Into<String>, type_name: impl Into<String>) -> Self {
         Kind {
             namespace: namespace.into(),
@@ -54,6 +59,11 @@ pub struct ResourceKey {
 }
 
 impl ResourceKey {
+    /// The key of a resource of a spec type in its default namespace.
+    pub fn of<S: crate::ResourceSpec>(id: impl Into<String>) -> Self {
+        ResourceKey::new(S::DEFAULT_NAMESPACE, S::TYPE, id)
+    }
+
     pub fn new(
         namespace: impl Into<String>,
         type_name: impl Into<String>,

@@ -80,7 +80,8 @@ impl ResourceDefinitionSpec {
             aliases.push(format!("{singular}.{first_domain}"));
         }
         aliases.extend(S::ALIASES.iter().map(|a| a.to_ascii_lowercase()));
-        aliases.dedup();
+        let mut seen = std::collections::HashSet::new();
+        aliases.retain(|a| seen.insert(a.clone()));
         let display_type = S::TYPE
             .split('.')
             .next()
@@ -103,15 +104,13 @@ impl ResourceDefinitionSpec {
     }
 }
 
-/// English plural to singular, for the plural type names we use (`Hostnames`, `Statuses`).
+/// English plural to singular, for the plural type names we use (`Hostnames`,
+/// `Statuses`, `Addresses`, `Leases`, `Policies`, `Boxes`).
 fn singular_of(plural: &str) -> String {
     if let Some(stem) = plural.strip_suffix("ies") {
         format!("{stem}y")
-    } else if let Some(stem) = plural
-        .strip_suffix("ses")
-        .or_else(|| plural.strip_suffix("xes"))
-    {
-        format!("{stem}{}", &plural[stem.len()..stem.len() + 1])
+    } else if plural.ends_with("sses") || plural.ends_with("uses") || plural.ends_with("xes") {
+        plural[..plural.len() - 2].to_string()
     } else {
         plural.strip_suffix('s').unwrap_or(plural).to_string()
     }
@@ -128,6 +127,25 @@ fn decode_typed<S: ResourceSpec>(
             type_name: S::TYPE.to_string(),
             reason: e.to_string(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn singulars() {
+        for (plural, singular) in [
+            ("Hostnames", "Hostname"),
+            ("Statuses", "Status"),
+            ("Addresses", "Address"),
+            ("Leases", "Lease"),
+            ("Licenses", "License"),
+            ("Policies", "Policy"),
+            ("Boxes", "Box"),
+            ("KernelCmdlines", "KernelCmdline"),
+        ] {
+            assert_eq!(super::singular_of(plural), singular);
+        }
+    }
 }
 
 #[derive(Debug)]

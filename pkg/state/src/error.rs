@@ -35,6 +35,15 @@ pub enum StateError {
         finalizers: BTreeSet<String>,
     },
 
+    #[error("invalid resource key {key}: {reason}")]
+    InvalidKey {
+        key: ResourceKey,
+        reason: &'static str,
+    },
+
+    #[error("resource {0} is at the highest version there is")]
+    VersionOverflow(ResourceKey),
+
     #[error("resource {key} is written as {found}, not as {expected}")]
     KeyMismatch {
         key: ResourceKey,

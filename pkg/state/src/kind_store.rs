@@ -14,7 +14,7 @@ pub(crate) struct KindStore {
     pub persistent: bool,
     /// Serializes writers of a persistent kind across the disk write, which happens
     /// outside `inner` so readers are not blocked by the disk.
-    pub write_lock: tokio::sync::Mutex<()>,
+    pub write_lock: Arc<tokio::sync::Mutex<()>>,
     inner: Mutex<KindInner>,
 }
 
@@ -49,7 +49,7 @@ impl KindStore {
     pub fn new(persistent: bool) -> Self {
         KindStore {
             persistent,
-            write_lock: tokio::sync::Mutex::new(()),
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
             inner: Mutex::new(KindInner::default()),
         }
     }

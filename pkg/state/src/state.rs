@@ -4,7 +4,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 
 use basalt_resource::{
-    AnyResource, Kind, LabelQuery, Phase, Registry, Resource, ResourceKey, ResourceSpec,
+    AnyResource, Kind, LabelQuery, Phase, Registry, Resource, ResourceError, ResourceKey,
+    ResourceSpec,
 };
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -24,8 +25,17 @@ pub struct State {
 struct Inner {
     /// namespace -> type -> store; nested so lookups by `&str` allocate nothing.
     kinds: RwLock<HashMap<String, HashMap<String, Arc<KindStore>>>>,
-    persistent: Option<(PersistentStore, Vec<String>)>,
+    persistent: Option<Persistence>,
     watch_capacity: usize,
+}
+
+/// The disk behind the persistent namespaces.
+#[derive(Debug)]
+struct Persistence {
+    store: PersistentStore,
+    namespaces: Vec<String>,
+    /// Writes of types it does not know are refused: they could not be read back.
+    registry: Arc<Registry>,
 }
 
 /// Options for opening a [`State`].
@@ -65,7 +75,11 @@ impl StateBuilder {
                 let (store, resources, r) = PersistentStore::open(&path, &registry, &namespaces)?;
                 report = r;
                 loaded = resources;
-                Some((store, namespaces))
+                Some(Persistence {
+                    store,
+                    namespaces,
+                    registry,
+                })
             }
         };
         let state = State {
@@ -130,7 +144,7 @@ impl State {
             .inner
             .persistent
             .as_ref()
-            .is_some_and(|(_, namespaces)| namespaces.iter().any(|n| n == namespace));
+            .is_some_and(|p| p.namespaces.iter().any(|n| n == namespace));
         let mut kinds = self.inner.kinds.write().unwrap_or_else(|p| p.into_inner());
         kinds
             .entry(namespace.to_string())
@@ -168,62 +182,92 @@ impl State {
 
     /// Applies one write: `plan` looks at the current resource and says what to store.
     /// The stored resource gets the next version and the current time as `updated`.
+    /// Returns the stored resource (`None` once deleted).
     async fn write(
         &self,
         key: &ResourceKey,
         plan: impl FnOnce(Option<&Arc<AnyResource>>) -> Result<Change, StateError>,
     ) -> Result<Option<Arc<AnyResource>>, StateError> {
         let store = self.kind_store(&key.namespace, &key.type_name);
-        let prepare = |current: Option<&Arc<AnyResource>>| -> Result<(Option<Arc<AnyResource>>, bool), StateError> {
+        let prepare = |current: Option<&Arc<AnyResource>>| -> Result<Option<Option<Arc<AnyResource>>>, StateError> {
             match plan(current)? {
-                Change::Keep => Ok((current.cloned(), false)),
-                Change::Delete => Ok((None, true)),
+                Change::Keep => Ok(None),
+                Change::Delete => Ok(Some(None)),
                 Change::Put(mut next) => {
                     let now = OffsetDateTime::now_utc();
-                    next.metadata.version = current.map_or(1, |c| c.metadata.version + 1);
+                    next.metadata.version = match current {
+                        None => 1,
+                        Some(c) => c
+                            .metadata
+                            .version
+                            .checked_add(1)
+                            .ok_or_else(|| StateError::VersionOverflow(key.clone()))?,
+                    };
                     next.metadata.updated = now;
                     if current.is_none() {
                         next.metadata.created = now;
                     }
-                    Ok((Some(Arc::new(next)), true))
+                    Ok(Some(Some(Arc::new(next))))
                 }
             }
         };
 
-        if !store.persistent {
+        let Some(disk) = self.inner.persistent.as_ref().filter(|_| store.persistent) else {
             let mut inner = store.lock();
             let current = inner.resources.get(&key.id).cloned();
-            let (next, changed) = prepare(current.as_ref())?;
-            if changed {
-                inner.apply(&key.id, current, next.clone());
-            }
-            return Ok(next);
-        }
+            return Ok(match prepare(current.as_ref())? {
+                None => current,
+                Some(next) => {
+                    inner.apply(&key.id, current, next.clone());
+                    next
+                }
+            });
+        };
 
-        // Persistent: one writer at a time per kind; the disk write happens before the
-        // change is visible, so an acknowledged write survives a crash.
-        let _writer = store.write_lock.lock().await;
+        // Persistent: one writer at a time per kind, and the disk write happens before
+        // the change is visible, so an acknowledged write survives a crash. The disk
+        // write, the in-memory apply and the writer lock travel together in one blocking
+        // task: if the caller goes away mid-write, memory still ends up equal to disk.
+        let writer = store.write_lock.clone().lock_owned().await;
         let current = store.lock().resources.get(&key.id).cloned();
-        let (next, changed) = prepare(current.as_ref())?;
-        if changed {
-            let Some((disk, _)) = self.inner.persistent.clone() else {
-                unreachable!("a persistent kind exists only with a persistent store")
-            };
-            let disk_path = disk.path().display().to_string();
-            let record = next.clone();
-            let disk_key = key.clone();
-            tokio::task::spawn_blocking(move || match record {
-                Some(r) => disk.put(&r),
-                None => disk.delete(&disk_key),
-            })
-            .await
-            .map_err(|e| StateError::Persistence {
-                path: disk_path,
-                reason: format!("the disk writer failed: {e}"),
-            })??;
-            store.lock().apply(&key.id, current, next.clone());
+        let Some(next) = prepare(current.as_ref())? else {
+            return Ok(current);
+        };
+        if let Some(r) = &next {
+            if disk.registry.definition(&r.metadata.type_name).is_none() {
+                // It could be written, but not read back after a restart.
+                return Err(ResourceError::UnknownType(r.metadata.type_name.clone()).into());
+            }
         }
-        Ok(next)
+        let (disk_store, id, stored) = (disk.store.clone(), key.id.clone(), next.clone());
+        let key = key.clone();
+        let path = disk.store.path().display().to_string();
+        tokio::task::spawn_blocking(move || {
+            let _writer = writer;
+            match &next {
+                Some(r) => disk_store.put(r)?,
+                None => disk_store.delete(&key)?,
+            }
+            store.lock().apply(&id, current, next);
+            Ok::<_, StateError>(())
+        })
+        .await
+        .map_err(|e| StateError::Persistence {
+            path,
+            reason: format!("the disk writer failed: {e}"),
+        })??;
+        Ok(stored)
+    }
+
+    /// A write that leaves the resource in place: its result is the stored resource.
+    async fn write_existing(
+        &self,
+        key: &ResourceKey,
+        plan: impl FnOnce(Option<&Arc<AnyResource>>) -> Result<Change, StateError>,
+    ) -> Result<Arc<AnyResource>, StateError> {
+        self.write(key, plan)
+            .await?
+            .ok_or_else(|| StateError::NotFound(key.clone()))
     }
 
     fn require_owner(current: &AnyResource, writer: &str) -> Result<(), StateError> {
@@ -245,15 +289,16 @@ impl State {
     ) -> Result<Arc<AnyResource>, StateError> {
         check_spec_type(&resource)?;
         let key = resource.metadata.key();
+        validate_key(&key)?;
         resource.metadata.owner = owner.to_string();
         resource.metadata.phase = Phase::Running;
-        let stored = self
-            .write(&key, |current| match current {
-                Some(_) => Err(StateError::AlreadyExists(key.clone())),
-                None => Ok(Change::Put(resource)),
-            })
-            .await?;
-        stored.ok_or_else(|| StateError::NotFound(key.clone()))
+        // Finalizers are added by their holders, never brought along.
+        resource.metadata.finalizers.clear();
+        self.write_existing(&key, |current| match current {
+            Some(_) => Err(StateError::AlreadyExists(key.clone())),
+            None => Ok(Change::Put(resource)),
+        })
+        .await
     }
 
     /// Replaces the spec, labels and annotations of a resource. `resource.metadata.version`
@@ -268,7 +313,7 @@ impl State {
         check_spec_type(&resource)?;
         let key = resource.metadata.key();
         let stored = self
-            .write(&key, |current| {
+            .write_existing(&key, |current| {
                 let current = current.ok_or_else(|| StateError::NotFound(key.clone()))?;
                 Self::require_owner(current, owner)?;
                 if current.metadata.version != resource.metadata.version {
@@ -297,7 +342,7 @@ impl State {
                 })
             })
             .await?;
-        stored.ok_or_else(|| StateError::NotFound(key.clone()))
+        Ok(stored)
     }
 
     /// Starts the teardown of a resource: its phase becomes tearing-down, so consumers
@@ -308,7 +353,7 @@ impl State {
         owner: &str,
     ) -> Result<Arc<AnyResource>, StateError> {
         let stored = self
-            .write(key, |current| {
+            .write_existing(key, |current| {
                 let current = current.ok_or_else(|| StateError::NotFound(key.clone()))?;
                 Self::require_owner(current, owner)?;
                 if current.metadata.phase == Phase::TearingDown {
@@ -319,7 +364,7 @@ impl State {
                 Ok(Change::Put(next))
             })
             .await?;
-        stored.ok_or_else(|| StateError::NotFound(key.clone()))
+        Ok(stored)
     }
 
     /// Destroys a resource that has no finalizers left.
@@ -347,7 +392,7 @@ impl State {
         finalizer: &str,
     ) -> Result<Arc<AnyResource>, StateError> {
         let stored = self
-            .write(key, |current| {
+            .write_existing(key, |current| {
                 let current = current.ok_or_else(|| StateError::NotFound(key.clone()))?;
                 if current.metadata.finalizers.contains(finalizer) {
                     return Ok(Change::Keep);
@@ -363,7 +408,7 @@ impl State {
                 Ok(Change::Put(next))
             })
             .await?;
-        stored.ok_or_else(|| StateError::NotFound(key.clone()))
+        Ok(stored)
     }
 
     /// Removes a finalizer (a no-op if it is not there).
@@ -373,7 +418,7 @@ impl State {
         finalizer: &str,
     ) -> Result<Arc<AnyResource>, StateError> {
         let stored = self
-            .write(key, |current| {
+            .write_existing(key, |current| {
                 let current = current.ok_or_else(|| StateError::NotFound(key.clone()))?;
                 if !current.metadata.finalizers.contains(finalizer) {
                     return Ok(Change::Keep);
@@ -383,7 +428,7 @@ impl State {
                 Ok(Change::Put(next))
             })
             .await?;
-        stored.ok_or_else(|| StateError::NotFound(key.clone()))
+        Ok(stored)
     }
 
     fn subscribe(&self, kind: &Kind, id: Option<&str>, options: WatchKindOptions) -> Watch {
@@ -398,6 +443,8 @@ impl State {
         };
         let mut initial = VecDeque::new();
         let mut inner = store.lock();
+        // Watches dropped on a quiet kind are otherwise only noticed at its next write.
+        inner.watchers.retain(|w| !w.tx.is_closed());
         if options.bootstrap {
             initial.extend(
                 inner
@@ -445,19 +492,46 @@ impl State {
 
     /// A typed resource in the type's default namespace.
     pub async fn get_as<S: ResourceSpec>(&self, id: &str) -> Result<Resource<S>, StateError> {
-        let key = ResourceKey::new(S::DEFAULT_NAMESPACE, S::TYPE, id);
+        let key = ResourceKey::of::<S>(id);
         Ok(Resource::try_from(self.get(&key).await?.as_ref())?)
     }
 
     /// Every typed resource of the type's default namespace.
     pub async fn list_as<S: ResourceSpec>(&self) -> Result<Vec<Resource<S>>, StateError> {
-        let kind = Kind::new(S::DEFAULT_NAMESPACE, S::TYPE);
+        let kind = Kind::of::<S>();
         self.list(&kind, &LabelQuery::everything())
             .await?
             .iter()
             .map(|r| Ok(Resource::try_from(r.as_ref())?))
             .collect()
     }
+}
+
+/// Longest namespace, type or id accepted.
+const MAX_KEY_PART: usize = 1024;
+
+/// Namespaces and types are names; ids may hold `/` (e.g. `inet4/10.0.0.0/8`). None may be
+/// empty, very long, or hold NUL (the persistent key separator).
+fn validate_key(key: &ResourceKey) -> Result<(), StateError> {
+    let invalid = |reason: &'static str| StateError::InvalidKey {
+        key: key.clone(),
+        reason,
+    };
+    for part in [&key.namespace, &key.type_name, &key.id] {
+        if part.is_empty() {
+            return Err(invalid("namespace, type and id must not be empty"));
+        }
+        if part.len() > MAX_KEY_PART {
+            return Err(invalid("namespace, type and id must be at most 1024 bytes"));
+        }
+        if part.contains('\0') {
+            return Err(invalid("namespace, type and id must not contain NUL"));
+        }
+    }
+    if key.namespace.contains('/') || key.type_name.contains('/') {
+        return Err(invalid("namespace and type must not contain '/'"));
+    }
+    Ok(())
 }
 
 /// A resource's metadata must name the type its spec is.

@@ -247,3 +247,62 @@ fn last_acks(dir: &Path) -> BTreeMap<String, u64> {
     }
     acks
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_writes_leave_memory_equal_to_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let in_memory = {
+        let (state, _) = open(dir.path()).unwrap();
+        for i in 0..200u64 {
+            // Callers that give up mid-write (a client hanging up, a deadline).
+            let write = state.create(counter(&format!("r{i}"), i).into_any(), "");
+            let _ = tokio::time::timeout(Duration::from_micros(i % 50), write).await;
+        }
+        // Let writes already handed to the disk finish.
+        let mut listed = Vec::new();
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = state
+                .list(&key("x").kind(), &Default::default())
+                .await
+                .unwrap();
+            if now.len() == listed.len() && !now.is_empty() {
+                break;
+            }
+            listed = now;
+        }
+        listed
+            .iter()
+            .map(|r| (r.metadata.id.clone(), r.metadata.version))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let (state, _) = open(dir.path()).unwrap();
+    let on_disk: BTreeMap<_, _> = state
+        .list(&key("x").kind(), &Default::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.metadata.id.clone(), r.metadata.version))
+        .collect();
+    assert_eq!(in_memory, on_disk);
+}
+
+#[tokio::test]
+async fn unknown_types_are_not_written_to_disk() {
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Unregistered;
+    impl ResourceSpec for Unregistered {
+        const TYPE: &'static str = "Unregistereds.test.basalt.dev";
+        const DEFAULT_NAMESPACE: &'static str = "test";
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (state, _) = open(dir.path()).unwrap();
+    let err = state
+        .create(
+            basalt_resource::Resource::new("u", Unregistered).into_any(),
+            "",
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown resource type"), "{err}");
+}

@@ -228,3 +228,31 @@ async fn typed_helpers() {
     assert_eq!(a.spec.value, 7);
     assert_eq!(state.list_as::<Counter>().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn keys_are_validated_and_finalizers_are_not_brought_along() {
+    let state = State::new();
+    for (ns, id) in [("test", ""), ("", "a"), ("te/st", "a"), ("test", "a\0b")] {
+        let r = counter(id, 1).in_namespace(ns).into_any();
+        let err = state.create(r, "").await.unwrap_err();
+        assert!(
+            matches!(err, StateError::InvalidKey { .. }),
+            "{ns:?}/{id:?}: {err}"
+        );
+    }
+    let long = "x".repeat(2000);
+    assert!(state
+        .create(counter(&long, 1).into_any(), "")
+        .await
+        .is_err());
+    // Ids may hold '/'.
+    state
+        .create(counter("inet4/10.0.0.0/8", 1).into_any(), "")
+        .await
+        .unwrap();
+
+    let mut r = counter("f", 1).into_any();
+    r.metadata.finalizers.insert("sneaky".into());
+    let created = state.create(r, "").await.unwrap();
+    assert!(created.metadata.finalizers.is_empty());
+}
