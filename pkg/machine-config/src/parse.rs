@@ -1,0 +1,235 @@
+//! Reading and writing the multi-document YAML form.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::locate::{SourceDoc, SourceMap};
+use crate::{
+    ClusterConfigKind, Config, ConfigError, ExtensionServiceConfigKind, KubePrismConfigKind,
+    KubeSpanConfigKind, MachineConfigKind, API_VERSION,
+};
+
+/// The largest config accepted: far beyond any real one, small enough to parse quickly.
+pub const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
+
+/// One document of a multi-document text: its lines and where it starts (1-based).
+#[derive(Debug)]
+struct RawDoc {
+    first_line: usize,
+    text: String,
+}
+
+/// Splits at `---` lines (and ends a document at `...`). Block scalars are indented
+/// under their key, so a `---` at column 0 is always a document marker.
+fn split_documents(text: &str) -> Vec<RawDoc> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut first_line = 1;
+    let mut flush = |current: &mut String, first_line: usize| {
+        let has_content = current
+            .lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+        if has_content {
+            docs.push(RawDoc {
+                first_line,
+                text: std::mem::take(current),
+            });
+        }
+        current.clear();
+    };
+    for (i, line) in text.lines().enumerate() {
+        let marker = line.trim_end();
+        if marker == "---" || marker.starts_with("--- ") || marker == "..." {
+            flush(&mut current, first_line);
+            first_line = i + 2;
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+    }
+    flush(&mut current, first_line);
+    docs
+}
+
+/// What every document starts with; read leniently to decide how to read the rest.
+#[derive(Debug, Deserialize)]
+struct Header {
+    #[serde(rename = "apiVersion")]
+    api_version: Option<serde_yaml_ng::Value>,
+    kind: Option<serde_yaml_ng::Value>,
+}
+
+fn typed<T: DeserializeOwned>(doc: &RawDoc, index: usize, kind: &str) -> Result<T, ConfigError> {
+    serde_yaml_ng::from_str(&doc.text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line() + doc.first_line - 1, l.column()))
+            .unwrap_or((doc.first_line, 1));
+        // The library appends its own (document-relative) position: replace it.
+        let message = e.to_string();
+        let message = match message.rfind(" at line ") {
+            Some(at) => message[..at].to_string(),
+            None => message,
+        };
+        ConfigError::Field {
+            kind: kind.to_string(),
+            document: index,
+            line,
+            column,
+            message,
+        }
+    })
+}
+
+impl Config {
+    /// Parses a multi-document config.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Self::parse_with_source(text).map(|(c, _)| c)
+    }
+
+    /// Parses a multi-document config, keeping where each document is, so validation
+    /// errors can name lines.
+    pub fn parse_with_source(text: &str) -> Result<(Config, SourceMap), ConfigError> {
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::Document {
+                document: 1,
+                line: 1,
+                reason: format!(
+                    "the config has {} bytes, more than the {MAX_CONFIG_BYTES} accepted",
+                    text.len()
+                ),
+            });
+        }
+        let mut config = Config::default();
+        let mut source = SourceMap::default();
+        for (i, doc) in split_documents(text).iter().enumerate() {
+            let index = i + 1;
+            let fail = |reason: String| ConfigError::Document {
+                document: index,
+                line: doc.first_line,
+                reason,
+            };
+            let header: Header = serde_yaml_ng::from_str(&doc.text)
+                .map_err(|e| fail(format!("not a mapping with apiVersion and kind: {e}")))?;
+            let kind = match header.kind {
+                Some(serde_yaml_ng::Value::String(k)) => k,
+                Some(_) => return Err(fail("kind must be a string".into())),
+                None => return Err(fail("the document has no kind".into())),
+            };
+            match header.api_version {
+                Some(serde_yaml_ng::Value::String(v)) if v == API_VERSION => {}
+                Some(v) => {
+                    return Err(fail(format!(
+                        "{kind}: unsupported apiVersion {v:?}, expected {API_VERSION}"
+                    )))
+                }
+                None => return Err(fail(format!("{kind}: the document has no apiVersion"))),
+            }
+            let duplicate = || fail(format!("a second {kind} document; there may be only one"));
+            let mut name = None;
+            match kind.as_str() {
+                MachineConfigKind::KIND => {
+                    if config.machine.is_some() {
+                        return Err(duplicate());
+                    }
+                    config.machine = Some(typed(doc, index, &kind)?);
+                }
+                ClusterConfigKind::KIND => {
+                    if config.cluster.is_some() {
+                        return Err(duplicate());
+                    }
+                    config.cluster = Some(typed(doc, index, &kind)?);
+                }
+                KubeSpanConfigKind::KIND => {
+                    if config.kubespan.is_some() {
+                        return Err(duplicate());
+                    }
+                    config.kubespan = Some(typed(doc, index, &kind)?);
+                }
+                KubePrismConfigKind::KIND => {
+                    if config.kubeprism.is_some() {
+                        return Err(duplicate());
+                    }
+                    config.kubeprism = Some(typed(doc, index, &kind)?);
+                }
+                ExtensionServiceConfigKind::KIND => {
+                    let ext: crate::ExtensionServiceConfig = typed(doc, index, &kind)?;
+                    if config.extensions.iter().any(|e| e.name == ext.name) {
+                        return Err(fail(format!(
+                            "a second ExtensionServiceConfig named {:?}",
+                            ext.name
+                        )));
+                    }
+                    name = Some(ext.name.clone());
+                    config.extensions.push(ext);
+                }
+                other => {
+                    return Err(fail(format!(
+                        "unknown kind {other:?}; known kinds: MachineConfig, ClusterConfig, KubeSpanConfig, KubePrismConfig, ExtensionServiceConfig"
+                    )))
+                }
+            }
+            source
+                .docs
+                .push(SourceDoc::new(kind, name, doc.first_line, &doc.text));
+        }
+        config.extensions.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((config, source))
+    }
+
+    /// The documents in canonical order: machine, cluster, KubeSpan, KubePrism, then
+    /// extension services by name. Each with its kind and (for extensions) name.
+    pub fn documents(&self) -> Result<Vec<(String, serde_json::Value)>, ConfigError> {
+        fn value<T: Serialize>(doc: &T) -> Result<serde_json::Value, ConfigError> {
+            serde_json::to_value(doc).map_err(|e| ConfigError::Encode(e.to_string()))
+        }
+        let mut docs = Vec::new();
+        if let Some(m) = &self.machine {
+            docs.push((MachineConfigKind::KIND.to_string(), value(m)?));
+        }
+        if let Some(c) = &self.cluster {
+            docs.push((ClusterConfigKind::KIND.to_string(), value(c)?));
+        }
+        if let Some(k) = &self.kubespan {
+            docs.push((KubeSpanConfigKind::KIND.to_string(), value(k)?));
+        }
+        if let Some(k) = &self.kubeprism {
+            docs.push((KubePrismConfigKind::KIND.to_string(), value(k)?));
+        }
+        let mut extensions: Vec<_> = self.extensions.iter().collect();
+        extensions.sort_by(|a, b| a.name.cmp(&b.name));
+        for e in extensions {
+            docs.push((
+                format!("{}/{}", ExtensionServiceConfigKind::KIND, e.name),
+                value(e)?,
+            ));
+        }
+        Ok(docs)
+    }
+
+    /// The config as multi-document YAML, in canonical document order.
+    pub fn to_yaml(&self) -> Result<String, ConfigError> {
+        fn yaml<T: Serialize>(doc: &T) -> Result<String, ConfigError> {
+            serde_yaml_ng::to_string(doc).map_err(|e| ConfigError::Encode(e.to_string()))
+        }
+        let mut parts = Vec::new();
+        if let Some(m) = &self.machine {
+            parts.push(yaml(m)?);
+        }
+        if let Some(c) = &self.cluster {
+            parts.push(yaml(c)?);
+        }
+        if let Some(k) = &self.kubespan {
+            parts.push(yaml(k)?);
+        }
+        if let Some(k) = &self.kubeprism {
+            parts.push(yaml(k)?);
+        }
+        let mut extensions: Vec<_> = self.extensions.iter().collect();
+        extensions.sort_by(|a, b| a.name.cmp(&b.name));
+        for e in extensions {
+            parts.push(yaml(e)?);
+        }
+        Ok(parts.join("---\n"))
+    }
+}

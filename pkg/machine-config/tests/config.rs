@@ -1,0 +1,255 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use basalt_machine_config::{json_schema, Config, ConfigError, Mode, Patch, REDACTED};
+
+fn testdata(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// Compares with a golden file; `BASALT_UPDATE_GOLDEN=1` rewrites it.
+fn golden(path: &str, actual: &str) {
+    let path = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("BASALT_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(
+        actual, expected,
+        "{path} differs (BASALT_UPDATE_GOLDEN=1 rewrites it)"
+    );
+}
+
+fn sample() -> Config {
+    Config::parse(&testdata("controlplane.yaml")).unwrap()
+}
+
+#[test]
+fn a_full_controlplane_config_parses_and_validates_on_metal() {
+    let c = sample();
+    c.validate(Mode::Metal).unwrap();
+    c.validate(Mode::Cloud).unwrap();
+    let m = c.machine.as_ref().unwrap();
+    assert_eq!(m.network.as_ref().unwrap().links.len(), 2);
+    assert_eq!(
+        c.cluster.as_ref().unwrap().network.dns_domain,
+        "cluster.local"
+    );
+    assert_eq!(c.extensions[0].name, "nut-client");
+}
+
+#[test]
+fn container_mode_refuses_disks_and_kernel_args() {
+    let (config, source) = Config::parse_with_source(&testdata("controlplane.yaml")).unwrap();
+    let err = config
+        .validate_with_source(Mode::Container, Some(&source))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("install (line 9, column 1): a container has no disk to install to"),
+        "{err}"
+    );
+    assert!(err.contains("kernelArgs (line 11, column 1)"), "{err}");
+}
+
+#[test]
+fn validation_errors_name_document_path_and_position() {
+    let text = testdata("invalid.yaml");
+    let (config, source) = Config::parse_with_source(&text).unwrap();
+    let err = config
+        .validate_with_source(Mode::Metal, Some(&source))
+        .unwrap_err();
+    golden("testdata/invalid.expected", &format!("{err}\n"));
+}
+
+#[test]
+fn parse_errors_name_document_path_line_and_column() {
+    let cases = [
+        (
+            "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nrole: worker\nnetwork:\n  links:\n    - name: eth0\n      mttu: 1500\n",
+            "MachineConfig (document 1) at line 7 column 7: network.links[0]: unknown field `mttu`",
+        ),
+        (
+            "apiVersion: basalt.dev/v1alpha1\nkind: KubePrismConfig\nenabled: true\n---\n# second\napiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nrole: boss\n",
+            "MachineConfig (document 2) at line 8 column 7: role: unknown variant `boss`",
+        ),
+        ("kind: MachineConfig\nrole: worker\n", "document 1 (line 1): MachineConfig: the document has no apiVersion"),
+        (
+            "apiVersion: basalt.dev/v1alpha2\nkind: MachineConfig\n",
+            "unsupported apiVersion String(\"basalt.dev/v1alpha2\"), expected basalt.dev/v1alpha1",
+        ),
+        ("apiVersion: basalt.dev/v1alpha1\nkind: Nope\n", "unknown kind \"Nope\""),
+        ("apiVersion: basalt.dev/v1alpha1\n", "the document has no kind"),
+        ("- a\n- b\n", "not a mapping with apiVersion and kind"),
+        (
+            "apiVersion: basalt.dev/v1alpha1\nkind: KubePrismConfig\nenabled: true\n---\napiVersion: basalt.dev/v1alpha1\nkind: KubePrismConfig\nenabled: true\n",
+            "document 2 (line 5): a second KubePrismConfig document",
+        ),
+        (
+            "apiVersion: basalt.dev/v1alpha1\nkind: KubePrismConfig\nenabled: true\nport: 70000\n",
+            "KubePrismConfig (document 1) at line 4 column 7: port: invalid value",
+        ),
+    ];
+    for (text, expected) in cases {
+        let err = Config::parse(text).unwrap_err().to_string();
+        assert!(
+            err.contains(expected),
+            "{text:?}\n  got: {err}\n want: {expected}"
+        );
+    }
+}
+
+#[test]
+fn round_trip_through_yaml_is_identity() {
+    let c = sample();
+    let again = Config::parse(&c.to_yaml().unwrap()).unwrap();
+    assert_eq!(again, c);
+}
+
+#[test]
+fn strategic_merge_patch() {
+    let patch = Patch::parse(&testdata("patch-merge.yaml")).unwrap();
+    let patched = sample().patch(&patch).unwrap();
+    patched.validate(Mode::Metal).unwrap();
+    golden(
+        "testdata/patch-merge.expected.yaml",
+        &patched.to_yaml().unwrap(),
+    );
+    let links = &patched
+        .machine
+        .as_ref()
+        .unwrap()
+        .network
+        .as_ref()
+        .unwrap()
+        .links;
+    let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["eth0", "bond0"]);
+    assert_eq!(links[0].mtu, Some(9000));
+    assert_eq!(
+        links[0].addresses,
+        ["192.0.2.10/24"],
+        "untouched fields stay"
+    );
+    assert_eq!(links[0].routes.len(), 2, "routes merge by network");
+    assert!(
+        patched.kubespan.as_ref().unwrap().enabled,
+        "a new document is added"
+    );
+    assert!(patched.extensions.is_empty(), "a document is deleted");
+}
+
+#[test]
+fn json_patch() {
+    let patch = Patch::parse(&testdata("patch-json.yaml")).unwrap();
+    let patched = sample().patch(&patch).unwrap();
+    golden(
+        "testdata/patch-json.expected.yaml",
+        &patched.to_yaml().unwrap(),
+    );
+    assert_eq!(
+        patched.machine.as_ref().unwrap().hostname.as_deref(),
+        Some("cp-2.lab.example")
+    );
+    assert!(patched.machine.as_ref().unwrap().kernel_args.is_empty());
+}
+
+#[test]
+fn bad_patches_are_errors() {
+    let c = sample();
+    let cases = [
+        (
+            "kind: MachineConfig\nnetwork:\n  links:\n    - name: eth0\n      mttu: 1\n",
+            "unknown field `mttu`",
+        ),
+        ("- op: remove\n  path: /MachineConfig/nope\n", "patch"),
+        ("- op: frobnicate\n  path: /x\n", "not a JSON patch"),
+        ("just a string", "a patch document is a map with a kind"),
+        ("kind: Nope\nx: 1\n", "unknown document kind \"Nope\""),
+    ];
+    for (text, expected) in cases {
+        let err = Patch::parse(text).and_then(|p| c.patch(&p)).unwrap_err();
+        assert!(matches!(err, ConfigError::Patch { .. }), "{text:?}: {err}");
+        assert!(
+            err.to_string().contains(expected),
+            "{text:?}\n  got: {err}\n want: {expected}"
+        );
+    }
+}
+
+#[test]
+fn secrets_are_redacted_for_readers() {
+    let c = sample();
+    let secrets = [
+        "abcdef.0123456789abcdef",
+        "OS-CA-KEY",
+        "K8S-CA-KEY",
+        "AGG-CA-KEY",
+        "ETCD-CA-KEY",
+        "SA-KEY",
+        "xyzxyz.0123456789xyzxyz",
+        "HyAhIiMkJSYnKCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4=",
+    ];
+    let raw = c.to_yaml().unwrap();
+    let redacted = c.redacted().to_yaml().unwrap();
+    let debug = format!("{c:?}");
+    for s in secrets {
+        assert!(raw.contains(s), "the config file keeps {s}");
+        assert!(!redacted.contains(s), "redacted output shows {s}");
+        assert!(!debug.contains(s), "Debug shows {s}");
+    }
+    assert!(redacted.contains(REDACTED));
+    assert!(
+        redacted.contains("OS-CA-CERT"),
+        "certificates are not secret"
+    );
+}
+
+#[test]
+fn digest_ignores_formatting_and_sees_changes() {
+    let a = sample();
+    // Same meaning, other formatting: comments, key order, flow style, document order.
+    let text = testdata("controlplane.yaml");
+    let docs: Vec<&str> = text.split("\n---\n").collect();
+    let reordered = format!(
+        "{}\n---\n{}\n---\n{}\n---\n{}",
+        docs[3],
+        docs[2],
+        docs[1].replace(
+            "podSubnets: [10.244.0.0/16]",
+            "podSubnets:\n    - 10.244.0.0/16"
+        ),
+        docs[0].replace("# A control-plane", "# Another comment. A control-plane")
+    );
+    let b = Config::parse(&reordered).unwrap();
+    assert_eq!(a.digest().unwrap(), b.digest().unwrap());
+    assert_eq!(a.digest().unwrap().len(), 64);
+    let mut c = a.clone();
+    c.kubeprism.as_mut().unwrap().port = 7446;
+    assert_ne!(a.digest().unwrap(), c.digest().unwrap());
+}
+
+#[test]
+fn diff_shows_structure_and_hides_secrets() {
+    let a = sample();
+    let patched = a
+        .patch(&Patch::parse(&testdata("patch-json.yaml")).unwrap())
+        .unwrap();
+    let mut b = patched.clone();
+    b.cluster.as_mut().unwrap().bootstrap_token = basalt_machine_config::Secret::new("new.token");
+    let text: Vec<String> = a
+        .diff(&b)
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    golden("testdata/diff.expected", &(text.join("\n") + "\n"));
+    assert!(!text.join("\n").contains("new.token"));
+    assert!(a.diff(&a).unwrap().is_empty());
+}
+
+#[test]
+fn json_schema_is_current() {
+    let schema = serde_json::to_string_pretty(&json_schema()).unwrap() + "\n";
+    golden("../../docs/config.schema.json", &schema);
+    assert!(schema.contains("\"MachineConfig\""));
+}

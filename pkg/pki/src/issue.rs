@@ -1,0 +1,433 @@
+//! Making certificates: self-signed CAs (through rcgen) and leaf certificates signed by
+//! a CA (encoded in [`crate::der`], because a client certificate has one Organization per
+//! role and rcgen can write only one).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose,
+    PublicKeyData, SerialNumber, SigningKey,
+};
+use ring::digest;
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::ParsedExtension;
+use x509_parser::oid_registry::{
+    Oid, OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ED25519, OID_X509_COMMON_NAME,
+    OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER, OID_X509_EXT_BASIC_CONSTRAINTS,
+    OID_X509_EXT_EXTENDED_KEY_USAGE, OID_X509_EXT_KEY_USAGE, OID_X509_EXT_SUBJECT_ALT_NAME,
+    OID_X509_EXT_SUBJECT_KEY_IDENTIFIER, OID_X509_ORGANIZATION_NAME,
+};
+
+use crate::inspect::{ca_problem, display_name};
+use crate::keys::{certificate_der, check_key_matches, parse_certificate, parse_key, KeyAlgorithm};
+use crate::{der, random_bytes, CertAndKey, PkiError, Role};
+
+/// How far before "now" a certificate becomes valid: a peer whose clock runs a few
+/// minutes behind the issuer's must still accept a certificate issued a moment ago.
+pub const CLOCK_SKEW_ALLOWANCE: time::Duration = time::Duration::minutes(5);
+
+/// How long the CAs of a secrets bundle are valid: rotating a cluster's CAs is a project,
+/// so they outlive any node.
+pub const CA_VALIDITY: time::Duration = time::Duration::days(3650);
+
+/// RFC 5280 caps a common name at 64 characters (ub-common-name).
+const MAX_COMMON_NAME: usize = 64;
+
+/// id-kp-serverAuth, 1.3.6.1.5.5.7.3.1 (oid-registry does not name the key purposes).
+const OID_KP_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+/// id-kp-clientAuth, 1.3.6.1.5.5.7.3.2.
+const OID_KP_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+
+/// KeyUsage bits (RFC 5280 4.2.1.3), numbered from the first bit.
+const KU_DIGITAL_SIGNATURE: u8 = 0;
+
+/// Makes a self-signed CA certificate and its key.
+pub(crate) fn generate_ca(
+    common_name: &str,
+    algorithm: KeyAlgorithm,
+    now: OffsetDateTime,
+) -> Result<CertAndKey, PkiError> {
+    let failed = |reason: String| PkiError::Generate {
+        what: format!("CA {common_name:?}"),
+        reason,
+    };
+    let key = algorithm.generate(&format!("the key of CA {common_name:?}"))?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, common_name);
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = now - CLOCK_SKEW_ALLOWANCE;
+    params.not_after = now + CA_VALIDITY;
+    params.serial_number = Some(SerialNumber::from_slice(&serial_number()?));
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(CertAndKey {
+        crt: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// Issues a client certificate for the Machine API: the subject is
+/// `O=<role>, ..., CN=<common_name>`, one O per role; extended key usage clientAuth.
+///
+/// The key is Ed25519 when the CA's is, ECDSA P-256 otherwise. The certificate is valid
+/// from [`CLOCK_SKEW_ALLOWANCE`] ago for `validity`, but never past the CA's own end.
+pub fn issue_client_cert(
+    ca: &CertAndKey,
+    common_name: &str,
+    roles: &[Role],
+    validity: Duration,
+) -> Result<CertAndKey, PkiError> {
+    let mut organizations: Vec<&str> = Vec::with_capacity(roles.len());
+    for role in roles {
+        if !organizations.contains(&role.as_str()) {
+            organizations.push(role.as_str());
+        }
+    }
+    issue(
+        ca,
+        &Leaf {
+            common_name,
+            organizations,
+            sans: Vec::new(),
+            server_auth: false,
+            validity,
+        },
+    )
+}
+
+/// Issues a server certificate: subject `CN=<common_name>`, one subject alternative name
+/// per entry of `sans` (an IP address when it parses as one, a DNS name otherwise),
+/// extended key usage serverAuth and clientAuth — nodes also present it to each other
+/// as clients (node-to-node mTLS). Key and validity as [`issue_client_cert`].
+pub fn issue_server_cert(
+    ca: &CertAndKey,
+    common_name: &str,
+    sans: &[String],
+    validity: Duration,
+) -> Result<CertAndKey, PkiError> {
+    let sans = sans
+        .iter()
+        .map(|s| San::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    issue(
+        ca,
+        &Leaf {
+            common_name,
+            organizations: Vec::new(),
+            sans,
+            server_auth: true,
+            validity,
+        },
+    )
+}
+
+struct Leaf<'a> {
+    common_name: &'a str,
+    organizations: Vec<&'a str>,
+    sans: Vec<San>,
+    server_auth: bool,
+    validity: Duration,
+}
+
+enum San {
+    Dns(String),
+    Ip(IpAddr),
+}
+
+impl San {
+    fn parse(value: &str) -> Result<Self, PkiError> {
+        if let Ok(ip) = value.parse::<IpAddr>() {
+            return Ok(San::Ip(ip));
+        }
+        let invalid = |reason: &str| PkiError::InvalidSan {
+            value: value.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if value.is_empty() || value.len() > 253 {
+            return Err(invalid("a DNS name has 1 to 253 characters"));
+        }
+        for (i, label) in value.split('.').enumerate() {
+            let wildcard = i == 0 && label == "*";
+            let ok = wildcard
+                || (!label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+            if !ok {
+                return Err(invalid(
+                    "not an IP address, nor a DNS name (labels of 1 to 63 letters, digits \
+                     and inner hyphens, an optional leading \"*\" label)",
+                ));
+            }
+        }
+        Ok(San::Dns(value.to_owned()))
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        // GeneralName: dNSName [2] IA5String, iPAddress [7] OCTET STRING.
+        match self {
+            San::Dns(name) => der::implicit_primitive(2, name.as_bytes()),
+            San::Ip(IpAddr::V4(ip)) => der::implicit_primitive(7, &ip.octets()),
+            San::Ip(IpAddr::V6(ip)) => der::implicit_primitive(7, &ip.octets()),
+        }
+    }
+}
+
+fn issue(ca: &CertAndKey, leaf: &Leaf<'_>) -> Result<CertAndKey, PkiError> {
+    check_common_name(leaf.common_name)?;
+    let ca_der = certificate_der(&ca.crt, "the CA certificate")?;
+    let ca_cert = parse_certificate(&ca_der, "the CA certificate")?;
+    let ca_name = display_name(&ca_cert);
+    if let Some(reason) = ca_problem(&ca_cert) {
+        return Err(PkiError::NotACa {
+            subject: ca_name,
+            reason,
+        });
+    }
+    let ca_key = parse_key(&ca.key, &format!("the key of CA {ca_name:?}"))?;
+    check_key_matches(&ca_cert, &ca_key, &format!("the key of CA {ca_name:?}"))?;
+    let algorithm = KeyAlgorithm::of(&ca_key, &format!("the key of CA {ca_name:?}"))?;
+
+    let (not_before, not_after) = leaf_validity(&ca_cert, &ca_name, leaf)?;
+    let key = algorithm.generate(&format!("the key of {:?}", leaf.common_name))?;
+    let spki = key.subject_public_key_info();
+
+    // Neither algorithm takes parameters (RFC 8410 3, RFC 5758 3.2).
+    let signature_oid = match algorithm {
+        KeyAlgorithm::Ed25519 => OID_SIG_ED25519,
+        KeyAlgorithm::EcdsaP256 => OID_SIG_ECDSA_WITH_SHA256,
+    };
+    let signature_algorithm = der::sequence(&[&der::oid(signature_oid.as_bytes())]);
+    let tbs = der::sequence(&[
+        &der::explicit(0, &der::small_integer(2)), // version v3
+        &der::unsigned_integer(&serial_number()?),
+        &signature_algorithm,
+        ca_cert.subject().as_raw(),
+        &der::sequence(&[&der::time(not_before), &der::time(not_after)]),
+        &subject(leaf),
+        &spki,
+        &der::explicit(3, &extensions(leaf, &spki, &ca_cert)),
+    ]);
+    let signature = ca_key.sign(&tbs).map_err(|e| PkiError::Generate {
+        what: format!("the signature of {:?}", leaf.common_name),
+        reason: e.to_string(),
+    })?;
+    let cert = der::sequence(&[&tbs, &signature_algorithm, &der::bit_string(&signature)]);
+    Ok(CertAndKey {
+        crt: pem_certificate(&cert),
+        key: key.serialize_pem(),
+    })
+}
+
+fn check_common_name(name: &str) -> Result<(), PkiError> {
+    let invalid = |reason| PkiError::InvalidCommonName {
+        value: name.to_owned(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if name.chars().count() > MAX_COMMON_NAME {
+        return Err(invalid("it is longer than 64 characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(invalid("it contains control characters"));
+    }
+    Ok(())
+}
+
+fn leaf_validity(
+    ca: &X509Certificate<'_>,
+    ca_name: &str,
+    leaf: &Leaf<'_>,
+) -> Result<(OffsetDateTime, OffsetDateTime), PkiError> {
+    let invalid = |reason: String| PkiError::InvalidValidity {
+        subject: leaf.common_name.to_owned(),
+        reason,
+    };
+    if leaf.validity.is_zero() {
+        return Err(invalid("the validity is zero".to_owned()));
+    }
+    let validity = time::Duration::try_from(leaf.validity)
+        .map_err(|_| invalid(format!("{:?} is too long", leaf.validity)))?;
+    let now = OffsetDateTime::now_utc();
+    let ca_not_after = ca.validity().not_after.to_datetime();
+    if ca_not_after <= now {
+        return Err(PkiError::Expired {
+            subject: ca_name.to_owned(),
+            not_after: ca_not_after,
+        });
+    }
+    // A certificate cannot outlive its CA in any verifier; saying so in the certificate
+    // keeps `not_after` honest.
+    let not_after = now
+        .checked_add(validity)
+        .map_or(ca_not_after, |end| end.min(ca_not_after));
+    Ok((now - CLOCK_SKEW_ALLOWANCE, not_after))
+}
+
+/// `O=..., O=..., CN=...`, one attribute per RDN, as UTF8String (RFC 5280 4.1.2.6).
+fn subject(leaf: &Leaf<'_>) -> Vec<u8> {
+    let rdn = |oid: &Oid<'_>, value: &str| {
+        der::set(&[&der::sequence(&[
+            &der::oid(oid.as_bytes()),
+            &der::utf8_string(value),
+        ])])
+    };
+    let mut rdns: Vec<Vec<u8>> = leaf
+        .organizations
+        .iter()
+        .map(|o| rdn(&OID_X509_ORGANIZATION_NAME, o))
+        .collect();
+    rdns.push(rdn(&OID_X509_COMMON_NAME, leaf.common_name));
+    let parts: Vec<&[u8]> = rdns.iter().map(Vec::as_slice).collect();
+    der::sequence(&parts)
+}
+
+fn extensions(leaf: &Leaf<'_>, spki: &[u8], ca: &X509Certificate<'_>) -> Vec<u8> {
+    let extension = |oid: &Oid<'_>, critical: bool, value: &[u8]| {
+        let oid = der::oid(oid.as_bytes());
+        let value = der::octet_string(value);
+        if critical {
+            der::sequence(&[&oid, &der::boolean(true), &value])
+        } else {
+            der::sequence(&[&oid, &value])
+        }
+    };
+    let mut purposes = Vec::new();
+    if leaf.server_auth {
+        purposes.push(der::oid(OID_KP_SERVER_AUTH));
+    }
+    purposes.push(der::oid(OID_KP_CLIENT_AUTH));
+    let purposes: Vec<&[u8]> = purposes.iter().map(Vec::as_slice).collect();
+
+    let mut all = vec![
+        // Not a CA: a leaf key must not be able to mint certificates.
+        extension(&OID_X509_EXT_BASIC_CONSTRAINTS, true, &der::sequence(&[])),
+        extension(
+            &OID_X509_EXT_KEY_USAGE,
+            true,
+            &der::named_bits(&[KU_DIGITAL_SIGNATURE]),
+        ),
+        extension(
+            &OID_X509_EXT_EXTENDED_KEY_USAGE,
+            false,
+            &der::sequence(&purposes),
+        ),
+        extension(
+            &OID_X509_EXT_SUBJECT_KEY_IDENTIFIER,
+            false,
+            &der::octet_string(&key_identifier(spki)),
+        ),
+        extension(
+            &OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER,
+            false,
+            // AuthorityKeyIdentifier ::= SEQUENCE { keyIdentifier [0] IMPLICIT ... }
+            &der::sequence(&[&der::implicit_primitive(0, &authority_key_id(ca))]),
+        ),
+    ];
+    if !leaf.sans.is_empty() {
+        let names: Vec<Vec<u8>> = leaf.sans.iter().map(San::encode).collect();
+        let names: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
+        all.push(extension(
+            &OID_X509_EXT_SUBJECT_ALT_NAME,
+            false,
+            &der::sequence(&names),
+        ));
+    }
+    let all: Vec<&[u8]> = all.iter().map(Vec::as_slice).collect();
+    der::sequence(&all)
+}
+
+/// The CA's own subject key identifier, so that chains build by identifier; for a CA
+/// without one (made elsewhere), one derived the way rcgen derives it for ours.
+fn authority_key_id(ca: &X509Certificate<'_>) -> Vec<u8> {
+    ca.iter_extensions()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+            _ => None,
+        })
+        .unwrap_or_else(|| key_identifier(ca.public_key().raw))
+}
+
+/// The first 160 bits of the SHA-256 of the SubjectPublicKeyInfo (rcgen's method).
+fn key_identifier(spki: &[u8]) -> Vec<u8> {
+    let hash = digest::digest(&digest::SHA256, spki);
+    hash.as_ref()[..20].to_vec()
+}
+
+/// A random positive serial of 16 bytes: RFC 5280 wants them unique per CA, and the
+/// CA/Browser Forum at least 64 random bits; the top bits are fixed so the INTEGER
+/// encoding is always 16 bytes and positive.
+fn serial_number() -> Result<[u8; 16], PkiError> {
+    let mut serial = random_bytes::<16>()?;
+    serial[0] = (serial[0] & 0x7f) | 0x40;
+    Ok(serial)
+}
+
+fn pem_certificate(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(body.len() + body.len() / 64 + 60);
+    out.push_str("-----BEGIN CERTIFICATE-----\n");
+    // Base64 output is ASCII, so splitting it at any byte is splitting at a char.
+    for line in body.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sans_are_typed_and_checked() {
+        assert!(matches!(San::parse("10.0.0.1"), Ok(San::Ip(_))));
+        assert!(matches!(San::parse("fd00::1"), Ok(San::Ip(_))));
+        assert!(matches!(San::parse("node-1.example.org"), Ok(San::Dns(_))));
+        assert!(matches!(San::parse("*.example.org"), Ok(San::Dns(_))));
+        for bad in [
+            "",
+            "a..b",
+            "-a.b",
+            "a b",
+            "ä.example",
+            "a.*.b",
+            "10.0.0.1:80",
+        ] {
+            assert!(
+                matches!(San::parse(bad), Err(PkiError::InvalidSan { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn common_names_are_checked() {
+        assert!(check_common_name("admin").is_ok());
+        assert!(check_common_name("").is_err());
+        assert!(check_common_name(&"x".repeat(65)).is_err());
+        assert!(check_common_name("a\nb").is_err());
+    }
+
+    #[test]
+    fn pem_lines_are_64_wide() {
+        let pem = pem_certificate(&[0xab; 100]);
+        let lines: Vec<&str> = pem.lines().collect();
+        assert_eq!(lines[0], "-----BEGIN CERTIFICATE-----");
+        assert_eq!(lines[1].len(), 64);
+        assert_eq!(lines.last().copied(), Some("-----END CERTIFICATE-----"));
+    }
+}
