@@ -11,10 +11,12 @@
 mod macros;
 #[cfg(test)]
 mod arbitrary;
+pub mod client;
 mod cluster;
 mod digest;
 mod error;
 mod features;
+pub mod generate;
 mod locate;
 mod machine;
 mod parse;

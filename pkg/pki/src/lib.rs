@@ -12,6 +12,7 @@
 mod bundle;
 mod der;
 mod error;
+mod file;
 mod inspect;
 mod issue;
 mod keys;
@@ -19,6 +20,7 @@ mod role;
 
 pub use bundle::{BootstrapToken, BundleCerts, ClusterSecrets, SecretsBundle};
 pub use error::PkiError;
+pub use file::write_private_file;
 pub use inspect::{inspect, roles_of, verify, CertInfo};
 pub use issue::{issue_client_cert, issue_server_cert, CA_VALIDITY, CLOCK_SKEW_ALLOWANCE};
 pub use keys::{CertAndKey, KeyPem};

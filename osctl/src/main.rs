@@ -1,0 +1,303 @@
+//! `osctl`: the workstation CLI of Basalt.
+#![allow(clippy::print_stdout)] // a CLI prints
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use basalt_machine_config::client::ClientConfig;
+use basalt_machine_config::generate::{generate, GenerateOptions};
+use basalt_machine_config::{Config, Mode, Patch};
+use basalt_pki::{write_private_file, SecretsBundle};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "osctl",
+    version,
+    about = "Manage Basalt nodes and their configuration"
+)]
+struct Cli {
+    /// The client configuration file.
+    #[arg(long, global = true, env = "OSCONFIG")]
+    osconfig: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate secrets and configurations.
+    #[command(subcommand)]
+    Gen(Gen),
+    /// Check a configuration file for a run mode.
+    Validate {
+        /// metal, cloud or container.
+        #[arg(long, short)]
+        mode: Mode,
+        file: PathBuf,
+    },
+    /// Work with machine configuration files.
+    #[command(subcommand, name = "machineconfig", alias = "mc")]
+    MachineConfig(MachineConfigCmd),
+    /// Manage the client configuration (contexts, endpoints, nodes).
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum Gen {
+    /// Generate a secrets bundle for a new cluster.
+    Secrets {
+        #[arg(long, short, default_value = "secrets.yaml")]
+        output: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Generate controlplane.yaml, worker.yaml and the client config `osconfig`.
+    Config {
+        /// The cluster name.
+        name: String,
+        /// The Kubernetes API endpoint, https://HOST:PORT.
+        endpoint: String,
+        /// Use this secrets bundle instead of generating one.
+        #[arg(long)]
+        with_secrets: Option<PathBuf>,
+        /// A patch for both configs: @FILE or inline YAML/JSON (repeatable).
+        #[arg(long)]
+        config_patch: Vec<String>,
+        /// A patch for the control-plane config only.
+        #[arg(long)]
+        config_patch_control_plane: Vec<String>,
+        /// A patch for the worker config only.
+        #[arg(long)]
+        config_patch_worker: Vec<String>,
+        /// The install disk (metal); `none` for cloud and container nodes.
+        #[arg(long, default_value = "/dev/sda")]
+        install_disk: String,
+        #[arg(long, short, default_value = ".")]
+        output_dir: PathBuf,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MachineConfigCmd {
+    /// Apply patches to a configuration file.
+    Patch {
+        file: PathBuf,
+        /// @FILE or inline YAML/JSON (repeatable).
+        #[arg(long, short, required = true)]
+        patch: Vec<String>,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// List the contexts.
+    Contexts,
+    /// Switch to a context.
+    Context { name: String },
+    /// Add the contexts of another client config file.
+    Merge { file: PathBuf },
+    /// Set the endpoints of the current context.
+    Endpoint { endpoints: Vec<String> },
+    /// Set the default nodes of the current context.
+    Node { nodes: Vec<String> },
+    /// Show the current context.
+    Info,
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// `@FILE` or inline text.
+fn patch_arg(arg: &str) -> Result<Patch> {
+    let text = match arg.strip_prefix('@') {
+        Some(file) => read(Path::new(file))?,
+        None => arg.to_string(),
+    };
+    Patch::parse(&text).with_context(|| format!("patch {arg}"))
+}
+
+fn apply_patches(mut config: Config, patches: &[String]) -> Result<Config> {
+    for p in patches {
+        config = config
+            .patch(&patch_arg(p)?)
+            .with_context(|| format!("patch {p}"))?;
+    }
+    Ok(config)
+}
+
+fn refuse_overwrite(path: &Path, force: bool) -> Result<()> {
+    if path.exists() && !force {
+        bail!("{} exists; use --force to replace it", path.display());
+    }
+    Ok(())
+}
+
+fn osconfig_path(cli: &Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = cli {
+        return Ok(p.clone());
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set; pass --osconfig")?;
+    Ok(PathBuf::from(home).join(".basalt").join("config"))
+}
+
+fn load_client(path: &Path) -> Result<ClientConfig> {
+    if !path.exists() {
+        return Ok(ClientConfig::default());
+    }
+    ClientConfig::parse(&read(path)?).with_context(|| format!("{}", path.display()))
+}
+
+fn save_client(path: &Path, config: &ClientConfig) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    write_private_file(path, config.to_yaml()?.as_bytes())?;
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Gen(Gen::Secrets { output, force }) => {
+            refuse_overwrite(&output, force)?;
+            SecretsBundle::generate()?.write_to(&output)?;
+            println!("wrote {}", output.display());
+        }
+        Command::Gen(Gen::Config {
+            name,
+            endpoint,
+            with_secrets,
+            config_patch,
+            config_patch_control_plane,
+            config_patch_worker,
+            install_disk,
+            output_dir,
+            force,
+        }) => {
+            let bundle = match &with_secrets {
+                Some(path) => SecretsBundle::read_from(path)?,
+                None => SecretsBundle::generate()?,
+            };
+            let options = GenerateOptions {
+                cluster_name: name,
+                endpoint,
+                install_disk: (install_disk != "none").then_some(install_disk),
+                admin_validity: Duration::from_secs(365 * 24 * 3600),
+            };
+            let generated = generate(&bundle, &options)?;
+            let controlplane = apply_patches(generated.controlplane, &config_patch)?;
+            let controlplane = apply_patches(controlplane, &config_patch_control_plane)?;
+            let worker = apply_patches(generated.worker, &config_patch)?;
+            let worker = apply_patches(worker, &config_patch_worker)?;
+            let mode = if options.install_disk.is_some() {
+                Mode::Metal
+            } else {
+                Mode::Cloud
+            };
+            controlplane
+                .validate(mode)
+                .context("the generated control-plane config")?;
+            worker
+                .validate(mode)
+                .context("the generated worker config")?;
+
+            std::fs::create_dir_all(&output_dir)
+                .with_context(|| format!("cannot create {}", output_dir.display()))?;
+            let files = [
+                ("controlplane.yaml", controlplane.to_yaml()?),
+                ("worker.yaml", worker.to_yaml()?),
+                ("osconfig", generated.client.to_yaml()?),
+            ];
+            for (file, _) in &files {
+                refuse_overwrite(&output_dir.join(file), force)?;
+            }
+            for (file, contents) in &files {
+                let path = output_dir.join(file);
+                write_private_file(&path, contents.as_bytes())?;
+                println!("wrote {}", path.display());
+            }
+        }
+        Command::Validate { mode, file } => {
+            let text = read(&file)?;
+            let (config, source) =
+                Config::parse_with_source(&text).with_context(|| format!("{}", file.display()))?;
+            config
+                .validate_with_source(mode, Some(&source))
+                .with_context(|| format!("{}", file.display()))?;
+            println!("{} is valid for {mode:?} mode", file.display());
+        }
+        Command::MachineConfig(MachineConfigCmd::Patch {
+            file,
+            patch,
+            output,
+        }) => {
+            let config =
+                Config::parse(&read(&file)?).with_context(|| format!("{}", file.display()))?;
+            let yaml = apply_patches(config, &patch)?.to_yaml()?;
+            match output {
+                Some(path) => write_private_file(&path, yaml.as_bytes())?,
+                None => print!("{yaml}"),
+            }
+        }
+        Command::Config(cmd) => {
+            let path = osconfig_path(&cli.osconfig)?;
+            let mut client = load_client(&path)?;
+            match cmd {
+                ConfigCmd::Contexts => {
+                    println!("CURRENT  NAME  ENDPOINTS  NODES");
+                    for (name, c) in &client.contexts {
+                        let current = if *name == client.context { "*" } else { "" };
+                        println!(
+                            "{current:<8} {name}  {}  {}",
+                            c.endpoints.join(","),
+                            c.nodes.join(",")
+                        );
+                    }
+                    return Ok(());
+                }
+                ConfigCmd::Info => {
+                    let name = client.context.clone();
+                    let c = client.current_mut()?;
+                    println!(
+                        "context:   {name}\nendpoints: {}\nnodes:     {}",
+                        c.endpoints.join(", "),
+                        c.nodes.join(", ")
+                    );
+                    return Ok(());
+                }
+                ConfigCmd::Context { name } => client.use_context(&name)?,
+                ConfigCmd::Merge { file } => {
+                    let other = ClientConfig::parse(&read(&file)?)
+                        .with_context(|| format!("{}", file.display()))?;
+                    for name in client.merge(other) {
+                        println!("added context {name}");
+                    }
+                }
+                ConfigCmd::Endpoint { endpoints } => client.current_mut()?.endpoints = endpoints,
+                ConfigCmd::Node { nodes } => client.current_mut()?.nodes = nodes,
+            }
+            save_client(&path, &client)?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
