@@ -107,9 +107,15 @@ enum ConfigCmd {
     /// Add the contexts of another client config file.
     Merge { file: PathBuf },
     /// Set the endpoints of the current context.
-    Endpoint { endpoints: Vec<String> },
+    Endpoint {
+        #[arg(required = true)]
+        endpoints: Vec<String>,
+    },
     /// Set the default nodes of the current context.
-    Node { nodes: Vec<String> },
+    Node {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Show the current context.
     Info,
 }
@@ -118,20 +124,29 @@ fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
+/// How a patch argument is named in errors: its file, or its position (inline patches
+/// may hold secrets, so they are not echoed).
+fn patch_name(arg: &str, index: usize) -> String {
+    match arg.strip_prefix('@') {
+        Some(file) => file.to_string(),
+        None => format!("inline patch {}", index + 1),
+    }
+}
+
 /// `@FILE` or inline text.
-fn patch_arg(arg: &str) -> Result<Patch> {
+fn patch_arg(arg: &str, index: usize) -> Result<Patch> {
     let text = match arg.strip_prefix('@') {
         Some(file) => read(Path::new(file))?,
         None => arg.to_string(),
     };
-    Patch::parse(&text).with_context(|| format!("patch {arg}"))
+    Patch::parse(&text).with_context(|| patch_name(arg, index))
 }
 
 fn apply_patches(mut config: Config, patches: &[String]) -> Result<Config> {
-    for p in patches {
+    for (i, p) in patches.iter().enumerate() {
         config = config
-            .patch(&patch_arg(p)?)
-            .with_context(|| format!("patch {p}"))?;
+            .patch(&patch_arg(p, i)?)
+            .with_context(|| patch_name(p, i))?;
     }
     Ok(config)
 }
@@ -234,7 +249,7 @@ fn run(cli: Cli) -> Result<()> {
             config
                 .validate_with_source(mode, Some(&source))
                 .with_context(|| format!("{}", file.display()))?;
-            println!("{} is valid for {mode:?} mode", file.display());
+            println!("{} is valid for {mode} mode", file.display());
         }
         Command::MachineConfig(MachineConfigCmd::Patch {
             file,

@@ -127,7 +127,7 @@ fn gen_config_writes_three_files_of_the_known_shape() {
         d,
         &["validate", "--mode", "metal", "out/controlplane.yaml"],
     ));
-    assert!(out.contains("is valid for Metal mode"), "{out}");
+    assert!(out.contains("is valid for metal mode"), "{out}");
     ok(osctl(
         d,
         &["validate", "--mode", "metal", "out/worker.yaml"],

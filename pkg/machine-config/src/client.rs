@@ -45,6 +45,10 @@ impl ClientConfig {
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        if text.len() > crate::parse::MAX_CONFIG_BYTES {
+            return Err(client_error("the client configuration is too large"));
+        }
+        basalt_resource::yaml::check_expansion(text).map_err(client_error)?;
         let config: ClientConfig = serde_yaml_ng::from_str(text)
             .map_err(|e| client_error(format!("not a client configuration: {e}")))?;
         if !config.context.is_empty() && !config.contexts.contains_key(&config.context) {

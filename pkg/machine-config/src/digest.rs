@@ -86,14 +86,18 @@ impl fmt::Display for Change {
     }
 }
 
+fn is_marker(v: Option<&Value>) -> bool {
+    matches!(v, Some(Value::String(s)) if s == REDACTED)
+}
+
+/// Walks the raw old and new values to find what changed; what it reports comes from the
+/// redacted views, so a secret never appears, also not inside an added or removed subtree.
 fn diff_values(
     path: &str,
-    old: Option<&Value>,
-    new: Option<&Value>,
-    redacted: &Value,
+    (old, new): (Option<&Value>, Option<&Value>),
+    (red_old, red_new): (Option<&Value>, Option<&Value>),
     out: &mut Vec<Change>,
 ) {
-    let secret = redacted == &Value::String(REDACTED.to_string());
     match (old, new) {
         (Some(Value::Object(a)), Some(Value::Object(b))) => {
             let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
@@ -102,9 +106,11 @@ fn diff_values(
             for k in keys {
                 diff_values(
                     &format!("{path}.{k}"),
-                    a.get(k),
-                    b.get(k),
-                    redacted.get(k).unwrap_or(&Value::Null),
+                    (a.get(k), b.get(k)),
+                    (
+                        red_old.and_then(|r| r.get(k)),
+                        red_new.and_then(|r| r.get(k)),
+                    ),
                     out,
                 );
             }
@@ -113,9 +119,11 @@ fn diff_values(
             for i in 0..a.len().max(b.len()) {
                 diff_values(
                     &format!("{path}[{i}]"),
-                    a.get(i),
-                    b.get(i),
-                    redacted.get(i).unwrap_or(&Value::Null),
+                    (a.get(i), b.get(i)),
+                    (
+                        red_old.and_then(|r| r.get(i)),
+                        red_new.and_then(|r| r.get(i)),
+                    ),
                     out,
                 );
             }
@@ -128,9 +136,9 @@ fn diff_values(
                 _ => ChangeKind::Changed,
             },
             path: path.to_string(),
-            old: a.cloned(),
-            new: b.cloned(),
-            secret,
+            old: a.and(red_old).cloned(),
+            new: b.and(red_new).cloned(),
+            secret: is_marker(red_old) || is_marker(red_new),
         }),
     }
 }
@@ -160,57 +168,22 @@ impl Config {
     /// What changes from `self` to `other`, field by field. Secret values never appear in
     /// the result (only that they changed).
     pub fn diff(&self, other: &Config) -> Result<Vec<Change>, ConfigError> {
-        let docs = |c: &Config| -> Result<serde_json::Map<String, Value>, ConfigError> {
-            Ok(c.documents()?.into_iter().collect())
+        let docs = |c: &Config| -> Result<Value, ConfigError> {
+            Ok(Value::Object(c.documents()?.into_iter().collect()))
         };
-        let (old, new) = (Value::Object(docs(self)?), Value::Object(docs(other)?));
-        // A secret is redacted in at least one of the redacted views where it is set.
-        let (old_r, new_r) = (
-            Value::Object(docs(&self.redacted())?),
-            Value::Object(docs(&other.redacted())?),
-        );
-        let mut redacted = old_r;
-        merge_secret_marks(&mut redacted, &new_r);
+        let (old, new) = (docs(self)?, docs(other)?);
+        let (red_old, red_new) = (docs(&self.redacted())?, docs(&other.redacted())?);
         let mut out = Vec::new();
-        if let (Value::Object(a), Value::Object(b)) = (&old, &new) {
-            let mut kinds: Vec<&String> = a.keys().chain(b.keys()).collect();
-            kinds.sort();
-            kinds.dedup();
-            for k in kinds {
-                diff_values(
-                    k,
-                    a.get(k),
-                    b.get(k),
-                    redacted.get(k).unwrap_or(&Value::Null),
-                    &mut out,
-                );
-            }
-        }
+        diff_values(
+            "",
+            (Some(&old), Some(&new)),
+            (Some(&red_old), Some(&red_new)),
+            &mut out,
+        );
         for change in &mut out {
-            // Hide whatever a secret held, also inside a removed or added document.
-            if change.secret {
-                change.old = None;
-                change.new = None;
-            }
+            // Paths start with the document kind, not with a dot.
+            change.path = change.path.trim_start_matches('.').to_string();
         }
         Ok(out)
-    }
-}
-
-/// Copies the REDACTED marks of `other` into `into` where `into` has none.
-fn merge_secret_marks(into: &mut Value, other: &Value) {
-    match (into, other) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                match a.get_mut(k) {
-                    Some(existing) => merge_secret_marks(existing, v),
-                    None => {
-                        a.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-        }
-        (into, Value::String(s)) if s == REDACTED => *into = Value::String(REDACTED.to_string()),
-        _ => {}
     }
 }

@@ -22,6 +22,8 @@ pub(crate) struct SourceDoc {
     name: Option<String>,
     first_line: usize,
     lines: Vec<String>,
+    /// The meaningful lines, as (line index, indentation), computed once.
+    entries: Vec<(usize, usize)>,
 }
 
 /// A meaningful line: its number (1-based, in the document), indentation and the text
@@ -35,11 +37,21 @@ struct Entry<'a> {
 
 impl SourceDoc {
     pub fn new(kind: String, name: Option<String>, first_line: usize, text: &str) -> Self {
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let entries = lines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                let text = l.trim_start();
+                (!text.is_empty() && !text.starts_with('#')).then_some((i, l.len() - text.len()))
+            })
+            .collect();
         SourceDoc {
             kind,
             name,
             first_line,
-            lines: text.lines().map(str::to_string).collect(),
+            lines,
+            entries,
         }
     }
 
@@ -47,16 +59,12 @@ impl SourceDoc {
     /// and relative to the whole config.
     fn locate(&self, path: &[Seg]) -> (usize, usize) {
         let mut region: Vec<Entry<'_>> = self
-            .lines
+            .entries
             .iter()
-            .enumerate()
-            .filter_map(|(i, l)| {
-                let text = l.trim_start();
-                (!text.is_empty() && !text.starts_with('#')).then(|| Entry {
-                    line: i,
-                    indent: l.len() - text.len(),
-                    text,
-                })
+            .map(|&(line, indent)| Entry {
+                line,
+                indent,
+                text: &self.lines[line][indent..],
             })
             .collect();
         let mut best = (0, 0);

@@ -41,7 +41,15 @@ fn split_documents(text: &str) -> Vec<RawDoc> {
         let marker = line.trim_end();
         if marker == "---" || marker.starts_with("--- ") || marker == "..." {
             flush(&mut current, first_line);
-            first_line = i + 2;
+            // `--- key: value` starts the document on the marker's line.
+            match marker.strip_prefix("--- ").map(str::trim_start) {
+                Some(rest) if !rest.is_empty() && !rest.starts_with('#') => {
+                    first_line = i + 1;
+                    current.push_str(rest);
+                    current.push('\n');
+                }
+                _ => first_line = i + 2,
+            }
             continue;
         }
         current.push_str(line);
@@ -59,18 +67,64 @@ struct Header {
     kind: Option<serde_yaml_ng::Value>,
 }
 
+/// Serde quotes the offending value in some messages; a secret pasted in the wrong place
+/// must not end up in an error. Quoted text longer than a short word is replaced.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        out.push('"');
+        // Odd pieces are inside quotes.
+        if i % 2 == 0 && part.chars().count() > 24 {
+            out.push_str(&format!("<{} characters>", part.chars().count()));
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+/// Adds `offset` to every "line N" in a message.
+fn shift_lines(message: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("line ") {
+        let (before, after) = rest.split_at(at + "line ".len());
+        out.push_str(before);
+        let digits = after.chars().take_while(char::is_ascii_digit).count();
+        match after[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + offset).to_string()),
+            Err(_) => out.push_str(&after[..digits]),
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A YAML error with its position moved from document-relative to config-relative.
+fn positioned(e: &serde_yaml_ng::Error, doc: &RawDoc) -> (usize, usize, String) {
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line() + doc.first_line - 1, l.column()))
+        .unwrap_or((doc.first_line, 1));
+    // The library appends its own (document-relative) position: drop it, and move the
+    // positions inside the message to the whole text.
+    let message = e.to_string();
+    let message = match message.rfind(" at line ") {
+        Some(at) if e.location().is_some() => message[..at].to_string(),
+        _ => message,
+    };
+    let message = shift_lines(&message, doc.first_line - 1);
+    (line, column, redact_quoted(&message))
+}
+
 fn typed<T: DeserializeOwned>(doc: &RawDoc, index: usize, kind: &str) -> Result<T, ConfigError> {
     serde_yaml_ng::from_str(&doc.text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line() + doc.first_line - 1, l.column()))
-            .unwrap_or((doc.first_line, 1));
-        // The library appends its own (document-relative) position: replace it.
-        let message = e.to_string();
-        let message = match message.rfind(" at line ") {
-            Some(at) => message[..at].to_string(),
-            None => message,
-        };
+        let (line, column, message) = positioned(&e, doc);
         ConfigError::Field {
             kind: kind.to_string(),
             document: index,
@@ -100,6 +154,11 @@ impl Config {
                 ),
             });
         }
+        basalt_resource::yaml::check_expansion(text).map_err(|reason| ConfigError::Document {
+            document: 1,
+            line: 1,
+            reason,
+        })?;
         let mut config = Config::default();
         let mut source = SourceMap::default();
         for (i, doc) in split_documents(text).iter().enumerate() {
@@ -109,8 +168,16 @@ impl Config {
                 line: doc.first_line,
                 reason,
             };
-            let header: Header = serde_yaml_ng::from_str(&doc.text)
-                .map_err(|e| fail(format!("not a mapping with apiVersion and kind: {e}")))?;
+            let header: Header = serde_yaml_ng::from_str(&doc.text).map_err(|e| {
+                let (line, column, message) = positioned(&e, doc);
+                ConfigError::Document {
+                    document: index,
+                    line,
+                    reason: format!(
+                        "not a mapping with apiVersion and kind (column {column}): {message}"
+                    ),
+                }
+            })?;
             let kind = match header.kind {
                 Some(serde_yaml_ng::Value::String(k)) => k,
                 Some(_) => return Err(fail("kind must be a string".into())),

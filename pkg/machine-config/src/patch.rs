@@ -23,6 +23,30 @@ pub enum Patch {
 
 const DELETE: &str = "$patch";
 
+/// More operations than any hand-written patch has.
+const MAX_JSON_PATCH_OPS: usize = 256;
+
+/// A value as it is inserted where nothing was: without `$patch` markers, and without
+/// the items they delete (deleting what is not there is a no-op).
+fn strip_markers(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(k, v)| k != DELETE && !is_delete(v))
+                .map(|(k, v)| (k, strip_markers(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .filter(|v| !is_delete(v))
+                .map(strip_markers)
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 /// The key lists of maps merge by, by document kind and field path (without indices).
 fn merge_key(kind: &str, path: &[String]) -> Option<&'static str> {
     let path: Vec<&str> = path.iter().map(String::as_str).collect();
@@ -54,7 +78,7 @@ fn merge(kind: &str, path: &mut Vec<String>, base: &mut Value, patch: Value) {
                 match base.get_mut(&k) {
                     Some(existing) => merge(kind, path, existing, v),
                     None => {
-                        base.insert(k, v);
+                        base.insert(k, strip_markers(v));
                     }
                 }
                 path.pop();
@@ -73,11 +97,11 @@ fn merge(kind: &str, path: &mut Vec<String>, base: &mut Value, patch: Value) {
                     }
                     Some(i) => merge(kind, path, &mut base[i], item),
                     None if is_delete(&item) => {}
-                    None => base.push(item),
+                    None => base.push(strip_markers(item)),
                 }
             }
         }
-        (base, patch) => *base = patch,
+        (base, patch) => *base = strip_markers(patch),
     }
 }
 
@@ -92,6 +116,12 @@ impl Patch {
     /// Reads a patch: a YAML or JSON list is an RFC 6902 JSON patch; one or more YAML
     /// documents (maps) are a strategic merge patch.
     pub fn parse(text: &str) -> Result<Patch, ConfigError> {
+        if text.len() > crate::parse::MAX_CONFIG_BYTES {
+            return Err(patch_error(
+                "the patch is larger than a configuration may be",
+            ));
+        }
+        basalt_resource::yaml::check_expansion(text).map_err(patch_error)?;
         let first: Result<Value, _> = serde_yaml_ng::from_str(text);
         if let Ok(Value::Array(_)) = &first {
             let ops: json_patch::Patch = serde_yaml_ng::from_str(text)
@@ -132,9 +162,8 @@ fn view(config: &Config) -> Result<Value, ConfigError> {
             }
         }
     }
-    if !extensions.is_empty() {
-        root.insert("ExtensionServiceConfig".into(), Value::Object(extensions));
-    }
+    // Present even when empty, so `add /ExtensionServiceConfig/NAME` works.
+    root.insert("ExtensionServiceConfig".into(), Value::Object(extensions));
     Ok(Value::Object(root))
 }
 
@@ -178,7 +207,27 @@ impl Config {
         let mut root = view(self)?;
         match patch {
             Patch::Json(ops) => {
-                json_patch::patch(&mut root, ops).map_err(|e| patch_error(e.to_string()))?;
+                if ops.0.len() > MAX_JSON_PATCH_OPS {
+                    return Err(patch_error(format!(
+                        "{} operations; at most {MAX_JSON_PATCH_OPS} are accepted",
+                        ops.0.len()
+                    )));
+                }
+                // One at a time, checking the size after each: `copy` can double it.
+                for (i, op) in ops.0.iter().enumerate() {
+                    json_patch::patch(&mut root, std::slice::from_ref(op))
+                        .map_err(|e| patch_error(format!("operation {}: {e}", i + 1)))?;
+                    let size = serde_json::to_vec(&root)
+                        .map(|v| v.len())
+                        .unwrap_or(usize::MAX);
+                    if size > crate::parse::MAX_CONFIG_BYTES {
+                        return Err(patch_error(format!(
+                            "operation {} makes the configuration larger than {} bytes",
+                            i + 1,
+                            crate::parse::MAX_CONFIG_BYTES
+                        )));
+                    }
+                }
             }
             Patch::StrategicMerge(docs) => {
                 for doc in docs {

@@ -21,6 +21,16 @@ pub enum Mode {
     Container,
 }
 
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Metal => "metal",
+            Mode::Cloud => "cloud",
+            Mode::Container => "container",
+        })
+    }
+}
+
 impl FromStr for Mode {
     type Err = String;
 
@@ -119,6 +129,9 @@ impl From<usize> for Seg {
 
 impl Checker<'_> {
     fn fail(&mut self, path: Vec<Seg>, message: impl Into<String>) {
+        if self.errors.len() >= MAX_ERRORS {
+            return;
+        }
         let position = self
             .source
             .and_then(|s| s.locate(self.kind, self.name.as_deref(), &path));
@@ -139,12 +152,32 @@ impl Checker<'_> {
     fn required_secret(&mut self, path: Vec<Seg>, secret: &Secret, what: &str) {
         if secret.is_empty() {
             self.fail(path, format!("{what} is required"));
+        } else {
+            self.not_redacted(path, secret);
+        }
+    }
+
+    /// A redacted value (from a reader's view of a config) applied back would erase the
+    /// secret.
+    fn not_redacted(&mut self, path: Vec<Seg>, secret: &Secret) {
+        if secret.expose() == crate::REDACTED {
+            self.fail(
+                path,
+                "holds the redacted placeholder, not the secret itself",
+            );
+        }
+    }
+
+    /// Only control-plane nodes hold CA keys.
+    fn no_key(&mut self, path: Vec<Seg>, pair: &Option<CertKey>, what: &str) {
+        if pair.as_ref().is_some_and(|p| !p.key.is_empty()) {
+            self.fail(path, format!("workers must not hold {what} key"));
         }
     }
 
     fn pair_with_key(&mut self, path: Vec<Seg>, pair: &Option<CertKey>, what: &str) {
         match pair {
-            Some(p) if !p.crt.is_empty() && !p.key.is_empty() => {}
+            Some(p) if !p.crt.is_empty() && !p.key.is_empty() => self.not_redacted(path, &p.key),
             _ => self.fail(
                 path,
                 format!("{what} certificate and key are required on control-plane nodes"),
@@ -191,6 +224,9 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Past this many problems, the rest are not reported (nor located).
+const MAX_ERRORS: usize = 100;
+
 const TAINT_EFFECTS: [&str; 3] = ["NoSchedule", "PreferNoSchedule", "NoExecute"];
 
 impl Config {
@@ -236,11 +272,7 @@ impl Config {
         c.required_secret(path!["token"], &m.token, "the machine token");
         match m.role {
             Role::Controlplane => c.pair_with_key(path!["ca"], &m.ca, "the OS CA"),
-            Role::Worker => {
-                if m.ca.as_ref().is_some_and(|p| !p.key.is_empty()) {
-                    c.fail(path!["ca", "key"], "workers must not hold the OS CA key");
-                }
-            }
+            Role::Worker => c.no_key(path!["ca", "key"], &m.ca, "the OS CA"),
         }
         match (mode, &m.install) {
             (Mode::Metal, None) => c.fail(path!["install"], "an install disk is required on metal"),
@@ -410,11 +442,27 @@ impl Config {
                 &cl.bootstrap_token,
                 "the bootstrap token",
             );
-        } else if cl.ca.as_ref().is_none_or(|p| p.crt.is_empty()) {
-            c.fail(
-                path!["ca", "crt"],
-                "the Kubernetes CA certificate is required",
+        } else {
+            if cl.ca.as_ref().is_none_or(|p| p.crt.is_empty()) {
+                c.fail(
+                    path!["ca", "crt"],
+                    "the Kubernetes CA certificate is required",
+                );
+            }
+            c.no_key(path!["ca", "key"], &cl.ca, "the Kubernetes CA");
+            c.no_key(
+                path!["aggregatorCa", "key"],
+                &cl.aggregator_ca,
+                "the aggregator CA",
             );
+            let etcd_ca = cl.etcd.as_ref().and_then(|e| e.ca.clone());
+            c.no_key(path!["etcd", "ca", "key"], &etcd_ca, "the etcd CA");
+            if !cl.service_account_key.is_empty() {
+                c.fail(
+                    path!["serviceAccountKey"],
+                    "workers must not hold the service account key",
+                );
+            }
         }
         let net = &cl.network;
         for (i, s) in net.pod_subnets.iter().enumerate() {

@@ -253,3 +253,119 @@ fn json_schema_is_current() {
     golden("../../docs/config.schema.json", &schema);
     assert!(schema.contains("\"MachineConfig\""));
 }
+
+#[test]
+fn hostile_inputs_are_refused_quickly() {
+    let started = std::time::Instant::now();
+    // An alias bomb: a long string repeated through aliases.
+    let long = "x".repeat(1 << 20);
+    let aliases = vec!["*s"; 2000].join(",");
+    let bomb = format!(
+        "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nhostname: &s {long}\nkernelArgs: [{aliases}]\n"
+    );
+    let err = Config::parse(&bomb).unwrap_err().to_string();
+    assert!(err.contains("expands to more than"), "{err}");
+    let patch_bomb = format!("kind: MachineConfig\nhostname: &s {long}\nkernelArgs: [{aliases}]\n");
+    assert!(Patch::parse(&patch_bomb).is_err());
+    // JSON patch `copy` doubling the document.
+    let mut ops = String::new();
+    for i in 0..40 {
+        ops.push_str(&format!(
+            "- {{op: copy, from: /MachineConfig, path: /MachineConfig/k{i}}}\n"
+        ));
+    }
+    let err = sample()
+        .patch(&Patch::parse(&ops).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("larger than"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn secrets_stay_out_of_errors_and_diffs() {
+    let key = "-----BEGIN PRIVATE KEY-----MC4CAQAwBQYDK2VwBCIEIPretendThisIsAKey";
+    let text = format!(
+        "apiVersion: basalt.dev/v1alpha1\nkind: KubePrismConfig\nenabled: true\nport: \"{key}\"\n"
+    );
+    let err = Config::parse(&text).unwrap_err().to_string();
+    assert!(!err.contains("PretendThisIsAKey"), "{err}");
+    // A whole document added: its secrets show redacted.
+    let mut without = sample();
+    without.cluster = None;
+    let text: Vec<String> = without
+        .diff(&sample())
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let text = text.join("\n");
+    assert!(text.contains("+ ClusterConfig"), "{text}");
+    for secret in [
+        "K8S-CA-KEY",
+        "SA-KEY",
+        "xyzxyz.0123456789xyzxyz",
+        "ETCD-CA-KEY",
+    ] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+}
+
+#[test]
+fn workers_hold_no_keys_and_placeholders_are_not_secrets() {
+    let mut c = sample();
+    c.machine.as_mut().unwrap().role = basalt_machine_config::Role::Worker;
+    c.machine.as_mut().unwrap().ca.as_mut().unwrap().key = Default::default();
+    let err = c.validate(Mode::Metal).unwrap_err().to_string();
+    for path in [
+        "ca.key",
+        "aggregatorCa.key",
+        "etcd.ca.key",
+        "serviceAccountKey",
+    ] {
+        assert!(
+            err.contains(&format!("ClusterConfig: {path}: workers must not hold")),
+            "{path}: {err}"
+        );
+    }
+    // A reader's redacted view applied back is refused, not taken as keys.
+    let err = sample()
+        .redacted()
+        .validate(Mode::Metal)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("token: holds the redacted placeholder"),
+        "{err}"
+    );
+    assert!(err.contains("ca: holds the redacted placeholder"), "{err}");
+}
+
+#[test]
+fn document_markers_and_positions() {
+    // Content on the marker line; a syntax error in the second document is reported at
+    // its line in the whole text.
+    let text = "--- apiVersion: basalt.dev/v1alpha1\nkind: KubePrismConfig\nenabled: true\n---\napiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nrole: [worker\n";
+    let err = Config::parse(text).unwrap_err().to_string();
+    // (The parser notices the unclosed list at the end of the text, line 8.)
+    assert!(err.starts_with("document 2 (line 8)"), "{err}");
+    assert!(
+        !err.contains("at line 4"),
+        "positions inside the message are moved too: {err}"
+    );
+    let ok = Config::parse(
+        "--- apiVersion: basalt.dev/v1alpha1\nkind: KubePrismConfig\nenabled: false\n",
+    )
+    .unwrap();
+    assert!(!ok.kubeprism.unwrap().enabled);
+    // Deleting what is not there is a no-op.
+    let patch = Patch::parse(
+        "kind: MachineConfig\nkubelet:\n  $patch: delete\nenv:\n  NOPE:\n    $patch: delete\n",
+    )
+    .unwrap();
+    sample().patch(&patch).unwrap();
+}

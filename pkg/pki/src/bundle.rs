@@ -123,6 +123,9 @@ pub struct BundleCerts {
     pub k8s_service_account: KeyPem,
 }
 
+/// A bundle is a few KiB; anything far larger is not one.
+const MAX_BUNDLE_BYTES: usize = 1024 * 1024;
+
 /// The bundle's CAs: field name, common name, key algorithm.
 const CAS: [(&str, &str, KeyAlgorithm); 4] = [
     ("os", "basalt-os-ca", KeyAlgorithm::Ed25519),
@@ -167,6 +170,15 @@ impl SecretsBundle {
 
     /// Reads a bundle from YAML and [checks](Self::validate) it.
     pub fn from_yaml(yaml: &str) -> Result<Self, PkiError> {
+        if yaml.len() > MAX_BUNDLE_BYTES {
+            return Err(PkiError::Yaml {
+                reason: format!(
+                    "the bundle has {} bytes, more than the {MAX_BUNDLE_BYTES} accepted",
+                    yaml.len()
+                ),
+            });
+        }
+        basalt_resource::yaml::check_expansion(yaml).map_err(|reason| PkiError::Yaml { reason })?;
         let bundle: Self = serde_yaml_ng::from_str(yaml).map_err(|e| PkiError::Yaml {
             reason: redact_quoted_strings(&e.to_string()),
         })?;

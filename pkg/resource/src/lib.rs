@@ -21,6 +21,7 @@ pub mod meta;
 pub mod network;
 pub mod proto;
 pub mod runtime;
+pub mod yaml;
 
 pub use error::ResourceError;
 pub use metadata::{Kind, Metadata, Phase, ResourceKey};

@@ -248,6 +248,10 @@ impl Registry {
         type_name: &str,
         yaml: &str,
     ) -> Result<Arc<dyn DynSpec>, ResourceError> {
+        crate::yaml::check_expansion(yaml).map_err(|reason| ResourceError::DecodeSpec {
+            type_name: type_name.to_string(),
+            reason,
+        })?;
         let value: serde_json::Value =
             serde_yaml_ng::from_str(yaml).map_err(|e| ResourceError::DecodeSpec {
                 type_name: type_name.to_string(),
@@ -258,6 +262,8 @@ impl Registry {
 
     /// Decodes a resource document (`metadata:` + `spec:`), as written by [`AnyResource::to_yaml`].
     pub fn decode_yaml(&self, text: &str) -> Result<AnyResource, ResourceError> {
+        crate::yaml::check_expansion(text)
+            .map_err(|reason| ResourceError::DecodeDocument { reason })?;
         let doc: Document =
             serde_yaml_ng::from_str(text).map_err(|e| ResourceError::DecodeDocument {
                 reason: e.to_string(),
