@@ -192,31 +192,31 @@ impl Config {
                 }
                 None => return Err(fail(format!("{kind}: the document has no apiVersion"))),
             }
-            let duplicate = || fail(format!("a second {kind} document; there may be only one"));
+            // Reads a document that may appear once.
+            let once = |slot_taken: bool| -> Result<(), ConfigError> {
+                if slot_taken {
+                    return Err(fail(format!(
+                        "a second {kind} document; there may be only one"
+                    )));
+                }
+                Ok(())
+            };
             let mut name = None;
             match kind.as_str() {
                 MachineConfigKind::KIND => {
-                    if config.machine.is_some() {
-                        return Err(duplicate());
-                    }
+                    once(config.machine.is_some())?;
                     config.machine = Some(typed(doc, index, &kind)?);
                 }
                 ClusterConfigKind::KIND => {
-                    if config.cluster.is_some() {
-                        return Err(duplicate());
-                    }
+                    once(config.cluster.is_some())?;
                     config.cluster = Some(typed(doc, index, &kind)?);
                 }
                 KubeSpanConfigKind::KIND => {
-                    if config.kubespan.is_some() {
-                        return Err(duplicate());
-                    }
+                    once(config.kubespan.is_some())?;
                     config.kubespan = Some(typed(doc, index, &kind)?);
                 }
                 KubePrismConfigKind::KIND => {
-                    if config.kubeprism.is_some() {
-                        return Err(duplicate());
-                    }
+                    once(config.kubeprism.is_some())?;
                     config.kubeprism = Some(typed(doc, index, &kind)?);
                 }
                 ExtensionServiceConfigKind::KIND => {
