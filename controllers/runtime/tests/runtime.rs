@@ -185,10 +185,11 @@ async fn a_chain_of_three_converges_over_10000_resources_and_cleans_up() {
     h.stop().await;
 }
 
-/// Counts its runs; copies `A/one` into `B/one`.
+/// Counts its runs; copies `A/one` into `B/one`, taking `slow` per run.
 struct Counting {
     runs: Arc<AtomicUsize>,
     failures_left: usize,
+    slow: Duration,
 }
 
 #[async_trait]
@@ -204,6 +205,7 @@ impl Controller for Counting {
     }
     async fn reconcile(&mut self, rt: &mut Runtime) -> Result<Action, ControllerError> {
         self.runs.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.slow).await;
         if self.failures_left > 0 {
             self.failures_left -= 1;
             return Err(ControllerError::other("not yet"));
@@ -222,6 +224,7 @@ async fn bursts_of_changes_are_coalesced() {
         .with(Counting {
             runs: runs.clone(),
             failures_left: 0,
+            slow: Duration::from_millis(20),
         })
         .unwrap()
         .start();
@@ -231,7 +234,8 @@ async fn bursts_of_changes_are_coalesced() {
     h.assert_resource::<B>("one", |b| b.spec.value == 1999)
         .await;
     let n = runs.load(Ordering::SeqCst);
-    assert!(n < 1000, "2000 changes ran the controller {n} times");
+    // Each run takes 20 ms, so the burst fits in a few runs, however fast the machine.
+    assert!(n <= 50, "2000 changes ran the controller {n} times");
     // Changes to resources the input does not name do not wake it. (First let a run
     // still owed to the burst happen.)
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -249,6 +253,7 @@ async fn errors_are_retried_with_backoff() {
         .with(Counting {
             runs: runs.clone(),
             failures_left: 3,
+            slow: Duration::ZERO,
         })
         .unwrap()
         .start();
@@ -363,6 +368,7 @@ async fn undeclared_reads_and_writes_are_refused() {
 /// Takes `sleep` per run: to test graceful shutdown.
 struct Slow {
     sleep: Duration,
+    started: Arc<AtomicUsize>,
     finished: Arc<AtomicUsize>,
 }
 
@@ -378,6 +384,7 @@ impl Controller for Slow {
         vec![]
     }
     async fn reconcile(&mut self, _: &mut Runtime) -> Result<Action, ControllerError> {
+        self.started.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.sleep).await;
         self.finished.fetch_add(1, Ordering::SeqCst);
         Ok(Action::Done)
@@ -386,7 +393,18 @@ impl Controller for Slow {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_running_reconciles_finish_within_the_grace_period() {
+    let started = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(AtomicUsize::new(0));
+    let until_started = |n: usize| {
+        let started = started.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while started.load(Ordering::SeqCst) < n {
+                assert!(Instant::now() < deadline, "the reconcile never started");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    };
     let mut engine = Engine::with_options(
         State::new(),
         EngineOptions {
@@ -397,12 +415,13 @@ async fn shutdown_lets_running_reconciles_finish_within_the_grace_period() {
     engine
         .register(Slow {
             sleep: Duration::from_millis(200),
+            started: started.clone(),
             finished: finished.clone(),
         })
         .unwrap();
     let stop = CancellationToken::new();
     let run = tokio::spawn(engine.run(stop.clone()));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until_started(1).await;
     stop.cancel();
     run.await.unwrap();
     assert_eq!(
@@ -422,12 +441,13 @@ async fn shutdown_lets_running_reconciles_finish_within_the_grace_period() {
     engine
         .register(Slow {
             sleep: Duration::from_secs(3600),
+            started: started.clone(),
             finished: finished.clone(),
         })
         .unwrap();
     let stop = CancellationToken::new();
     let run = tokio::spawn(engine.run(stop.clone()));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until_started(2).await;
     let t = Instant::now();
     stop.cancel();
     run.await.unwrap();
