@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::runner::{failure, spawn_watch, Backoff};
+use crate::runner::{failure, sleep_until_some, spawn_watch, Backoff};
 use crate::{Action, Output, QController, QInput, Runtime};
 
 #[derive(Debug, Default)]
@@ -141,13 +141,7 @@ impl QControllerRunner {
                 queue.push(key);
             }
             let Some(item) = queue.pop() else {
-                let next_due = schedule.next();
-                let due = async {
-                    match next_due {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                };
+                let due = sleep_until_some(schedule.next());
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => break,

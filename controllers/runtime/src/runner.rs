@@ -15,6 +15,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Action, Controller, ControllerError, Input, Output, Runtime};
 
+/// Sleeps until `at`, or forever when there is no deadline.
+pub(crate) async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Exponential backoff between failed runs, reset by a successful one.
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
@@ -188,12 +196,7 @@ impl ControllerRunner {
         trigger.notify_one();
         let mut requeue_at: Option<Instant> = None;
         loop {
-            let requeue = async {
-                match requeue_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let requeue = sleep_until_some(requeue_at);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
