@@ -8,7 +8,10 @@ use crate::{config, network, runtime, Registry, ResourceError};
 pub fn builtin_registry() -> Result<Registry, ResourceError> {
     let mut registry = Registry::new();
     registry.register::<config::HostnameConfigSpec>()?;
+    registry.register::<config::MachineConfigSpec>()?;
     registry.register::<network::HostnameSpec>()?;
     registry.register::<runtime::KernelCmdlineSpec>()?;
+    registry.register::<runtime::ServiceSpec>()?;
+    registry.register::<runtime::MachineStatusSpec>()?;
     Ok(registry)
 }
