@@ -7,6 +7,8 @@
 //! unset): they are plain data, and a second set of structs would only be copied field
 //! by field.
 
+pub mod local;
+
 use std::path::PathBuf;
 
 use async_trait::async_trait;
@@ -128,4 +130,19 @@ pub trait Files: Send + Sync + 'static {
     ) -> Result<FileStream, NodeError>;
     /// The roots, for error messages and documentation.
     fn roots(&self) -> Vec<PathBuf>;
+}
+
+/// The node implementations apid serves from.
+#[derive(Clone)]
+pub struct NodeHandles {
+    pub services: std::sync::Arc<dyn Services>,
+    pub power: std::sync::Arc<dyn Power>,
+    pub system: std::sync::Arc<dyn System>,
+    pub files: std::sync::Arc<dyn Files>,
+}
+
+impl std::fmt::Debug for NodeHandles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeHandles")
+    }
 }
