@@ -176,7 +176,7 @@ impl Supervisor {
         for service in &self.services {
             let mut runner = service.runner.lock().await;
             if !is_running(&runner) {
-                *runner = Some(self.spawn_runner(service));
+                *runner = Some(self.spawn_runner(service).await);
             }
         }
     }
@@ -198,7 +198,10 @@ impl Supervisor {
             .ok_or_else(|| NodeError::NotFound(format!("service {id}")))
     }
 
-    fn spawn_runner(&self, service: &Arc<Service>) -> Runner {
+    /// Starts supervising: the service is Preparing when this returns, so a caller that
+    /// lists services next never sees its state from before the start.
+    async fn spawn_runner(&self, service: &Arc<Service>) -> Runner {
+        prepare(&self.shared, service).await;
         let cancel = self.shared.shutdown.child_token();
         let task = tokio::spawn(supervise(
             Arc::clone(&self.shared),
@@ -270,7 +273,7 @@ impl Services for Supervisor {
                 "service {id} is already running"
             )));
         }
-        *runner = Some(self.spawn_runner(service));
+        *runner = Some(self.spawn_runner(service).await);
         Ok(format!("service {id} started"))
     }
 
@@ -289,7 +292,7 @@ impl Services for Supervisor {
         let service = self.find(id)?;
         let mut runner = service.runner.lock().await;
         Self::stop_runner(&mut runner).await;
-        *runner = Some(self.spawn_runner(service));
+        *runner = Some(self.spawn_runner(service).await);
         Ok(format!("service {id} restarted"))
     }
 
@@ -315,15 +318,11 @@ async fn transition(shared: &Shared, service: &Service, state: &str, message: &s
     }
 }
 
-/// Supervises one service until it is cancelled or its restart policy lets it end.
+/// Supervises one service (already Preparing) until it is cancelled or its restart policy lets it end.
 async fn supervise(shared: Arc<Shared>, service: Arc<Service>, cancel: CancellationToken) {
     let options = &shared.options;
     let mut backoff = options.backoff_initial;
     loop {
-        if service.started.swap(true, Ordering::Relaxed) {
-            service.status.lock().await.restarts += 1;
-        }
-        transition(&shared, &service, "Preparing", "", 0).await;
         let started = Instant::now();
         let outcome = run_once(&shared, &service, &cancel).await;
         let (failed, message) = match outcome {
@@ -357,7 +356,16 @@ async fn supervise(shared: Arc<Shared>, service: Arc<Service>, cancel: Cancellat
             }
         }
         backoff = (backoff * 2).min(options.backoff_max);
+        prepare(&shared, &service).await;
     }
+}
+
+/// The transition before each start; every start after the first counts as a restart.
+async fn prepare(shared: &Shared, service: &Service) {
+    if service.started.swap(true, Ordering::Relaxed) {
+        service.status.lock().await.restarts += 1;
+    }
+    transition(shared, service, "Preparing", "", 0).await;
 }
 
 enum RunOutcome {

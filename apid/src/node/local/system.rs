@@ -229,8 +229,10 @@ impl System for ProcSystem {
 
     async fn dmesg(&self, follow: bool, tail: Option<usize>) -> Result<ByteStream, NodeError> {
         let path = self.kmsg.clone();
-        let file = tokio::task::spawn_blocking(move || {
-            std::fs::OpenOptions::new()
+        // The records that exist are read before this returns, so that "then follow"
+        // starts at this call, not at whenever a thread got to it.
+        let (file, backlog) = tokio::task::spawn_blocking(move || {
+            let mut file = std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(nix::libc::O_NONBLOCK)
                 .open(&path)
@@ -239,13 +241,19 @@ impl System for ProcSystem {
                         "the kernel log {} cannot be read here: {e}",
                         path.display()
                     ))
-                })
+                })?;
+            let backlog = read_backlog(&mut file, tail)?;
+            Ok::<_, NodeError>((file, backlog))
         })
         .await
-        .map_err(|e| NodeError::Unavailable(format!("opening the kernel log: {e}")))??;
+        .map_err(|e| NodeError::Unavailable(format!("reading the kernel log: {e}")))??;
+        let backlog = futures::stream::iter(backlog.into_iter().map(|l| Ok(Bytes::from(l))));
+        if !follow {
+            return Ok(backlog.boxed());
+        }
         let (tx, rx) = mpsc::channel(64);
-        tokio::task::spawn_blocking(move || read_kmsg(file, follow, tail, tx));
-        Ok(ReceiverStream::new(rx).boxed())
+        tokio::task::spawn_blocking(move || follow_kmsg(file, &tx));
+        Ok(backlog.chain(ReceiverStream::new(rx)).boxed())
     }
 }
 
@@ -293,46 +301,40 @@ fn read_record(file: &mut std::fs::File, buf: &mut [u8]) -> KmsgRead {
     }
 }
 
-/// Runs on a blocking thread: sends the last `tail` existing records, then, with
-/// `follow`, polls for new ones until the receiver is dropped.
-fn read_kmsg(
-    mut file: std::fs::File,
-    follow: bool,
+/// The last `tail` records that exist now (`None`: all), as lines.
+fn read_backlog(
+    file: &mut std::fs::File,
     tail: Option<usize>,
-    tx: mpsc::Sender<Result<Bytes, NodeError>>,
-) {
+) -> Result<VecDeque<String>, NodeError> {
     let mut buf = vec![0u8; KMSG_RECORD];
-    let mut backlog: VecDeque<String> = VecDeque::new();
+    let mut backlog = VecDeque::new();
     loop {
-        match read_record(&mut file, &mut buf) {
+        match read_record(file, &mut buf) {
             KmsgRead::Record(record) => {
-                if let Some(record) = parse_kmsg_record(&record) {
-                    backlog.push_back(record.line());
-                    if tail.is_some_and(|t| backlog.len() > t) {
-                        backlog.pop_front();
-                    }
+                backlog.extend(parse_kmsg_record(&record).map(|r| r.line()));
+                if tail.is_some_and(|t| backlog.len() > t) {
+                    backlog.pop_front();
                 }
             }
-            KmsgRead::Retry => continue,
-            KmsgRead::Empty => break,
-            KmsgRead::Failed(e) => {
-                let _ = tx.blocking_send(Err(NodeError::io("reading /dev/kmsg", e)));
-                return;
-            }
+            KmsgRead::Retry => {}
+            KmsgRead::Empty => return Ok(backlog),
+            KmsgRead::Failed(e) => return Err(NodeError::io("reading /dev/kmsg", e)),
         }
     }
-    for line in backlog {
-        if tx.blocking_send(Ok(Bytes::from(line))).is_err() {
-            return;
-        }
-    }
-    while follow && !tx.is_closed() {
+}
+
+/// Runs on a blocking thread: polls for new records and sends them until the receiver
+/// is dropped.
+fn follow_kmsg(mut file: std::fs::File, tx: &mpsc::Sender<Result<Bytes, NodeError>>) {
+    let mut buf = vec![0u8; KMSG_RECORD];
+    while !tx.is_closed() {
         match read_record(&mut file, &mut buf) {
             KmsgRead::Record(record) => {
-                if let Some(record) = parse_kmsg_record(&record) {
-                    if tx.blocking_send(Ok(Bytes::from(record.line()))).is_err() {
-                        return;
-                    }
+                let Some(record) = parse_kmsg_record(&record) else {
+                    continue;
+                };
+                if tx.blocking_send(Ok(Bytes::from(record.line()))).is_err() {
+                    return;
                 }
             }
             KmsgRead::Retry => {}
