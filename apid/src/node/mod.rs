@@ -7,6 +7,8 @@
 //! unset): they are plain data, and a second set of structs would only be copied field
 //! by field.
 
+pub mod local;
+
 use std::path::PathBuf;
 
 use async_trait::async_trait;
