@@ -85,10 +85,8 @@ impl Cluster {
     }
 }
 
-mod stub;
-
-pub fn node(_state: &State, _root: &std::path::Path) -> NodeHandles {
-    stub::handles()
+pub fn node(state: &State, root: &std::path::Path) -> NodeHandles {
+    NodeHandles::local(state.clone(), Vec::new(), vec![root.to_path_buf()]).unwrap()
 }
 
 pub fn target(addr: SocketAddr) -> Target {

@@ -10,8 +10,9 @@ use tokio::sync::{watch, Mutex};
 use super::put_resource;
 use crate::node::{NodeError, Power, ResetOptions};
 
-/// The default owner of the `MachineStatus` resource this writes.
-pub const POWER_OWNER: &str = "apid.Power";
+/// The default owner of the `MachineStatus` resource this writes. apid writes it too
+/// (maintenance, running): one owner for both.
+pub const POWER_OWNER: &str = crate::server::OWNER;
 
 /// What the node was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
