@@ -110,7 +110,7 @@ async fn supervised_service_runs_logs_stops_and_restarts() {
         fast_options(),
     )
     .unwrap();
-    supervisor.start_all().await;
+    supervisor.start_all().await.unwrap();
 
     let running = wait_state(&supervisor, "hello", "Running").await;
     assert!(running.healthy);
@@ -159,10 +159,12 @@ async fn supervised_service_runs_logs_stops_and_restarts() {
 
     let answer = supervisor.stop("hello").await.unwrap();
     assert!(answer.contains("not running"), "{answer}");
+    supervisor.shutdown().await;
+    let err = supervisor.start("hello").await.unwrap_err();
+    assert!(err.to_string().contains("shut down"), "{err}");
     let err = supervisor.stop("nope").await.unwrap_err();
     assert!(matches!(err, NodeError::NotFound(_)), "{err}");
     assert!(err.to_string().contains("nope"), "{err}");
-    supervisor.shutdown().await;
 }
 
 #[tokio::test]
@@ -171,12 +173,13 @@ async fn follow_yields_lines_written_later() {
         State::new(),
         vec![sh(
             "ticker",
-            "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
-        )],
+            "i=0; while true; do echo $WORD $i; i=$((i+1)); sleep 0.1; done",
+        )
+        .env("WORD", "tick")],
         fast_options(),
     )
     .unwrap();
-    supervisor.start_all().await;
+    supervisor.start_all().await.unwrap();
     wait_state(&supervisor, "ticker", "Running").await;
 
     let mut stream = supervisor.logs("ticker", true, Some(0)).await.unwrap();
@@ -210,7 +213,7 @@ async fn failing_services_report_and_restart_by_policy() {
         fast_options(),
     )
     .unwrap();
-    supervisor.start_all().await;
+    supervisor.start_all().await.unwrap();
 
     let failed = wait_state(&supervisor, "once", "Failed").await;
     assert!(failed.message.contains("exited with code 3"), "{failed:?}");
@@ -260,7 +263,7 @@ async fn stop_kills_a_service_that_ignores_sigterm() {
         },
     )
     .unwrap();
-    supervisor.start_all().await;
+    supervisor.start_all().await.unwrap();
     let running = wait_state(&supervisor, "stubborn", "Running").await;
     // The trap is set once the shell has printed.
     eventually("the trap to be set", || async {
@@ -284,7 +287,7 @@ async fn dropping_the_supervisor_stops_its_services() {
         fast_options(),
     )
     .unwrap();
-    supervisor.start_all().await;
+    supervisor.start_all().await.unwrap();
     let a = wait_state(&supervisor, "a", "Running").await.pid;
     let b = wait_state(&supervisor, "b", "Running").await.pid;
     drop(supervisor);
@@ -441,6 +444,13 @@ async fn files_are_read_only_under_the_roots() {
     }
     let err = files.read(p(&root.join("sub"))).await.err().unwrap();
     assert!(matches!(err, NodeError::InvalidArgument(_)), "{err}");
+    // A FIFO would block an open for reading: refused without waiting for a writer.
+    nix::unistd::mkfifo(&root.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let fifo = tokio::time::timeout(PATIENCE, files.read(p(&root.join("fifo"))))
+        .await
+        .expect("reading a FIFO hung");
+    let err = fifo.err().unwrap();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
     let err = files.read("a.txt").await.err().unwrap();
     assert!(matches!(err, NodeError::InvalidArgument(_)), "{err}");
     let err = files.read(p(&root.join("nothing"))).await.err().unwrap();

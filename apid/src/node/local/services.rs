@@ -68,6 +68,11 @@ impl ServiceDefinition {
         self.restart = restart;
         self
     }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
 }
 
 /// Timings and limits of the supervisor.
@@ -171,14 +176,15 @@ impl Supervisor {
         })
     }
 
-    /// Starts every service that is not running.
-    pub async fn start_all(&self) {
+    /// Starts every service that is not running; fails only once shut down.
+    pub async fn start_all(&self) -> Result<(), NodeError> {
         for service in &self.services {
             let mut runner = service.runner.lock().await;
             if !is_running(&runner) {
-                *runner = Some(self.spawn_runner(service).await);
+                *runner = Some(self.spawn_runner(service).await?);
             }
         }
+        Ok(())
     }
 
     /// Stops every service (SIGTERM, then SIGKILL after the grace period) and waits.
@@ -200,7 +206,13 @@ impl Supervisor {
 
     /// Starts supervising: the service is Preparing when this returns, so a caller that
     /// lists services next never sees its state from before the start.
-    async fn spawn_runner(&self, service: &Arc<Service>) -> Runner {
+    async fn spawn_runner(&self, service: &Arc<Service>) -> Result<Runner, NodeError> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err(NodeError::FailedPrecondition(format!(
+                "service {} cannot start: its supervisor is shut down",
+                service.definition.id
+            )));
+        }
         prepare(&self.shared, service).await;
         let cancel = self.shared.shutdown.child_token();
         let task = tokio::spawn(supervise(
@@ -208,7 +220,7 @@ impl Supervisor {
             Arc::clone(service),
             cancel.clone(),
         ));
-        Runner { cancel, task }
+        Ok(Runner { cancel, task })
     }
 
     /// Stops the service held by `runner`, if any; true when one was running.
@@ -273,7 +285,7 @@ impl Services for Supervisor {
                 "service {id} is already running"
             )));
         }
-        *runner = Some(self.spawn_runner(service).await);
+        *runner = Some(self.spawn_runner(service).await?);
         Ok(format!("service {id} started"))
     }
 
@@ -292,7 +304,7 @@ impl Services for Supervisor {
         let service = self.find(id)?;
         let mut runner = service.runner.lock().await;
         Self::stop_runner(&mut runner).await;
-        *runner = Some(self.spawn_runner(service).await);
+        *runner = Some(self.spawn_runner(service).await?);
         Ok(format!("service {id} restarted"))
     }
 
