@@ -19,7 +19,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
-use tokio::sync::Mutex;
+use tokio::sync::{oneshot, Mutex};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -181,7 +181,7 @@ impl Supervisor {
         for service in &self.services {
             let mut runner = service.runner.lock().await;
             if !is_running(&runner) {
-                *runner = Some(self.spawn_runner(service).await?);
+                self.launch(service, &mut runner).await?;
             }
         }
         Ok(())
@@ -191,9 +191,7 @@ impl Supervisor {
     pub async fn shutdown(&self) {
         self.shared.shutdown.cancel();
         for service in &self.services {
-            if let Some(runner) = service.runner.lock().await.take() {
-                let _ = runner.task.await;
-            }
+            Self::stop_runner(&mut *service.runner.lock().await).await;
         }
     }
 
@@ -204,35 +202,47 @@ impl Supervisor {
             .ok_or_else(|| NodeError::NotFound(format!("service {id}")))
     }
 
-    /// Starts supervising: the service is Preparing when this returns, so a caller that
-    /// lists services next never sees its state from before the start.
-    async fn spawn_runner(&self, service: &Arc<Service>) -> Result<Runner, NodeError> {
+    /// Starts supervising `service` into `slot`. The service is Preparing when this
+    /// returns, so a caller that lists services next never sees its state from before
+    /// the start. Safe to drop halfway: the runner is in the slot before anything waits.
+    async fn launch(
+        &self,
+        service: &Arc<Service>,
+        slot: &mut Option<Runner>,
+    ) -> Result<(), NodeError> {
         if self.shared.shutdown.is_cancelled() {
             return Err(NodeError::FailedPrecondition(format!(
                 "service {} cannot start: its supervisor is shut down",
                 service.definition.id
             )));
         }
-        prepare(&self.shared, service).await;
         let cancel = self.shared.shutdown.child_token();
-        let task = tokio::spawn(supervise(
-            Arc::clone(&self.shared),
-            Arc::clone(service),
-            cancel.clone(),
-        ));
-        Ok(Runner { cancel, task })
+        let (prepared, is_prepared) = oneshot::channel();
+        let (shared, service) = (Arc::clone(&self.shared), Arc::clone(service));
+        let token = cancel.clone();
+        let task = tokio::spawn(async move {
+            prepare(&shared, &service).await;
+            let _ = prepared.send(());
+            supervise(shared, service, token).await;
+        });
+        *slot = Some(Runner { cancel, task });
+        // An error means the task is gone (a panic); the slot shows it finished.
+        let _ = is_prepared.await;
+        Ok(())
     }
 
-    /// Stops the service held by `runner`, if any; true when one was running.
-    async fn stop_runner(runner: &mut Option<Runner>) -> bool {
-        match runner.take() {
-            Some(r) if !r.task.is_finished() => {
-                r.cancel.cancel();
-                let _ = r.task.await;
-                true
-            }
-            _ => false,
-        }
+    /// Stops the service supervised from `slot`, if any; true when one was running. The
+    /// runner leaves the slot only once it has finished, so a start cannot overlap the
+    /// end of a stop, even if this is dropped halfway.
+    async fn stop_runner(slot: &mut Option<Runner>) -> bool {
+        let Some(runner) = slot.as_mut() else {
+            return false;
+        };
+        let was_running = !runner.task.is_finished();
+        runner.cancel.cancel();
+        let _ = (&mut runner.task).await;
+        *slot = None;
+        was_running
     }
 }
 
@@ -285,7 +295,7 @@ impl Services for Supervisor {
                 "service {id} is already running"
             )));
         }
-        *runner = Some(self.spawn_runner(service).await?);
+        self.launch(service, &mut runner).await?;
         Ok(format!("service {id} started"))
     }
 
@@ -304,7 +314,7 @@ impl Services for Supervisor {
         let service = self.find(id)?;
         let mut runner = service.runner.lock().await;
         Self::stop_runner(&mut runner).await;
-        *runner = Some(self.spawn_runner(service).await?);
+        self.launch(service, &mut runner).await?;
         Ok(format!("service {id} restarted"))
     }
 
