@@ -101,6 +101,21 @@ async fn text(stream: apid::node::ByteStream) -> String {
     String::from_utf8(bytes).unwrap()
 }
 
+/// Reads a followed stream until what was read satisfies `done`; fails the test when no
+/// new chunk comes within [`PATIENCE`].
+async fn read_until(stream: &mut apid::node::ByteStream, done: impl Fn(&str) -> bool) -> String {
+    let mut seen = String::new();
+    while !done(&seen) {
+        let chunk = tokio::time::timeout(PATIENCE, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("nothing new after {seen:?}"))
+            .expect("the stream ended")
+            .unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    seen
+}
+
 #[tokio::test]
 async fn supervised_service_runs_logs_stops_and_restarts() {
     let state = State::new();
@@ -162,6 +177,8 @@ async fn supervised_service_runs_logs_stops_and_restarts() {
     supervisor.shutdown().await;
     let err = supervisor.start("hello").await.unwrap_err();
     assert!(err.to_string().contains("shut down"), "{err}");
+    let err = supervisor.logs("nope", false, None).await.err().unwrap();
+    assert!(matches!(err, NodeError::NotFound(_)), "{err}");
     let err = supervisor.stop("nope").await.unwrap_err();
     assert!(matches!(err, NodeError::NotFound(_)), "{err}");
     assert!(err.to_string().contains("nope"), "{err}");
@@ -183,15 +200,10 @@ async fn follow_yields_lines_written_later() {
     wait_state(&supervisor, "ticker", "Running").await;
 
     let mut stream = supervisor.logs("ticker", true, Some(0)).await.unwrap();
-    let mut seen = String::new();
-    while seen.lines().filter(|l| l.starts_with("tick ")).count() < 3 {
-        let chunk = tokio::time::timeout(PATIENCE, stream.next())
-            .await
-            .expect("no new line")
-            .expect("the stream ended")
-            .unwrap();
-        seen.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    let seen = read_until(&mut stream, |seen| {
+        seen.lines().filter(|l| l.starts_with("tick ")).count() >= 3
+    })
+    .await;
     assert!(seen.ends_with('\n'), "{seen:?}");
     drop(stream);
     supervisor.shutdown().await;
@@ -379,15 +391,7 @@ async fn dmesg_reads_the_kernel_log_or_says_why_not() {
     if std::fs::write("/dev/kmsg", format!("{marker}\n")).is_err() {
         return;
     }
-    let mut seen = String::new();
-    while !seen.contains(&marker) {
-        let chunk = tokio::time::timeout(PATIENCE, follow.next())
-            .await
-            .expect("no new kernel log line")
-            .expect("the stream ended")
-            .unwrap();
-        seen.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    read_until(&mut follow, |seen| seen.contains(&marker)).await;
 }
 
 /// `<tmp>/root` with files, a subtree and symlinks, and `<tmp>/secret.txt` outside it.

@@ -30,8 +30,7 @@ impl Default for LogLimits {
     }
 }
 
-/// Longest line kept as one; a longer one is split, so a child that never writes a newline
-/// cannot make the pump buffer without bound.
+/// Longest line kept as one; the output pump cuts longer ones.
 pub(crate) const MAX_LINE: usize = 16 * 1024;
 
 /// Most lines one stream chunk carries: a reader far behind catches up in several chunks

@@ -511,7 +511,9 @@ async fn terminate(child: &mut Child, group: &GroupGuard, grace: Duration) -> St
     }
 }
 
-/// Copies a child's output into the log line by line, until the pipe closes.
+/// Copies a child's output into the log line by line, until the pipe closes. Lines
+/// longer than [`MAX_LINE`] are cut into pieces, so a child that never writes a newline
+/// cannot make this buffer without bound.
 async fn pump(mut output: Box<dyn AsyncRead + Send + Unpin>, log: Arc<LogBuffer>) {
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 8192];
@@ -526,16 +528,50 @@ async fn pump(mut output: Box<dyn AsyncRead + Send + Unpin>, log: Arc<LogBuffer>
             .get(start..)
             .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
         {
-            log.push(pending.get(start..start + pos).unwrap_or_default());
+            push_line(&log, pending.get(start..start + pos).unwrap_or_default());
             start += pos + 1;
         }
         pending.drain(..start);
-        while pending.len() >= MAX_LINE {
-            log.push(pending.get(..MAX_LINE).unwrap_or_default());
-            pending.drain(..MAX_LINE);
+        let whole = pending.len() - pending.len() % MAX_LINE;
+        if whole > 0 {
+            push_line(&log, pending.get(..whole).unwrap_or_default());
+            pending.drain(..whole);
         }
     }
     if !pending.is_empty() {
-        log.push(&pending);
+        push_line(&log, &pending);
+    }
+}
+
+/// Logs one line (without its newline) as pieces of at most [`MAX_LINE`] bytes.
+fn push_line(log: &LogBuffer, line: &[u8]) {
+    if line.is_empty() {
+        log.push(line);
+    }
+    for piece in line.chunks(MAX_LINE) {
+        log.push(piece);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn output_is_split_into_bounded_lines() {
+        let log = Arc::new(LogBuffer::new(LogLimits::default()));
+        let mut data = b"one\n\ntwo\r\n".to_vec();
+        data.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
+        data.extend_from_slice(b"\nlast without newline");
+        pump(Box::new(std::io::Cursor::new(data)), Arc::clone(&log)).await;
+        let chunks: Vec<_> = log.stream(false, None).collect().await;
+        let text: Vec<u8> = chunks.into_iter().flat_map(|c| c.unwrap()).collect();
+        let text = String::from_utf8(text).unwrap();
+        let lengths: Vec<_> = text.split_inclusive('\n').map(str::len).collect();
+        assert_eq!(lengths, [4, 1, 5, MAX_LINE + 1, 11, 21]);
+        assert!(text.starts_with("one\n\ntwo\r\nxxx"));
+        assert!(text.ends_with("xx\nlast without newline\n"));
     }
 }
