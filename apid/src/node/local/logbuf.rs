@@ -163,11 +163,12 @@ impl LogBuffer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    async fn collect(stream: ByteStream) -> String {
+    /// The whole text of a stream that ends.
+    pub(crate) async fn collect(stream: ByteStream) -> String {
         let chunks: Vec<_> = stream.collect().await;
         let bytes: Vec<u8> = chunks
             .into_iter()

@@ -340,7 +340,8 @@ async fn transition(shared: &Shared, service: &Service, state: &str, message: &s
     }
 }
 
-/// Supervises one service (already Preparing) until it is cancelled or its restart policy lets it end.
+/// Supervises one service (already Preparing) until it is cancelled or its restart
+/// policy lets it end.
 async fn supervise(shared: Arc<Shared>, service: Arc<Service>, cancel: CancellationToken) {
     let options = &shared.options;
     let mut backoff = options.backoff_initial;
@@ -353,7 +354,7 @@ async fn supervise(shared: Arc<Shared>, service: Arc<Service>, cancel: Cancellat
                 return;
             }
             RunOutcome::Exited(status) => (!status.success(), describe_exit(status)),
-            RunOutcome::SpawnFailed(message) => (true, message),
+            RunOutcome::Failed(message) => (true, message),
         };
         let restart = match service.definition.restart {
             RestartPolicy::Always => true,
@@ -392,7 +393,8 @@ async fn prepare(shared: &Shared, service: &Service) {
 
 enum RunOutcome {
     Exited(ExitStatus),
-    SpawnFailed(String),
+    /// Not started, or lost: the message says why.
+    Failed(String),
     /// Stopped on request; the message says how it ended.
     Cancelled(String),
 }
@@ -407,7 +409,8 @@ fn describe_exit(status: ExitStatus) -> String {
 }
 
 /// Kills the whole process group when dropped: also when the runner task is dropped with
-/// its runtime, so no child outlives the supervisor.
+/// its runtime, so no child outlives the supervisor. The kernel does not reuse the group's
+/// id while any member lives; once none does, the signal finds nothing (ESRCH).
 struct GroupGuard(Pid);
 
 impl GroupGuard {
@@ -456,27 +459,18 @@ async fn run_once(shared: &Shared, service: &Service, cancel: &CancellationToken
                 .command
                 .first()
                 .map_or("", String::as_str);
-            return RunOutcome::SpawnFailed(format!("could not start {argv0}: {error}"));
+            return RunOutcome::Failed(format!("could not start {argv0}: {error}"));
         }
     };
     let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) else {
-        return RunOutcome::SpawnFailed("the process ended before it got a pid".to_string());
+        return RunOutcome::Failed("the process ended before it got a pid".to_string());
     };
     let group = GroupGuard(Pid::from_raw(pid));
-    for output in [
-        child
-            .stdout
-            .take()
-            .map(|o| Box::new(o) as Box<dyn AsyncRead + Send + Unpin>),
-        child
-            .stderr
-            .take()
-            .map(|o| Box::new(o) as Box<dyn AsyncRead + Send + Unpin>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        tokio::spawn(pump(output, Arc::clone(&service.log)));
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(pump(stdout, Arc::clone(&service.log)));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(pump(stderr, Arc::clone(&service.log)));
     }
     transition(shared, service, "Running", "", pid).await;
 
@@ -491,7 +485,7 @@ async fn run_once(shared: &Shared, service: &Service, cancel: &CancellationToken
     // `group` drops here: anything the service left behind in its group goes with it.
     match waited {
         Ok(status) => RunOutcome::Exited(status),
-        Err(error) => RunOutcome::SpawnFailed(format!("waiting for pid {pid}: {error}")),
+        Err(error) => RunOutcome::Failed(format!("waiting for pid {pid}: {error}")),
     }
 }
 
@@ -514,7 +508,7 @@ async fn terminate(child: &mut Child, group: &GroupGuard, grace: Duration) -> St
 /// Copies a child's output into the log line by line, until the pipe closes. Lines
 /// longer than [`MAX_LINE`] are cut into pieces, so a child that never writes a newline
 /// cannot make this buffer without bound.
-async fn pump(mut output: Box<dyn AsyncRead + Send + Unpin>, log: Arc<LogBuffer>) {
+async fn pump(mut output: impl AsyncRead + Unpin, log: Arc<LogBuffer>) {
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 8192];
     loop {
@@ -557,7 +551,7 @@ fn push_line(log: &LogBuffer, line: &[u8]) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use futures::StreamExt;
+    use crate::node::local::logbuf::tests::collect;
 
     #[tokio::test]
     async fn output_is_split_into_bounded_lines() {
@@ -565,10 +559,8 @@ mod tests {
         let mut data = b"one\n\ntwo\r\n".to_vec();
         data.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
         data.extend_from_slice(b"\nlast without newline");
-        pump(Box::new(std::io::Cursor::new(data)), Arc::clone(&log)).await;
-        let chunks: Vec<_> = log.stream(false, None).collect().await;
-        let text: Vec<u8> = chunks.into_iter().flat_map(|c| c.unwrap()).collect();
-        let text = String::from_utf8(text).unwrap();
+        pump(std::io::Cursor::new(data), Arc::clone(&log)).await;
+        let text = collect(log.stream(false, None)).await;
         let lengths: Vec<_> = text.split_inclusive('\n').map(str::len).collect();
         assert_eq!(lengths, [4, 1, 5, MAX_LINE + 1, 11, 21]);
         assert!(text.starts_with("one\n\ntwo\r\nxxx"));
