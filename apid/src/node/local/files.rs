@@ -55,21 +55,23 @@ impl LocalFiles {
         roots
     }
 
-    /// The resolved path, if it lies under a resolved root.
-    async fn resolve(&self, path: &str) -> Result<PathBuf, NodeError> {
+    /// The resolved path, if it lies under a resolved root, and that root.
+    async fn resolve(&self, path: &str) -> Result<(PathBuf, PathBuf), NodeError> {
         if !Path::new(path).is_absolute() {
             return Err(NodeError::InvalidArgument(format!(
                 "{path:?} is not an absolute path"
             )));
         }
         let roots = self.resolved_roots().await;
-        let under_a_root = |p: &Path| roots.iter().any(|r| p.starts_with(r));
+        let root_of = |p: &Path| roots.iter().find(|r| p.starts_with(r)).cloned();
         match tokio::fs::canonicalize(path).await {
-            Ok(resolved) if under_a_root(&resolved) => Ok(resolved),
-            Ok(_) => Err(self.denied(path)),
+            Ok(resolved) => match root_of(&resolved) {
+                Some(root) => Ok((resolved, root)),
+                None => Err(self.denied(path)),
+            },
             // A path that cannot be resolved is only reported as missing when it would
             // be inside a root: outside them, not even its existence is told.
-            Err(e) if under_a_root(&lexically_normal(Path::new(path))) => {
+            Err(e) if root_of(&lexically_normal(Path::new(path))).is_some() => {
                 Err(NodeError::io(path, e))
             }
             Err(_) => Err(self.denied(path)),
@@ -96,7 +98,7 @@ fn lexically_normal(path: &Path) -> PathBuf {
 #[async_trait]
 impl Files for LocalFiles {
     async fn read(&self, path: &str) -> Result<ByteStream, NodeError> {
-        let resolved = self.resolve(path).await?;
+        let (resolved, root) = self.resolve(path).await?;
         // Opened without following a last-moment symlink and without blocking on a FIFO
         // or device swapped in since the check; what was opened is checked again below.
         let file = tokio::fs::OpenOptions::new()
@@ -118,12 +120,7 @@ impl Files for LocalFiles {
         // and opening it (a directory on the way replaced by a symlink).
         let opened = format!("/proc/self/fd/{}", file.as_raw_fd());
         if let Ok(actual) = tokio::fs::read_link(&opened).await {
-            if !self
-                .resolved_roots()
-                .await
-                .iter()
-                .any(|r| actual.starts_with(r))
-            {
+            if !actual.starts_with(&root) {
                 return Err(self.denied(path));
             }
         }
@@ -150,7 +147,7 @@ impl Files for LocalFiles {
         recurse: bool,
         max_depth: u32,
     ) -> Result<FileStream, NodeError> {
-        let resolved = self.resolve(root).await?;
+        let (resolved, _) = self.resolve(root).await?;
         let max_depth = match (recurse, max_depth) {
             (false, _) => Some(1),
             (true, 0) => None,
