@@ -394,6 +394,63 @@ async fn dmesg_reads_the_kernel_log_or_says_why_not() {
     read_until(&mut follow, |seen| seen.contains(&marker)).await;
 }
 
+#[tokio::test]
+async fn fake_proc_and_sys_trees_skip_what_they_cannot_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (proc, sys) = (tmp.path().join("proc"), tmp.path().join("sys"));
+    let write = |path: PathBuf, text: &str| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    let stat = "42 (worker one) R 1 42 42 0 -1 0 0 0 0 0 300 100 0 0 20 0 5 0 9 1000 2 0";
+    write(proc.join("42/stat"), stat);
+    write(proc.join("42/cmdline"), "worker\0--fast\0");
+    write(proc.join("43/stat"), "garbage");
+    std::fs::create_dir_all(proc.join("44")).unwrap(); // vanished: no stat
+    write(
+        proc.join("self/mountinfo"),
+        "1 0 8:1 / / rw - ext4 /dev/vda1 rw\nbroken\n",
+    );
+    write(proc.join("meminfo"), "MemTotal: 1000 kB\nMemFree: x kB\n");
+    write(sys.join("block/vda/size"), "2048\n");
+    write(sys.join("block/vda/device/model"), "QEMU HARDDISK  \n");
+    write(sys.join("block/vda/wwid"), "naa.123\n");
+    write(sys.join("block/vda/queue/rotational"), "1\n");
+    write(sys.join("block/vda/ro"), "0\n");
+    write(sys.join("block/loop0/size"), "8\n");
+    write(sys.join("block/gone/model"), "no size\n");
+    let system = ProcSystem::with_paths(&proc, &sys, tmp.path().join("no-kmsg"));
+
+    let processes = system.processes().await.unwrap();
+    assert_eq!(processes.len(), 1, "{processes:?}");
+    let worker = &processes[0];
+    assert_eq!((worker.pid, worker.ppid, worker.threads), (42, 1, 5));
+    assert_eq!(worker.command, "worker one");
+    assert_eq!(worker.args, "worker --fast");
+    assert_eq!(worker.executable, "");
+    assert!(worker.cpu_time > 0.0);
+
+    let memory = system.memory().await.unwrap();
+    assert_eq!((memory.total, memory.free), (1_024_000, 0));
+    let mounts = system.mounts().await.unwrap();
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(mounts[0].source, "/dev/vda1");
+
+    let disks = system.disks().await.unwrap();
+    assert_eq!(disks.len(), 1, "{disks:?}");
+    let vda = &disks[0];
+    assert_eq!((vda.name.as_str(), vda.size), ("vda", 2048 * 512));
+    assert_eq!(
+        (vda.model.as_str(), vda.serial.as_str()),
+        ("QEMU HARDDISK", "naa.123")
+    );
+    assert!(vda.rotational && !vda.read_only);
+
+    let err = system.dmesg(false, None).await.err().unwrap();
+    assert!(matches!(err, NodeError::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("no-kmsg"), "{err}");
+}
+
 /// `<tmp>/root` with files, a subtree and symlinks, and `<tmp>/secret.txt` outside it.
 fn tree() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
