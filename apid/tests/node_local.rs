@@ -101,6 +101,21 @@ async fn text(stream: apid::node::ByteStream) -> String {
     String::from_utf8(bytes).unwrap()
 }
 
+/// Reads a followed stream until what was read satisfies `done`; fails the test when no
+/// new chunk comes within [`PATIENCE`].
+async fn read_until(stream: &mut apid::node::ByteStream, done: impl Fn(&str) -> bool) -> String {
+    let mut seen = String::new();
+    while !done(&seen) {
+        let chunk = tokio::time::timeout(PATIENCE, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("nothing new after {seen:?}"))
+            .expect("the stream ended")
+            .unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    seen
+}
+
 #[tokio::test]
 async fn supervised_service_runs_logs_stops_and_restarts() {
     let state = State::new();
@@ -110,7 +125,7 @@ async fn supervised_service_runs_logs_stops_and_restarts() {
         fast_options(),
     )
     .unwrap();
-    supervisor.start_all().await;
+    supervisor.start_all().await.unwrap();
 
     let running = wait_state(&supervisor, "hello", "Running").await;
     assert!(running.healthy);
@@ -144,7 +159,12 @@ async fn supervised_service_runs_logs_stops_and_restarts() {
     assert_ne!(restarted.pid, running.pid);
     assert_eq!(restarted.restarts, 1);
     assert!(!alive(running.pid), "the old process still runs");
-    assert!(!alive(sleeper), "the old process's child still runs");
+    // It got SIGTERM and SIGKILL with its group; it is not ours to wait for, so it may
+    // take a moment to go.
+    eventually("the old process's child to go", || async {
+        (!alive(sleeper)).then_some(())
+    })
+    .await;
 
     let answer = supervisor.stop("hello").await.unwrap();
     assert!(answer.contains("stopped"), "{answer}");
@@ -159,10 +179,14 @@ async fn supervised_service_runs_logs_stops_and_restarts() {
 
     let answer = supervisor.stop("hello").await.unwrap();
     assert!(answer.contains("not running"), "{answer}");
+    supervisor.shutdown().await;
+    let err = supervisor.start("hello").await.unwrap_err();
+    assert!(err.to_string().contains("shut down"), "{err}");
+    let err = supervisor.logs("nope", false, None).await.err().unwrap();
+    assert!(matches!(err, NodeError::NotFound(_)), "{err}");
     let err = supervisor.stop("nope").await.unwrap_err();
     assert!(matches!(err, NodeError::NotFound(_)), "{err}");
     assert!(err.to_string().contains("nope"), "{err}");
-    supervisor.shutdown().await;
 }
 
 #[tokio::test]
@@ -171,24 +195,20 @@ async fn follow_yields_lines_written_later() {
         State::new(),
         vec![sh(
             "ticker",
-            "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
-        )],
+            "i=0; while true; do echo $WORD $i; i=$((i+1)); sleep 0.1; done",
+        )
+        .env("WORD", "tick")],
         fast_options(),
     )
     .unwrap();
-    supervisor.start_all().await;
+    supervisor.start_all().await.unwrap();
     wait_state(&supervisor, "ticker", "Running").await;
 
     let mut stream = supervisor.logs("ticker", true, Some(0)).await.unwrap();
-    let mut seen = String::new();
-    while seen.lines().filter(|l| l.starts_with("tick ")).count() < 3 {
-        let chunk = tokio::time::timeout(PATIENCE, stream.next())
-            .await
-            .expect("no new line")
-            .expect("the stream ended")
-            .unwrap();
-        seen.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    let seen = read_until(&mut stream, |seen| {
+        seen.lines().filter(|l| l.starts_with("tick ")).count() >= 3
+    })
+    .await;
     assert!(seen.ends_with('\n'), "{seen:?}");
     drop(stream);
     supervisor.shutdown().await;
@@ -210,7 +230,7 @@ async fn failing_services_report_and_restart_by_policy() {
         fast_options(),
     )
     .unwrap();
-    supervisor.start_all().await;
+    supervisor.start_all().await.unwrap();
 
     let failed = wait_state(&supervisor, "once", "Failed").await;
     assert!(failed.message.contains("exited with code 3"), "{failed:?}");
@@ -260,7 +280,7 @@ async fn stop_kills_a_service_that_ignores_sigterm() {
         },
     )
     .unwrap();
-    supervisor.start_all().await;
+    supervisor.start_all().await.unwrap();
     let running = wait_state(&supervisor, "stubborn", "Running").await;
     // The trap is set once the shell has printed.
     eventually("the trap to be set", || async {
@@ -284,7 +304,7 @@ async fn dropping_the_supervisor_stops_its_services() {
         fast_options(),
     )
     .unwrap();
-    supervisor.start_all().await;
+    supervisor.start_all().await.unwrap();
     let a = wait_state(&supervisor, "a", "Running").await.pid;
     let b = wait_state(&supervisor, "b", "Running").await.pid;
     drop(supervisor);
@@ -376,15 +396,64 @@ async fn dmesg_reads_the_kernel_log_or_says_why_not() {
     if std::fs::write("/dev/kmsg", format!("{marker}\n")).is_err() {
         return;
     }
-    let mut seen = String::new();
-    while !seen.contains(&marker) {
-        let chunk = tokio::time::timeout(PATIENCE, follow.next())
-            .await
-            .expect("no new kernel log line")
-            .expect("the stream ended")
-            .unwrap();
-        seen.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    read_until(&mut follow, |seen| seen.contains(&marker)).await;
+}
+
+#[tokio::test]
+async fn fake_proc_and_sys_trees_skip_what_they_cannot_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (proc, sys) = (tmp.path().join("proc"), tmp.path().join("sys"));
+    let write = |path: PathBuf, text: &str| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    let stat = "42 (worker one) R 1 42 42 0 -1 0 0 0 0 0 300 100 0 0 20 0 5 0 9 1000 2 0";
+    write(proc.join("42/stat"), stat);
+    write(proc.join("42/cmdline"), "worker\0--fast\0");
+    write(proc.join("43/stat"), "garbage");
+    std::fs::create_dir_all(proc.join("44")).unwrap(); // vanished: no stat
+    write(
+        proc.join("self/mountinfo"),
+        "1 0 8:1 / / rw - ext4 /dev/vda1 rw\nbroken\n",
+    );
+    write(proc.join("meminfo"), "MemTotal: 1000 kB\nMemFree: x kB\n");
+    write(sys.join("block/vda/size"), "2048\n");
+    write(sys.join("block/vda/device/model"), "QEMU HARDDISK  \n");
+    write(sys.join("block/vda/wwid"), "naa.123\n");
+    write(sys.join("block/vda/queue/rotational"), "1\n");
+    write(sys.join("block/vda/ro"), "0\n");
+    write(sys.join("block/loop0/size"), "8\n");
+    write(sys.join("block/gone/model"), "no size\n");
+    let system = ProcSystem::with_paths(&proc, &sys, tmp.path().join("no-kmsg"));
+
+    let processes = system.processes().await.unwrap();
+    assert_eq!(processes.len(), 1, "{processes:?}");
+    let worker = &processes[0];
+    assert_eq!((worker.pid, worker.ppid, worker.threads), (42, 1, 5));
+    assert_eq!(worker.command, "worker one");
+    assert_eq!(worker.args, "worker --fast");
+    assert_eq!(worker.executable, "");
+    assert!(worker.cpu_time > 0.0);
+
+    let memory = system.memory().await.unwrap();
+    assert_eq!((memory.total, memory.free), (1_024_000, 0));
+    let mounts = system.mounts().await.unwrap();
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(mounts[0].source, "/dev/vda1");
+
+    let disks = system.disks().await.unwrap();
+    assert_eq!(disks.len(), 1, "{disks:?}");
+    let vda = &disks[0];
+    assert_eq!((vda.name.as_str(), vda.size), ("vda", 2048 * 512));
+    assert_eq!(
+        (vda.model.as_str(), vda.serial.as_str()),
+        ("QEMU HARDDISK", "naa.123")
+    );
+    assert!(vda.rotational && !vda.read_only);
+
+    let err = system.dmesg(false, None).await.err().unwrap();
+    assert!(matches!(err, NodeError::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("no-kmsg"), "{err}");
 }
 
 /// `<tmp>/root` with files, a subtree and symlinks, and `<tmp>/secret.txt` outside it.
@@ -441,6 +510,13 @@ async fn files_are_read_only_under_the_roots() {
     }
     let err = files.read(p(&root.join("sub"))).await.err().unwrap();
     assert!(matches!(err, NodeError::InvalidArgument(_)), "{err}");
+    // A FIFO would block an open for reading: refused without waiting for a writer.
+    nix::unistd::mkfifo(&root.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let fifo = tokio::time::timeout(PATIENCE, files.read(p(&root.join("fifo"))))
+        .await
+        .expect("reading a FIFO hung");
+    let err = fifo.err().unwrap();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
     let err = files.read("a.txt").await.err().unwrap();
     assert!(matches!(err, NodeError::InvalidArgument(_)), "{err}");
     let err = files.read(p(&root.join("nothing"))).await.err().unwrap();

@@ -1,6 +1,7 @@
 //! Files under allowed roots. Every path is resolved (symlinks, `..`) before it is checked
 //! against the resolved roots, so no spelling of a path reaches outside them.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -43,26 +44,34 @@ impl LocalFiles {
         ))
     }
 
-    /// The resolved path, if it lies under a resolved root.
-    async fn resolve(&self, path: &str) -> Result<PathBuf, NodeError> {
-        if !Path::new(path).is_absolute() {
-            return Err(NodeError::InvalidArgument(format!(
-                "{path:?} is not an absolute path"
-            )));
-        }
+    /// The roots with symlinks resolved; roots that do not exist are left out.
+    async fn resolved_roots(&self) -> Vec<PathBuf> {
         let mut roots = Vec::with_capacity(self.roots.len());
         for root in &self.roots {
             if let Ok(root) = tokio::fs::canonicalize(root).await {
                 roots.push(root);
             }
         }
-        let under_a_root = |p: &Path| roots.iter().any(|r| p.starts_with(r));
+        roots
+    }
+
+    /// The resolved path, if it lies under a resolved root, and that root.
+    async fn resolve(&self, path: &str) -> Result<(PathBuf, PathBuf), NodeError> {
+        if !Path::new(path).is_absolute() {
+            return Err(NodeError::InvalidArgument(format!(
+                "{path:?} is not an absolute path"
+            )));
+        }
+        let roots = self.resolved_roots().await;
+        let root_of = |p: &Path| roots.iter().find(|r| p.starts_with(r)).cloned();
         match tokio::fs::canonicalize(path).await {
-            Ok(resolved) if under_a_root(&resolved) => Ok(resolved),
-            Ok(_) => Err(self.denied(path)),
+            Ok(resolved) => match root_of(&resolved) {
+                Some(root) => Ok((resolved, root)),
+                None => Err(self.denied(path)),
+            },
             // A path that cannot be resolved is only reported as missing when it would
             // be inside a root: outside them, not even its existence is told.
-            Err(e) if under_a_root(&lexically_normal(Path::new(path))) => {
+            Err(e) if root_of(&lexically_normal(Path::new(path))).is_some() => {
                 Err(NodeError::io(path, e))
             }
             Err(_) => Err(self.denied(path)),
@@ -89,10 +98,16 @@ fn lexically_normal(path: &Path) -> PathBuf {
 #[async_trait]
 impl Files for LocalFiles {
     async fn read(&self, path: &str) -> Result<ByteStream, NodeError> {
-        let resolved = self.resolve(path).await?;
-        let metadata = tokio::fs::metadata(&resolved)
+        let (resolved, root) = self.resolve(path).await?;
+        // Opened without following a last-moment symlink and without blocking on a FIFO
+        // or device swapped in since the check; what was opened is checked again below.
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(&resolved)
             .await
             .map_err(|e| NodeError::io(path, e))?;
+        let metadata = file.metadata().await.map_err(|e| NodeError::io(path, e))?;
         if !metadata.is_file() {
             let what = if metadata.is_dir() {
                 "a directory"
@@ -101,9 +116,14 @@ impl Files for LocalFiles {
             };
             return Err(NodeError::InvalidArgument(format!("{path} is {what}")));
         }
-        let file = tokio::fs::File::open(&resolved)
-            .await
-            .map_err(|e| NodeError::io(path, e))?;
+        // The kernel's name of the open file closes the gap between resolving the path
+        // and opening it (a directory on the way replaced by a symlink).
+        let opened = format!("/proc/self/fd/{}", file.as_raw_fd());
+        if let Ok(actual) = tokio::fs::read_link(&opened).await {
+            if !actual.starts_with(&root) {
+                return Err(self.denied(path));
+            }
+        }
         let path = path.to_string();
         Ok(futures::stream::unfold(Some(file), move |file| {
             let path = path.clone();
@@ -127,7 +147,7 @@ impl Files for LocalFiles {
         recurse: bool,
         max_depth: u32,
     ) -> Result<FileStream, NodeError> {
-        let resolved = self.resolve(root).await?;
+        let (resolved, _) = self.resolve(root).await?;
         let max_depth = match (recurse, max_depth) {
             (false, _) => Some(1),
             (true, 0) => None,
@@ -220,7 +240,18 @@ fn visit(
     let mut entry = info(path, root);
     let mut opened = None;
     if entry.is_dir && entry.error.is_empty() && max_depth.is_none_or(|max| depth < max) {
-        match std::fs::read_dir(path) {
+        // A directory replaced by a symlink since it was looked at would be followed by
+        // read_dir: it is resolved again first. (Only openat2's RESOLVE_BENEATH would
+        // close the last gap.)
+        let dir = if std::fs::canonicalize(path).is_ok_and(|p| p.starts_with(root)) {
+            std::fs::read_dir(path)
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "it no longer resolves to a place inside the listed root",
+            ))
+        };
+        match dir {
             Ok(dir) => opened = Some((dir, depth + 1)),
             Err(e) => entry.error = format!("reading the directory: {e}"),
         }

@@ -30,8 +30,7 @@ impl Default for LogLimits {
     }
 }
 
-/// Longest line kept as one; a longer one is split, so a child that never writes a newline
-/// cannot make the pump buffer without bound.
+/// Longest line kept as one; the output pump cuts longer ones.
 pub(crate) const MAX_LINE: usize = 16 * 1024;
 
 /// Most lines one stream chunk carries: a reader far behind catches up in several chunks
@@ -164,11 +163,12 @@ impl LogBuffer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    async fn collect(stream: ByteStream) -> String {
+    /// The whole text of a stream that ends.
+    pub(crate) async fn collect(stream: ByteStream) -> String {
         let chunks: Vec<_> = stream.collect().await;
         let bytes: Vec<u8> = chunks
             .into_iter()

@@ -174,6 +174,34 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    proptest::proptest! {
+        /// Whatever the kernel or a fuzzer hands them, the parsers return, never panic.
+        #[test]
+        fn parsers_never_panic(
+            text in "\\PC{0,200}",
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+        ) {
+            let _ = parse_stat(&text);
+            let _ = parse_meminfo(&text);
+            let _ = parse_mountinfo_line(&text);
+            let _ = unescape_octal(&text);
+            let _ = parse_kmsg_record(&text).map(|r| r.line());
+            let _ = parse_cmdline(&bytes);
+        }
+
+        /// Lines shaped like the real ones, with arbitrary fields, still never panic.
+        #[test]
+        fn shaped_lines_never_panic(
+            fields in proptest::collection::vec("[0-9a-z()\\\\ ,;:-]{0,12}", 0..30),
+        ) {
+            let line = fields.join(" ");
+            let _ = parse_stat(&line);
+            let _ = parse_mountinfo_line(&line);
+            let _ = unescape_octal(&line);
+            let _ = parse_kmsg_record(&fields.join(","));
+        }
+    }
+
     #[test]
     fn stat_with_a_tricky_command_name() {
         let text = "1234 (my) (proc 1) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 100 12345678 42 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0\n";

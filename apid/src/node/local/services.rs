@@ -19,7 +19,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
-use tokio::sync::Mutex;
+use tokio::sync::{oneshot, Mutex};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -66,6 +66,11 @@ impl ServiceDefinition {
 
     pub fn restart(mut self, restart: RestartPolicy) -> Self {
         self.restart = restart;
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
         self
     }
 }
@@ -171,23 +176,22 @@ impl Supervisor {
         })
     }
 
-    /// Starts every service that is not running.
-    pub async fn start_all(&self) {
+    /// Starts every service that is not running; fails only once shut down.
+    pub async fn start_all(&self) -> Result<(), NodeError> {
         for service in &self.services {
             let mut runner = service.runner.lock().await;
             if !is_running(&runner) {
-                *runner = Some(self.spawn_runner(service).await);
+                self.launch(service, &mut runner).await?;
             }
         }
+        Ok(())
     }
 
     /// Stops every service (SIGTERM, then SIGKILL after the grace period) and waits.
     pub async fn shutdown(&self) {
         self.shared.shutdown.cancel();
         for service in &self.services {
-            if let Some(runner) = service.runner.lock().await.take() {
-                let _ = runner.task.await;
-            }
+            Self::stop_runner(&mut *service.runner.lock().await).await;
         }
     }
 
@@ -198,29 +202,47 @@ impl Supervisor {
             .ok_or_else(|| NodeError::NotFound(format!("service {id}")))
     }
 
-    /// Starts supervising: the service is Preparing when this returns, so a caller that
-    /// lists services next never sees its state from before the start.
-    async fn spawn_runner(&self, service: &Arc<Service>) -> Runner {
-        prepare(&self.shared, service).await;
+    /// Starts supervising `service` into `slot`. The service is Preparing when this
+    /// returns, so a caller that lists services next never sees its state from before
+    /// the start. Safe to drop halfway: the runner is in the slot before anything waits.
+    async fn launch(
+        &self,
+        service: &Arc<Service>,
+        slot: &mut Option<Runner>,
+    ) -> Result<(), NodeError> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err(NodeError::FailedPrecondition(format!(
+                "service {} cannot start: its supervisor is shut down",
+                service.definition.id
+            )));
+        }
         let cancel = self.shared.shutdown.child_token();
-        let task = tokio::spawn(supervise(
-            Arc::clone(&self.shared),
-            Arc::clone(service),
-            cancel.clone(),
-        ));
-        Runner { cancel, task }
+        let (prepared, is_prepared) = oneshot::channel();
+        let (shared, service) = (Arc::clone(&self.shared), Arc::clone(service));
+        let token = cancel.clone();
+        let task = tokio::spawn(async move {
+            prepare(&shared, &service).await;
+            let _ = prepared.send(());
+            supervise(shared, service, token).await;
+        });
+        *slot = Some(Runner { cancel, task });
+        // An error means the task is gone (a panic); the slot shows it finished.
+        let _ = is_prepared.await;
+        Ok(())
     }
 
-    /// Stops the service held by `runner`, if any; true when one was running.
-    async fn stop_runner(runner: &mut Option<Runner>) -> bool {
-        match runner.take() {
-            Some(r) if !r.task.is_finished() => {
-                r.cancel.cancel();
-                let _ = r.task.await;
-                true
-            }
-            _ => false,
-        }
+    /// Stops the service supervised from `slot`, if any; true when one was running. The
+    /// runner leaves the slot only once it has finished, so a start cannot overlap the
+    /// end of a stop, even if this is dropped halfway.
+    async fn stop_runner(slot: &mut Option<Runner>) -> bool {
+        let Some(runner) = slot.as_mut() else {
+            return false;
+        };
+        let was_running = !runner.task.is_finished();
+        runner.cancel.cancel();
+        let _ = (&mut runner.task).await;
+        *slot = None;
+        was_running
     }
 }
 
@@ -273,7 +295,7 @@ impl Services for Supervisor {
                 "service {id} is already running"
             )));
         }
-        *runner = Some(self.spawn_runner(service).await);
+        self.launch(service, &mut runner).await?;
         Ok(format!("service {id} started"))
     }
 
@@ -292,7 +314,7 @@ impl Services for Supervisor {
         let service = self.find(id)?;
         let mut runner = service.runner.lock().await;
         Self::stop_runner(&mut runner).await;
-        *runner = Some(self.spawn_runner(service).await);
+        self.launch(service, &mut runner).await?;
         Ok(format!("service {id} restarted"))
     }
 
@@ -318,7 +340,8 @@ async fn transition(shared: &Shared, service: &Service, state: &str, message: &s
     }
 }
 
-/// Supervises one service (already Preparing) until it is cancelled or its restart policy lets it end.
+/// Supervises one service (already Preparing) until it is cancelled or its restart
+/// policy lets it end.
 async fn supervise(shared: Arc<Shared>, service: Arc<Service>, cancel: CancellationToken) {
     let options = &shared.options;
     let mut backoff = options.backoff_initial;
@@ -331,7 +354,7 @@ async fn supervise(shared: Arc<Shared>, service: Arc<Service>, cancel: Cancellat
                 return;
             }
             RunOutcome::Exited(status) => (!status.success(), describe_exit(status)),
-            RunOutcome::SpawnFailed(message) => (true, message),
+            RunOutcome::Failed(message) => (true, message),
         };
         let restart = match service.definition.restart {
             RestartPolicy::Always => true,
@@ -370,7 +393,8 @@ async fn prepare(shared: &Shared, service: &Service) {
 
 enum RunOutcome {
     Exited(ExitStatus),
-    SpawnFailed(String),
+    /// Not started, or lost: the message says why.
+    Failed(String),
     /// Stopped on request; the message says how it ended.
     Cancelled(String),
 }
@@ -385,7 +409,8 @@ fn describe_exit(status: ExitStatus) -> String {
 }
 
 /// Kills the whole process group when dropped: also when the runner task is dropped with
-/// its runtime, so no child outlives the supervisor.
+/// its runtime, so no child outlives the supervisor. The kernel does not reuse the group's
+/// id while any member lives; once none does, the signal finds nothing (ESRCH).
 struct GroupGuard(Pid);
 
 impl GroupGuard {
@@ -434,27 +459,18 @@ async fn run_once(shared: &Shared, service: &Service, cancel: &CancellationToken
                 .command
                 .first()
                 .map_or("", String::as_str);
-            return RunOutcome::SpawnFailed(format!("could not start {argv0}: {error}"));
+            return RunOutcome::Failed(format!("could not start {argv0}: {error}"));
         }
     };
     let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) else {
-        return RunOutcome::SpawnFailed("the process ended before it got a pid".to_string());
+        return RunOutcome::Failed("the process ended before it got a pid".to_string());
     };
     let group = GroupGuard(Pid::from_raw(pid));
-    for output in [
-        child
-            .stdout
-            .take()
-            .map(|o| Box::new(o) as Box<dyn AsyncRead + Send + Unpin>),
-        child
-            .stderr
-            .take()
-            .map(|o| Box::new(o) as Box<dyn AsyncRead + Send + Unpin>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        tokio::spawn(pump(output, Arc::clone(&service.log)));
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(pump(stdout, Arc::clone(&service.log)));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(pump(stderr, Arc::clone(&service.log)));
     }
     transition(shared, service, "Running", "", pid).await;
 
@@ -469,7 +485,7 @@ async fn run_once(shared: &Shared, service: &Service, cancel: &CancellationToken
     // `group` drops here: anything the service left behind in its group goes with it.
     match waited {
         Ok(status) => RunOutcome::Exited(status),
-        Err(error) => RunOutcome::SpawnFailed(format!("waiting for pid {pid}: {error}")),
+        Err(error) => RunOutcome::Failed(format!("waiting for pid {pid}: {error}")),
     }
 }
 
@@ -489,8 +505,10 @@ async fn terminate(child: &mut Child, group: &GroupGuard, grace: Duration) -> St
     }
 }
 
-/// Copies a child's output into the log line by line, until the pipe closes.
-async fn pump(mut output: Box<dyn AsyncRead + Send + Unpin>, log: Arc<LogBuffer>) {
+/// Copies a child's output into the log line by line, until the pipe closes. Lines
+/// longer than [`MAX_LINE`] are cut into pieces, so a child that never writes a newline
+/// cannot make this buffer without bound.
+async fn pump(mut output: impl AsyncRead + Unpin, log: Arc<LogBuffer>) {
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 8192];
     loop {
@@ -504,16 +522,48 @@ async fn pump(mut output: Box<dyn AsyncRead + Send + Unpin>, log: Arc<LogBuffer>
             .get(start..)
             .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
         {
-            log.push(pending.get(start..start + pos).unwrap_or_default());
+            push_line(&log, pending.get(start..start + pos).unwrap_or_default());
             start += pos + 1;
         }
         pending.drain(..start);
-        while pending.len() >= MAX_LINE {
-            log.push(pending.get(..MAX_LINE).unwrap_or_default());
-            pending.drain(..MAX_LINE);
+        let whole = pending.len() - pending.len() % MAX_LINE;
+        if whole > 0 {
+            push_line(&log, pending.get(..whole).unwrap_or_default());
+            pending.drain(..whole);
         }
     }
     if !pending.is_empty() {
-        log.push(&pending);
+        push_line(&log, &pending);
+    }
+}
+
+/// Logs one line (without its newline) as pieces of at most [`MAX_LINE`] bytes.
+fn push_line(log: &LogBuffer, line: &[u8]) {
+    if line.is_empty() {
+        log.push(line);
+    }
+    for piece in line.chunks(MAX_LINE) {
+        log.push(piece);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::node::local::logbuf::tests::collect;
+
+    #[tokio::test]
+    async fn output_is_split_into_bounded_lines() {
+        let log = Arc::new(LogBuffer::new(LogLimits::default()));
+        let mut data = b"one\n\ntwo\r\n".to_vec();
+        data.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
+        data.extend_from_slice(b"\nlast without newline");
+        pump(std::io::Cursor::new(data), Arc::clone(&log)).await;
+        let text = collect(log.stream(false, None)).await;
+        let lengths: Vec<_> = text.split_inclusive('\n').map(str::len).collect();
+        assert_eq!(lengths, [4, 1, 5, MAX_LINE + 1, 11, 21]);
+        assert!(text.starts_with("one\n\ntwo\r\nxxx"));
+        assert!(text.ends_with("xx\nlast without newline\n"));
     }
 }

@@ -77,90 +77,114 @@ impl ProcSystem {
             .await
             .map_err(|e| NodeError::io(format!("reading {}", path.display()), e))
     }
+}
 
-    /// One process, or `None` when it vanished or cannot be read: a process list is a
-    /// moving target and one process never fails the whole list.
-    async fn process(&self, dir: &Path) -> Option<api::Process> {
-        let stat = parse_stat(&tokio::fs::read_to_string(dir.join("stat")).await.ok()?)?;
-        let args = tokio::fs::read(dir.join("cmdline"))
-            .await
-            .map(|raw| parse_cmdline(&raw))
-            .unwrap_or_default();
-        // Kernel threads have no executable, and other users' links need privileges.
-        let executable = tokio::fs::read_link(dir.join("exe"))
-            .await
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        Some(api::Process {
-            pid: stat.pid,
-            ppid: stat.ppid,
-            state: stat.state,
-            threads: stat.threads,
-            cpu_time: (stat.utime.saturating_add(stat.stime)) as f64 / self.clock_ticks,
-            virtual_memory: stat.vsize,
-            resident_memory: stat.rss.saturating_mul(self.page_size),
-            command: stat.comm,
-            executable,
-            args,
+/// Runs blocking file system work off the async threads.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| NodeError::Unavailable(format!("{what}: {e}")))?
+}
+
+/// Entries of a directory; an error names the directory.
+fn read_dir(dir: &Path) -> Result<impl Iterator<Item = std::fs::DirEntry>, NodeError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| NodeError::io(format!("listing {}", dir.display()), e))?;
+    // An entry that cannot be read is one that vanished while listing: left out.
+    Ok(entries.filter_map(Result::ok))
+}
+
+/// A small text file, trimmed; `None` when it is absent or unreadable.
+fn read_trimmed(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Every process under `proc`. One that vanishes or cannot be read while listing is left
+/// out: a process list is a moving target and one process never fails the whole list.
+fn read_processes(
+    proc: &Path,
+    clock_ticks: f64,
+    page_size: u64,
+) -> Result<Vec<api::Process>, NodeError> {
+    let mut out: Vec<api::Process> = read_dir(proc)?
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
         })
-    }
+        .filter_map(|entry| {
+            let dir = entry.path();
+            let stat = parse_stat(&std::fs::read_to_string(dir.join("stat")).ok()?)?;
+            let args = std::fs::read(dir.join("cmdline"))
+                .map(|raw| parse_cmdline(&raw))
+                .unwrap_or_default();
+            // Kernel threads have no executable, and other users' links need privileges.
+            let executable = std::fs::read_link(dir.join("exe"))
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Some(api::Process {
+                pid: stat.pid,
+                ppid: stat.ppid,
+                state: stat.state,
+                threads: stat.threads,
+                cpu_time: stat.utime.saturating_add(stat.stime) as f64 / clock_ticks,
+                virtual_memory: stat.vsize,
+                resident_memory: stat.rss.saturating_mul(page_size),
+                command: stat.comm,
+                executable,
+                args,
+            })
+        })
+        .collect();
+    out.sort_by_key(|p| p.pid);
+    Ok(out)
+}
 
-    async fn disk(&self, dir: &Path, name: String) -> Result<api::Disk, NodeError> {
-        let read = |file: &str| {
-            let path = dir.join(file);
-            async move {
-                tokio::fs::read_to_string(&path)
-                    .await
-                    .ok()
-                    .map(|s| s.trim().to_string())
+/// The block devices under `sys/block` but loop and RAM disks. A device without a
+/// readable size (it went away) is left out.
+fn read_disks(sys: &Path) -> Result<Vec<api::Disk>, NodeError> {
+    let mut out: Vec<api::Disk> = read_dir(&sys.join("block"))?
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("loop") || name.starts_with("ram") {
+                return None;
             }
-        };
-        let sectors: u64 = Self::read_string(&dir.join("size"))
-            .await?
-            .trim()
-            .parse()
-            .map_err(|e| NodeError::InvalidArgument(format!("size of block device {name}: {e}")))?;
-        let serial = match read("device/serial").await {
-            Some(serial) => serial,
-            None => match read("wwid").await {
-                Some(wwid) => wwid,
-                None => read("device/wwid").await.unwrap_or_default(),
-            },
-        };
-        Ok(api::Disk {
-            // The size file counts 512-byte sectors whatever the device's block size.
-            size: sectors.saturating_mul(512),
-            model: read("device/model").await.unwrap_or_default(),
-            serial,
-            rotational: read("queue/rotational").await.as_deref() == Some("1"),
-            read_only: read("ro").await.as_deref() == Some("1"),
-            name,
+            let dir = entry.path();
+            let read = |file: &str| read_trimmed(&dir.join(file));
+            let sectors: u64 = read("size")?.parse().ok()?;
+            let serial = ["device/serial", "wwid", "device/wwid"]
+                .into_iter()
+                .find_map(read)
+                .unwrap_or_default();
+            Some(api::Disk {
+                // The size file counts 512-byte sectors whatever the device's block size.
+                size: sectors.saturating_mul(512),
+                model: read("device/model").unwrap_or_default(),
+                serial,
+                rotational: read("queue/rotational").as_deref() == Some("1"),
+                read_only: read("ro").as_deref() == Some("1"),
+                name,
+            })
         })
-    }
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 #[async_trait]
 impl System for ProcSystem {
     async fn processes(&self) -> Result<Vec<api::Process>, NodeError> {
-        let mut entries = tokio::fs::read_dir(&self.proc)
-            .await
-            .map_err(|e| NodeError::io(format!("listing {}", self.proc.display()), e))?;
-        let mut out = Vec::new();
-        while let Some(entry) = entries
-            .next_entry()
-            .await
-            .map_err(|e| NodeError::io(format!("listing {}", self.proc.display()), e))?
-        {
-            let is_pid = entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<u32>().is_ok());
-            if is_pid {
-                out.extend(self.process(&entry.path()).await);
-            }
-        }
-        out.sort_by_key(|p| p.pid);
-        Ok(out)
+        let (proc, ticks, page) = (self.proc.clone(), self.clock_ticks, self.page_size);
+        blocking("listing processes", move || {
+            read_processes(&proc, ticks, page)
+        })
+        .await
     }
 
     async fn memory(&self) -> Result<api::MemoryResult, NodeError> {
@@ -182,8 +206,8 @@ impl System for ProcSystem {
         let text = Self::read_string(&self.proc.join("self/mountinfo")).await?;
         let mounts: Vec<_> = text.lines().filter_map(parse_mountinfo_line).collect();
         // statvfs may block (a hung network filesystem), so it runs off the async threads.
-        tokio::task::spawn_blocking(move || {
-            mounts
+        blocking("reading mount sizes", move || {
+            Ok(mounts
                 .into_iter()
                 .map(|m| {
                     let (size, available) = filesystem_size(&m.target);
@@ -196,42 +220,21 @@ impl System for ProcSystem {
                         available,
                     }
                 })
-                .collect()
+                .collect())
         })
         .await
-        .map_err(|e| NodeError::Unavailable(format!("reading mount sizes: {e}")))
     }
 
     async fn disks(&self) -> Result<Vec<api::Disk>, NodeError> {
-        let block = self.sys.join("block");
-        let mut entries = tokio::fs::read_dir(&block)
-            .await
-            .map_err(|e| NodeError::io(format!("listing {}", block.display()), e))?;
-        let mut out = Vec::new();
-        while let Some(entry) = entries
-            .next_entry()
-            .await
-            .map_err(|e| NodeError::io(format!("listing {}", block.display()), e))?
-        {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("loop") || name.starts_with("ram") {
-                continue;
-            }
-            match self.disk(&entry.path(), name).await {
-                Ok(disk) => out.push(disk),
-                // A device that went away or has no size is left out, not fatal.
-                Err(error) => tracing::debug!(%error, "skipping a block device"),
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        let sys = self.sys.clone();
+        blocking("listing disks", move || read_disks(&sys)).await
     }
 
     async fn dmesg(&self, follow: bool, tail: Option<usize>) -> Result<ByteStream, NodeError> {
         let path = self.kmsg.clone();
         // The records that exist are read before this returns, so that "then follow"
         // starts at this call, not at whenever a thread got to it.
-        let (file, backlog) = tokio::task::spawn_blocking(move || {
+        let (file, backlog) = blocking("reading the kernel log", move || {
             let mut file = std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(nix::libc::O_NONBLOCK)
@@ -243,10 +246,9 @@ impl System for ProcSystem {
                     ))
                 })?;
             let backlog = read_backlog(&mut file, tail)?;
-            Ok::<_, NodeError>((file, backlog))
+            Ok((file, backlog))
         })
-        .await
-        .map_err(|e| NodeError::Unavailable(format!("reading the kernel log: {e}")))??;
+        .await?;
         let backlog = futures::stream::iter(backlog.into_iter().map(|l| Ok(Bytes::from(l))));
         if !follow {
             return Ok(backlog.boxed());
