@@ -12,6 +12,21 @@ use crate::Global;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// An error with its causes: transport errors say what went wrong only in their sources.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
 /// A connection to one endpoint, and the nodes each call is for.
 pub struct Connection {
     pub channel: Channel,
@@ -92,7 +107,7 @@ impl Connection {
                         nodes,
                     })
                 }
-                Err(e) => errors.push(format!("{endpoint}: {e:#}")),
+                Err(e) => errors.push(format!("{endpoint}: {}", chain(&e))),
             }
         }
         bail!("no endpoint answered:\n  {}", errors.join("\n  "))

@@ -127,6 +127,9 @@ pub enum MachineCmd {
         /// Replay the last N first (-1: all kept).
         #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         tail: i32,
+        /// Stop after this long (e.g. 10s, 5m); follow until interrupted without it.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
     },
 }
 
@@ -425,12 +428,22 @@ pub async fn run(connection: &Connection, command: MachineCmd) -> Result<()> {
                 }
             });
         }
-        MachineCmd::Events { tail } => {
+        MachineCmd::Events { tail, duration } => {
             let mut stream = client
                 .events(connection.request(api::EventsRequest { tail_events: tail }))
                 .await?
                 .into_inner();
-            while let Some(e) = stream.message().await? {
+            let until = duration.map(|d| tokio::time::Instant::now() + d);
+            loop {
+                let next = stream.message();
+                let e = match until {
+                    Some(until) => match tokio::time::timeout_at(until, next).await {
+                        Ok(e) => e?,
+                        Err(_) => break,
+                    },
+                    None => next.await?,
+                };
+                let Some(e) = e else { break };
                 if failures.check(connection, &e.metadata) {
                     continue;
                 }

@@ -222,10 +222,20 @@ fn remote(cli: &Cli, command: impl AsyncFnOnce(&connect::Connection) -> Result<(
         .build()
         .context("cannot start the async runtime")?;
     let osconfig = osconfig_path(&cli.osconfig)?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let connection = connect::Connection::open(&cli.global, &osconfig).await?;
         command(&connection).await
-    })
+    });
+    // With TLS 1.3 the server refuses a client certificate (or its absence) after the
+    // client has finished its handshake, so the client sees only a closed connection.
+    match result {
+        Err(e) if cli.global.insecure && format!("{e:#}").contains("transport error") => Err(e
+            .context(
+                "the node refused the connection: is it still in maintenance mode? A configured \
+             node needs a client certificate (drop --insecure)",
+            )),
+        other => other,
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {
