@@ -18,9 +18,16 @@ async fn python_grpcio_client_calls_version_and_list_over_mtls() {
         std::fs::write(&path, text).unwrap();
         path
     };
-    let (ca, crt, key) = (write("ca.crt", &cluster.ca().crt), write("client.crt", &cert.crt), write("client.key", &cert.key));
+    let (ca, crt, key) = (
+        write("ca.crt", &cluster.ca().crt),
+        write("client.crt", &cert.crt),
+        write("client.key", &cert.key),
+    );
     let out = tokio::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/client.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/client.py"
+        ))
         .args(["--proto-dir", basalt_api::PROTO_DIR])
         .args(["--addr", &apid.local_addr().to_string()])
         .arg("--ca")
@@ -36,7 +43,10 @@ async fn python_grpcio_client_calls_version_and_list_over_mtls() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
-    assert!(out.status.success(), "the Python client failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "the Python client failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("python client: OK"), "{stdout}");
     apid.shutdown().await.unwrap();
 }
