@@ -10,7 +10,7 @@ use basalt_machine_config::{Change, Config};
 use basalt_resource::config::MachineConfigSpec;
 use basalt_resource::runtime::MachineStage;
 use basalt_resource::{Resource, ResourceKey};
-use basalt_state::StateError;
+use basalt_state::{State, StateError};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -18,6 +18,7 @@ use crate::authz::Caller;
 use crate::identity::NodeIdentity;
 use crate::resources::{here, state_status};
 use crate::server::{Shared, OWNER};
+use crate::ApidError;
 
 /// Config paths whose change takes effect only after a reboot.
 const REBOOT_PATHS: &[&str] = &["MachineConfig.install", "MachineConfig.kernelArgs"];
@@ -53,33 +54,35 @@ async fn stored(
 }
 
 /// Writes `yaml` as the config with `id`, or removes it when `yaml` is `None`.
-async fn store(shared: &Shared, id: &str, yaml: Option<(&str, &Config)>) -> Result<(), Status> {
-    let current = shared.state.get(&key(id)).await;
-    let result = match (yaml, current) {
-        (Some((yaml, config)), current) => {
+async fn store(state: &State, id: &str, yaml: Option<(&str, &Config)>) -> Result<(), Status> {
+    let result = match yaml {
+        Some((yaml, config)) => {
             let spec = MachineConfigSpec {
                 yaml: yaml.to_string(),
                 digest: config
                     .digest()
                     .map_err(|e| Status::internal(e.to_string()))?,
             };
-            match current {
-                Ok(current) => {
-                    let mut next = (*current).clone();
-                    next.spec = Arc::new(spec);
-                    shared.state.update(next, OWNER).await.map(|_| ())
-                }
-                Err(_) => shared
-                    .state
-                    .create(Resource::new(id, spec).into_any(), OWNER)
-                    .await
-                    .map(|_| ()),
-            }
+            state
+                .put(Resource::new(id, spec).into_any(), OWNER)
+                .await
+                .map(|_| ())
         }
-        (None, Ok(_)) => shared.state.destroy(&key(id), OWNER).await,
-        (None, Err(_)) => Ok(()),
+        None => match state.destroy(&key(id), OWNER).await {
+            Err(StateError::NotFound(_)) => Ok(()),
+            other => other,
+        },
     };
     result.map_err(state_status)
+}
+
+/// Stores `yaml` as the config in effect, as if it had been applied: for a node that
+/// boots with a config (and for tests and benchmarks).
+pub async fn store_config(state: &State, yaml: &str) -> Result<(), ApidError> {
+    let config = Config::parse(yaml).map_err(|e| ApidError::Config(e.to_string()))?;
+    store(state, MachineConfigSpec::ACTIVE, Some((yaml, &config)))
+        .await
+        .map_err(|e| ApidError::Config(e.message().to_string()))
 }
 
 fn needs_reboot(changes: &[Change]) -> Vec<String> {
@@ -179,14 +182,24 @@ pub(crate) async fn apply(
     };
 
     if mode == ApplyMode::Staged {
-        store(shared, MachineConfigSpec::STAGED, Some((text, &config))).await?;
+        store(
+            &shared.state,
+            MachineConfigSpec::STAGED,
+            Some((text, &config)),
+        )
+        .await?;
     } else {
         // A new apply confirms (cancels the revert of) a config applied in try mode.
         if let Some(revert) = pending.revert.take() {
             revert.cancel();
         }
-        store(shared, MachineConfigSpec::ACTIVE, Some((text, &config))).await?;
-        store(shared, MachineConfigSpec::STAGED, None).await?;
+        store(
+            &shared.state,
+            MachineConfigSpec::ACTIVE,
+            Some((text, &config)),
+        )
+        .await?;
+        store(&shared.state, MachineConfigSpec::STAGED, None).await?;
     }
     shared.events.publish(
         "config",
@@ -241,7 +254,7 @@ async fn revert_after(
         Some((resource, config)) => match resource.spec_as::<MachineConfigSpec>() {
             Ok(spec) => {
                 store(
-                    &shared,
+                    &shared.state,
                     MachineConfigSpec::ACTIVE,
                     Some((&spec.yaml, config)),
                 )
@@ -249,7 +262,7 @@ async fn revert_after(
             }
             Err(e) => Err(Status::internal(e.to_string())),
         },
-        None => store(&shared, MachineConfigSpec::ACTIVE, None).await,
+        None => store(&shared.state, MachineConfigSpec::ACTIVE, None).await,
     };
     match restored {
         Ok(()) => {

@@ -21,6 +21,10 @@ pub enum ApidError {
     Client(#[from] ClientError),
     #[error(transparent)]
     State(#[from] basalt_state::StateError),
+    #[error("machine config: {0}")]
+    Config(String),
+    #[error("the server task failed: {0}")]
+    Task(String),
     #[error("serving: {0}")]
     Serve(#[from] tonic::transport::Error),
 }

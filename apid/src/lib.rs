@@ -16,6 +16,7 @@ pub mod node;
 mod resources;
 mod server;
 
+pub use apply::store_config;
 pub use error::ApidError;
 pub use forward::RawCodec;
 pub use identity::{MaintenanceIdentity, NodeIdentity};

@@ -31,6 +31,10 @@ struct Args {
     /// How applied configs are validated: metal, cloud or container.
     #[arg(long, default_value = "metal")]
     mode: Mode,
+    /// Start with this machine config (as if applied before); maintenance mode without
+    /// one (unless the state directory holds one).
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Calls one client may have in flight, streams included.
     #[arg(long, default_value_t = Limits::default().max_calls_per_client)]
     max_calls_per_client: usize,
@@ -64,6 +68,13 @@ async fn main() -> Result<()> {
         }
         None => State::new(),
     };
+    if let Some(path) = &args.config {
+        let yaml = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        apid::store_config(&state, &yaml)
+            .await
+            .with_context(|| format!("{}", path.display()))?;
+    }
     let node = LocalNode::new(state.clone(), Vec::new(), args.file_roots)?;
     let mut sans = args.sans;
     if !args.listen.ip().is_unspecified() {

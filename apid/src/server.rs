@@ -132,20 +132,8 @@ impl Shared {
             stage,
             reason: reason.to_string(),
         };
-        let key = ResourceKey::of::<MachineStatusSpec>(MachineStatusSpec::ID);
-        match self.state.get(&key).await {
-            Ok(current) => {
-                let mut next = (*current).clone();
-                next.spec = Arc::new(spec);
-                self.state.update(next, OWNER).await.map(|_| ())
-            }
-            Err(StateError::NotFound(_)) => self
-                .state
-                .create(Resource::new(MachineStatusSpec::ID, spec).into_any(), OWNER)
-                .await
-                .map(|_| ()),
-            Err(e) => Err(e),
-        }
+        let status = Resource::new(MachineStatusSpec::ID, spec).into_any();
+        self.state.put(status, OWNER).await.map(|_| ())
     }
 
     /// Counts an open stream until the returned guard is dropped.
@@ -317,7 +305,7 @@ impl Apid {
         self.cancel.cancel();
         match self.task.await {
             Ok(result) => result,
-            Err(e) => Err(ApidError::Identity(format!("the server task failed: {e}"))),
+            Err(e) => Err(ApidError::Task(e.to_string())),
         }
     }
 }

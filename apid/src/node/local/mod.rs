@@ -83,16 +83,8 @@ async fn put_resource<S: ResourceSpec>(
     id: &str,
     spec: S,
 ) -> Result<(), StateError> {
-    let mut resource = Resource::new(id, spec);
-    match state.get(&resource.metadata.key()).await {
-        Ok(current) => {
-            resource.metadata.version = current.metadata.version;
-            state.update(resource.into_any(), owner).await?;
-        }
-        Err(StateError::NotFound(_)) => {
-            state.create(resource.into_any(), owner).await?;
-        }
-        Err(e) => return Err(e),
-    }
-    Ok(())
+    state
+        .put(Resource::new(id, spec).into_any(), owner)
+        .await
+        .map(|_| ())
 }
