@@ -105,7 +105,13 @@ async fn bare_server(dir: &Path) -> Result<()> {
     eprintln!("listening {}", listener.local_addr()?);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let (_, tls) = tokio::sync::watch::channel(cluster_config(&identity)?);
-    tokio::spawn(accept(listener, tls, tx, Default::default()));
+    tokio::spawn(accept(
+        listener,
+        tls,
+        tx,
+        Default::default(),
+        Default::default(),
+    ));
     tonic::transport::Server::builder()
         .add_service(Bare(Bytes::from(answer.encode_to_vec())))
         .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(rx))

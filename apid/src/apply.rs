@@ -93,9 +93,22 @@ fn needs_reboot(changes: &[Change]) -> Vec<String> {
         .collect()
 }
 
+/// Applies a config. The work runs in its own task: a client that goes away (or whose
+/// deadline passes) halfway must not leave a config stored but not in effect, or a
+/// config tried without its revert.
 pub(crate) async fn apply(
     shared: &Arc<Shared>,
     caller: &Caller,
+    request: ApplyConfigurationRequest,
+) -> Result<ApplyConfigurationResult, Status> {
+    let task = tokio::spawn(apply_whole(shared.clone(), caller.clone(), request));
+    task.await
+        .map_err(|e| Status::internal(format!("applying the config failed: {e}")))?
+}
+
+async fn apply_whole(
+    shared: Arc<Shared>,
+    caller: Caller,
     request: ApplyConfigurationRequest,
 ) -> Result<ApplyConfigurationResult, Status> {
     let text = std::str::from_utf8(&request.data)
@@ -106,6 +119,16 @@ pub(crate) async fn apply(
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let mode = ApplyMode::try_from(request.mode)
         .map_err(|_| Status::invalid_argument(format!("unknown apply mode {}", request.mode)))?;
+    let try_timeout = request
+        .try_timeout
+        .and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or(DEFAULT_TRY_TIMEOUT)
+        .min(MAX_TRY_TIMEOUT);
+    // The node's certificates come from the config: one that cannot give them (no CA
+    // key, bad names) is refused now, dry run included, rather than breaking the API at
+    // the next start.
+    let identity = NodeIdentity::from_config(&config, &shared.sans)
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
 
     let mut pending = shared.apply_lock.lock().await;
     let maintenance = shared.in_maintenance();
@@ -115,7 +138,7 @@ pub(crate) async fn apply(
             "the node has left maintenance mode: a client certificate is required",
         ));
     }
-    let current = stored(shared, MachineConfigSpec::ACTIVE).await?;
+    let current = stored(&shared, MachineConfigSpec::ACTIVE).await?;
     let changes = match &current {
         Some((_, old)) => old.diff(&config),
         None => Config::default().diff(&config),
@@ -142,23 +165,21 @@ pub(crate) async fn apply(
                 "a node in maintenance mode has no config to keep until a reboot: apply without --mode staged",
             ));
         }
+        ApplyMode::Try if maintenance => {
+            return Err(Status::failed_precondition(
+                "a node in maintenance mode has no config to go back to: apply without --mode try",
+            ));
+        }
         ApplyMode::Staged => (
             ApplyMode::Staged,
             "staged: takes effect at the next boot".into(),
         ),
         ApplyMode::Reboot => (ApplyMode::Reboot, "applied; the node reboots".into()),
         ApplyMode::NoReboot => (ApplyMode::NoReboot, "applied without a reboot".into()),
-        ApplyMode::Try => {
-            let timeout = request
-                .try_timeout
-                .and_then(|d| Duration::try_from(d).ok())
-                .unwrap_or(DEFAULT_TRY_TIMEOUT)
-                .min(MAX_TRY_TIMEOUT);
-            (
-                ApplyMode::Try,
-                format!("applied; reverted in {timeout:?} unless confirmed by another apply"),
-            )
-        }
+        ApplyMode::Try => (
+            ApplyMode::Try,
+            format!("applied; reverted in {try_timeout:?} unless confirmed by another apply"),
+        ),
     };
     let result = ApplyConfigurationResult {
         metadata: here(),
@@ -171,16 +192,6 @@ pub(crate) async fn apply(
         return Ok(result);
     }
 
-    // Everything that can fail on the config's PKI fails before anything is stored.
-    let identity = if maintenance {
-        Some(
-            NodeIdentity::from_config(&config, &shared.sans)
-                .map_err(|e| Status::failed_precondition(e.to_string()))?,
-        )
-    } else {
-        None
-    };
-
     if mode == ApplyMode::Staged {
         store(
             &shared.state,
@@ -189,17 +200,21 @@ pub(crate) async fn apply(
         )
         .await?;
     } else {
-        // A new apply confirms (cancels the revert of) a config applied in try mode.
-        if let Some(revert) = pending.revert.take() {
-            revert.cancel();
-        }
         store(
             &shared.state,
             MachineConfigSpec::ACTIVE,
             Some((text, &config)),
         )
         .await?;
+        // Stored: this apply confirms (cancels the revert of) a config applied in try mode.
+        if let Some(revert) = pending.revert.take() {
+            revert.cancel();
+        }
         store(&shared.state, MachineConfigSpec::STAGED, None).await?;
+        // The CA or the names the node is known by may have changed.
+        shared
+            .configure(identity)
+            .map_err(|e| Status::internal(e.to_string()))?;
     }
     shared.events.publish(
         "config",
@@ -207,27 +222,19 @@ pub(crate) async fn apply(
         &[("who", caller.who()), ("mode", format!("{mode:?}"))],
     );
 
-    if let Some(identity) = identity {
-        shared
-            .configure(identity)
-            .map_err(|e| Status::internal(e.to_string()))?;
+    if maintenance {
         shared
             .set_stage(MachineStage::Running, "config applied")
             .await
             .map_err(state_status)?;
         tracing::info!(who = %caller.who(), "config applied: left maintenance mode");
     }
-    match mode {
-        ApplyMode::Reboot => shared.node.power.reboot(Default::default()).await?,
-        ApplyMode::Try => {
+    match (mode, current) {
+        (ApplyMode::Reboot, _) => shared.node.power.reboot(Default::default()).await?,
+        (ApplyMode::Try, Some(previous)) => {
             let token = CancellationToken::new();
             pending.revert = Some(token.clone());
-            let timeout = request
-                .try_timeout
-                .and_then(|d| Duration::try_from(d).ok())
-                .unwrap_or(DEFAULT_TRY_TIMEOUT)
-                .min(MAX_TRY_TIMEOUT);
-            tokio::spawn(revert_after(shared.clone(), token, timeout, current));
+            tokio::spawn(revert_after(shared.clone(), token, try_timeout, previous));
         }
         _ => {}
     }
@@ -239,7 +246,7 @@ async fn revert_after(
     shared: Arc<Shared>,
     token: CancellationToken,
     timeout: Duration,
-    previous: Option<(Arc<basalt_resource::AnyResource>, Config)>,
+    previous: (Arc<basalt_resource::AnyResource>, Config),
 ) {
     tokio::select! {
         _ = token.cancelled() => return,
@@ -250,21 +257,24 @@ async fn revert_after(
     if token.is_cancelled() {
         return;
     }
-    let restored = match &previous {
-        Some((resource, config)) => match resource.spec_as::<MachineConfigSpec>() {
-            Ok(spec) => {
-                store(
-                    &shared.state,
-                    MachineConfigSpec::ACTIVE,
-                    Some((&spec.yaml, config)),
-                )
-                .await
-            }
-            Err(e) => Err(Status::internal(e.to_string())),
-        },
-        None => store(&shared.state, MachineConfigSpec::ACTIVE, None).await,
+    let (resource, config) = &previous;
+    let restored = async {
+        let spec = resource
+            .spec_as::<MachineConfigSpec>()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        store(
+            &shared.state,
+            MachineConfigSpec::ACTIVE,
+            Some((&spec.yaml, config)),
+        )
+        .await?;
+        let identity = NodeIdentity::from_config(config, &shared.sans)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        shared
+            .configure(identity)
+            .map_err(|e| Status::internal(e.to_string()))
     };
-    match restored {
+    match restored.await {
         Ok(()) => {
             tracing::warn!(
                 ?timeout,

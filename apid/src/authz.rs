@@ -67,8 +67,8 @@ pub const RULES: &[Rule] = &[
     rule(machine!("Memory"), ALL, false),
     rule(machine!("Mounts"), ALL, false),
     rule(machine!("Disks"), ALL, false),
-    // File contents may be secret; names are not.
-    rule(machine!("Read"), OPERATE, false),
+    // File contents may be secret (operators never read secrets); names are not.
+    rule(machine!("Read"), ADMIN, false),
     rule(machine!("List"), ALL, false),
     rule(machine!("Events"), ALL, false),
     // Issues a certificate: as powerful as the roles it grants.

@@ -27,6 +27,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::authz::ROLES_HEADER;
+use crate::Limits;
 
 /// Passes message bytes through untouched: for forwarding, and for clients that send
 /// hand-made (or malformed) messages.
@@ -135,11 +136,17 @@ fn check_fields(mut message: &[u8]) -> Result<(), prost::DecodeError> {
     Ok(())
 }
 
+/// Connections to other nodes kept at most; node names come from clients, so the cache
+/// must not grow with whatever they send.
+const MAX_CHANNELS: usize = 256;
+
 /// Sends calls to other nodes.
 pub(crate) struct Forwarder {
     tls: ClientTls,
     default_port: u16,
-    timeout: Duration,
+    /// See [`Limits::forward_timeout`].
+    reach_timeout: Duration,
+    call_timeout: Duration,
     max_message_bytes: usize,
     channels: Mutex<HashMap<String, Channel>>,
 }
@@ -153,17 +160,13 @@ pub(crate) struct Call {
 }
 
 impl Forwarder {
-    pub fn new(
-        tls: ClientTls,
-        default_port: u16,
-        timeout: Duration,
-        max_message_bytes: usize,
-    ) -> Self {
+    pub fn new(tls: ClientTls, default_port: u16, limits: &Limits) -> Self {
         Forwarder {
             tls,
             default_port,
-            timeout,
-            max_message_bytes,
+            reach_timeout: limits.forward_timeout,
+            call_timeout: limits.unary_timeout,
+            max_message_bytes: limits.max_message_bytes,
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -175,8 +178,14 @@ impl Forwarder {
             None => {
                 let target = Target::parse(node, self.default_port)
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
-                let channel = client::channel(&target, &self.tls, self.timeout)
+                let channel = client::channel(&target, &self.tls, self.reach_timeout)
                     .map_err(|e| Status::internal(e.to_string()))?;
+                if channels.len() >= MAX_CHANNELS {
+                    // Any one: a dropped channel is simply made again when next needed.
+                    if let Some(old) = channels.keys().next().cloned() {
+                        channels.remove(&old);
+                    }
+                }
                 channels.insert(node.to_string(), channel.clone());
                 channel
             }
@@ -208,7 +217,8 @@ impl Forwarder {
 
     async fn unary_one(&self, node: &str, call: &Call) -> Result<Bytes, Status> {
         let mut client = self.client(node)?;
-        let request = self.request(call, Some(self.timeout));
+        let request = self.request(call, Some(self.call_timeout));
+        // The channel's connect timeout bounds reaching the node; this, its answer.
         let work = async {
             client
                 .ready()
@@ -219,11 +229,11 @@ impl Forwarder {
                 .await
                 .map(Response::into_inner)
         };
-        match tokio::time::timeout(self.timeout, work).await {
+        match tokio::time::timeout(self.call_timeout, work).await {
             Ok(result) => result,
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "node {node} did not answer within {:?}",
-                self.timeout
+                self.call_timeout
             ))),
         }
     }
@@ -273,13 +283,13 @@ impl Forwarder {
                 .await
                 .map(Response::into_inner)
         };
-        let messages = match tokio::time::timeout(self.timeout, start).await {
+        let messages = match tokio::time::timeout(self.reach_timeout, start).await {
             Ok(Ok(messages)) => messages,
             Ok(Err(status)) => return failed(&node, status),
             Err(_) => {
                 let status = Status::deadline_exceeded(format!(
                     "node {node} did not answer within {:?}",
-                    self.timeout
+                    self.reach_timeout
                 ));
                 return failed(&node, status);
             }

@@ -109,15 +109,21 @@ where
                 tracing::info!(target: "audit", who = %caller.who(), method = %path, result = ?status.code(), reason = status.message(), "denied");
                 return Ok(reply(status));
             }
-            let permit = match shared
-                .limiter
-                .admit(caller.peer.addr.ip(), &caller.peer.subject)
-            {
-                Ok(p) => p,
-                Err(status) => {
-                    tracing::warn!(who = %caller.who(), method = %path, reason = status.message(), "call refused");
-                    return Ok(reply(status));
-                }
+            // The node that forwards a call has held its client to the limits already;
+            // counting it against the forwarding node would let one client's streams
+            // crowd out everyone else who comes through that node.
+            let permit = match caller.forwarded_by {
+                Some(_) => None,
+                None => match shared
+                    .limiter
+                    .admit(caller.peer.addr.ip(), &caller.peer.subject)
+                {
+                    Ok(p) => Some(p),
+                    Err(status) => {
+                        tracing::warn!(who = %caller.who(), method = %path, reason = status.message(), "call refused");
+                        return Ok(reply(status));
+                    }
+                },
             };
             // A node forwarding to us has resolved the node list already.
             let nodes = if caller.forwarded_by.is_some() {
@@ -159,7 +165,7 @@ where
             Ok(response.map(|body| {
                 Body::new(Guarded {
                     inner: body,
-                    permit: Some(permit),
+                    permit,
                 })
             }))
         })

@@ -109,7 +109,9 @@ impl std::fmt::Debug for MaintenanceIdentity {
 
 impl MaintenanceIdentity {
     pub fn generate(sans: &[String]) -> Result<Self, ApidError> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+        // P-256 like the cluster's server certificates: BoringSSL clients (grpcio) cannot
+        // verify Ed25519 handshake signatures.
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| ApidError::Identity(format!("maintenance key: {e}")))?;
         let mut params = rcgen::CertificateParams::new(sans.to_vec())
             .map_err(|e| ApidError::Identity(format!("maintenance certificate names: {e}")))?;

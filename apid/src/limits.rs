@@ -30,8 +30,10 @@ pub struct Limits {
     /// Unary calls that take longer fail with DEADLINE_EXCEEDED (a shorter client
     /// deadline wins).
     pub unary_timeout: Duration,
-    /// How long a forwarded call waits for each node's answer (or first stream message
-    /// headers): a dead node is reported after this, the others are not held up.
+    /// How long a forwarded call waits to reach each node (connection and handshake) and,
+    /// for a stream, for its first headers: a dead or silent node is reported after this,
+    /// the others are not held up. A reached node's unary answer may take up to
+    /// `unary_timeout` (a service restart takes seconds).
     pub forward_timeout: Duration,
 }
 
@@ -61,7 +63,15 @@ struct Bucket {
 
 pub(crate) struct Limiter {
     limits: Limits,
-    clients: Mutex<HashMap<ClientKey, Bucket>>,
+    clients: Mutex<Clients>,
+}
+
+#[derive(Default)]
+struct Clients {
+    buckets: HashMap<ClientKey, Bucket>,
+    /// The table is swept at most once a second, so a table full of busy clients is not
+    /// scanned on every call.
+    next_sweep: Option<Instant>,
 }
 
 /// Held while a call is in flight.
@@ -81,18 +91,28 @@ impl Limiter {
     pub fn new(limits: Limits) -> Self {
         Limiter {
             limits,
-            clients: Mutex::new(HashMap::new()),
+            clients: Mutex::new(Clients::default()),
         }
     }
 
     pub fn admit(&self, ip: IpAddr, subject: &str) -> Result<Permit, Status> {
         let now = Instant::now();
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if clients.len() >= SWEEP_AT {
-            let burst = self.limits.burst;
-            clients.retain(|_, b| b.in_flight.load(Ordering::Acquire) > 0 || b.tokens < burst);
+        let Clients {
+            buckets,
+            next_sweep,
+        } = &mut *clients;
+        if buckets.len() >= SWEEP_AT && next_sweep.is_none_or(|at| now >= at) {
+            // A client with nothing in flight whose bucket would be full again by now
+            // is indistinguishable from a new one: forget it.
+            let (rate, burst) = (self.limits.calls_per_second, self.limits.burst);
+            buckets.retain(|_, b| {
+                let refilled = b.tokens + now.duration_since(b.refilled).as_secs_f64() * rate;
+                b.in_flight.load(Ordering::Acquire) > 0 || refilled < burst
+            });
+            *next_sweep = Some(now + Duration::from_secs(1));
         }
-        let bucket = clients
+        let bucket = buckets
             .entry((ip, subject.to_string()))
             .or_insert_with(|| Bucket {
                 in_flight: Arc::new(AtomicUsize::new(0)),
@@ -194,5 +214,21 @@ mod tests {
         }
         let err = limiter.admit(ip, "x").unwrap_err();
         assert!(err.message().contains("rate limit"), "{}", err.message());
+    }
+
+    #[test]
+    fn clients_that_went_quiet_are_forgotten() {
+        let limiter = Limiter::new(limits(10, 1000.0, 2.0));
+        let _held = limiter.admit(IpAddr::from([10, 0, 0, 1]), "busy").unwrap();
+        // Up to the size that triggers a sweep at the next call.
+        for i in 0..SWEEP_AT as u32 - 1 {
+            drop(limiter.admit(IpAddr::from(i.to_be_bytes()), "x").unwrap());
+        }
+        // Each used one token of two; at 1,000/s they are all full again within 1 ms.
+        std::thread::sleep(Duration::from_millis(10));
+        drop(limiter.admit(IpAddr::from([10, 0, 0, 2]), "new").unwrap());
+        let clients = limiter.clients.lock().unwrap();
+        // The busy client and the new one are left.
+        assert_eq!(clients.buckets.len(), 2, "{}", clients.buckets.len());
     }
 }

@@ -2,6 +2,7 @@
 //! configuration is current (maintenance or cluster: it can change while the process
 //! runs), then the caller's identity read once from its certificate.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -119,11 +120,42 @@ pub fn cluster_config(identity: &NodeIdentity) -> Result<Arc<ServerConfig>, Apid
     Ok(finish(config))
 }
 
-/// An accepted, authenticated connection.
-#[derive(Debug)]
+/// An anonymous connection outlives maintenance mode by this much: long enough to carry
+/// the answer to the ApplyConfiguration that ended it. (The gate refuses any new call on
+/// it at once.)
+const ANONYMOUS_GRACE: Duration = Duration::from_secs(2);
+
+/// An accepted connection, with the identity its handshake established.
 pub struct ApidStream {
     inner: TlsStream<TcpStream>,
     peer: Arc<Peer>,
+    /// For a connection without a client certificate: resolves a moment after the node
+    /// leaves maintenance mode, which ends the connection and every stream on it.
+    ends: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl std::fmt::Debug for ApidStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApidStream")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApidStream {
+    /// Fails once an anonymous connection has outlived maintenance mode. Polling the
+    /// token registers the connection's waker, so an idle connection is woken to close.
+    fn check_open(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if let Some(ends) = &mut self.ends {
+            if ends.as_mut().poll(cx).is_ready() {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the node left maintenance mode: anonymous connections are closed",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Connected for ApidStream {
@@ -140,7 +172,9 @@ impl AsyncRead for ApidStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        this.check_open(cx)?;
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
@@ -150,7 +184,9 @@ impl AsyncWrite for ApidStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.check_open(cx)?;
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -166,7 +202,9 @@ impl AsyncWrite for ApidStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.check_open(cx)?;
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -174,15 +212,17 @@ impl AsyncWrite for ApidStream {
     }
 }
 
-/// Accepts connections until `cancel`, handing each authenticated one to `out` (for
-/// tonic's `serve_with_incoming`; public for the benchmark's bare server). A failed
-/// handshake (wrong CA, expired or missing certificate) is logged and closed: the
-/// request never reaches the API.
+/// Accepts connections until `cancel`, handing each to `out` (for tonic's
+/// `serve_with_incoming`; public for the benchmark's bare server). A failed handshake
+/// (wrong CA, expired or missing certificate) is logged and closed: the request never
+/// reaches the API. A connection without a client certificate (possible in maintenance
+/// mode only) is closed when `maintenance_over` is cancelled.
 pub async fn accept(
     listener: TcpListener,
     tls: watch::Receiver<Arc<ServerConfig>>,
     out: mpsc::Sender<io::Result<ApidStream>>,
     cancel: CancellationToken,
+    maintenance_over: CancellationToken,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
@@ -208,6 +248,7 @@ pub async fn accept(
         let _ = tcp.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.borrow().clone());
         let out = out.clone();
+        let maintenance_over = maintenance_over.clone();
         tokio::spawn(async move {
             let _permit = permit;
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -221,9 +262,16 @@ pub async fn accept(
                             authenticated: false,
                         },
                     };
+                    let ends = (!peer.authenticated).then(|| {
+                        Box::pin(async move {
+                            maintenance_over.cancelled().await;
+                            tokio::time::sleep(ANONYMOUS_GRACE).await;
+                        }) as Pin<Box<dyn Future<Output = ()> + Send>>
+                    });
                     let stream = ApidStream {
                         inner: stream,
                         peer: Arc::new(peer),
+                        ends,
                     };
                     let _ = out.send(Ok(stream)).await;
                 }

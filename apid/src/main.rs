@@ -39,8 +39,17 @@ struct Args {
     #[arg(long, default_value_t = Limits::default().max_calls_per_client)]
     max_calls_per_client: usize,
     /// Calls per second one client may start (burst: twice as many).
-    #[arg(long, default_value_t = Limits::default().calls_per_second)]
+    #[arg(long, default_value_t = Limits::default().calls_per_second, value_parser = positive_rate)]
     rate: f64,
+}
+
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a positive number of calls per second"
+        )),
+    }
 }
 
 #[tokio::main]

@@ -70,6 +70,8 @@ pub(crate) struct Shared {
     peer_port: u16,
     mode: Mutex<(Mode, Option<Arc<Forwarder>>)>,
     tls: watch::Sender<Arc<ServerConfig>>,
+    /// Cancelled when the node leaves maintenance mode: anonymous connections close.
+    maintenance_over: CancellationToken,
     /// One configuration change at a time.
     pub apply_lock: tokio::sync::Mutex<crate::apply::Pending>,
     pub open_streams: AtomicUsize,
@@ -96,21 +98,17 @@ impl Shared {
     }
 
     /// Serves with `identity` from now on: new connections need a client certificate from
-    /// its CA. Connections already open keep their (anonymous) identity, which the gate
-    /// refuses outside maintenance mode.
+    /// its CA, and anonymous connections still open from maintenance mode are closed.
+    /// Applied again when a config changes the CA or the names the node is known by.
     pub fn configure(&self, identity: NodeIdentity) -> Result<(), ApidError> {
         let tls = cluster_config(&identity)?;
-        let forwarder = Forwarder::new(
-            identity.peer_tls(),
-            self.peer_port,
-            self.limits.forward_timeout,
-            self.limits.max_message_bytes,
-        );
+        let forwarder = Forwarder::new(identity.peer_tls(), self.peer_port, &self.limits);
         *self.mode() = (
             Mode::Configured(Arc::new(identity)),
             Some(Arc::new(forwarder)),
         );
         self.tls.send_replace(tls);
+        self.maintenance_over.cancel();
         Ok(())
     }
 
@@ -205,6 +203,7 @@ impl Apid {
             peer_port: options.peer_port,
             mode: Mutex::new((Mode::Maintenance(maintenance), None)),
             tls,
+            maintenance_over: CancellationToken::new(),
             apply_lock: tokio::sync::Mutex::new(Default::default()),
             open_streams: AtomicUsize::new(0),
         });
@@ -242,6 +241,7 @@ impl Apid {
             shared.tls.subscribe(),
             tx,
             cancel.clone(),
+            shared.maintenance_over.clone(),
         ));
         let max = shared.limits.max_message_bytes;
         let machine = MachineServiceServer::new(MachineApi::new(shared.clone()))

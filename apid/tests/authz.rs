@@ -210,3 +210,32 @@ async fn readers_and_operators_never_see_sensitive_resources() {
         .unwrap();
     assert!(mc.sensitive);
 }
+
+#[tokio::test]
+async fn a_client_cannot_claim_roles_in_the_forwarding_header() {
+    let cluster = Cluster::new();
+    let apid = cluster.start("127.0.0.1").await;
+    let reader = channel(apid.local_addr(), &cluster.tls(&[Role::Reader])).await;
+    fn claim<T>(message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert(apid::authz::ROLES_HEADER, "os:admin".parse().unwrap());
+        request
+    }
+    let status = MachineServiceClient::new(reader.clone())
+        .reset(claim(mapi::ResetRequest::default()))
+        .await
+        .unwrap_err();
+    assert!(denied_by_table(&status), "{status:?}");
+    let status = ResourceServiceClient::new(reader)
+        .get(claim(rapi::GetRequest {
+            r#type: "mc".into(),
+            id: "active".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    apid.shutdown().await.unwrap();
+}

@@ -12,6 +12,17 @@ use basalt_api::resource::v1 as rapi;
 use basalt_api::resource::v1::resource_service_client::ResourceServiceClient;
 use basalt_pki::Role;
 use common::*;
+use std::time::Duration;
+
+/// What an unconfigured node serves.
+const MAINTENANCE_CALLS: &[&str] = &[
+    "/basalt.machine.v1.MachineService/Version",
+    "/basalt.machine.v1.MachineService/ApplyConfiguration",
+    "/basalt.resource.v1.ResourceService/Get",
+    "/basalt.resource.v1.ResourceService/List",
+    "/basalt.resource.v1.ResourceService/Watch",
+    "/basalt.resource.v1.ResourceService/Definitions",
+];
 
 fn apply(yaml: &str) -> mapi::ApplyConfigurationRequest {
     mapi::ApplyConfigurationRequest {
@@ -56,7 +67,31 @@ async fn unconfigured_node_accepts_one_insecure_apply_then_requires_mtls() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert!(status.message().contains("maintenance mode"), "{status:?}");
+    for (path, streaming) in basalt_api::METHODS {
+        if MAINTENANCE_CALLS.contains(path) {
+            continue;
+        }
+        let status = raw_call(&maintenance_channel, path, *streaming, bytes::Bytes::new())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{path}");
+        assert!(
+            status.message().contains("maintenance mode"),
+            "{path}: {status:?}"
+        );
+    }
     let mut resources = ResourceServiceClient::new(maintenance_channel.clone());
+    // A stream opened now must not outlive maintenance mode (checked below).
+    let mut watch = resources
+        .watch(rapi::WatchRequest {
+            r#type: "machinestatuses".into(),
+            bootstrap: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().expect("the bootstrap event");
     let stage = resources
         .get(rapi::GetRequest {
             r#type: "machinestatus".into(),
@@ -128,6 +163,14 @@ async fn unconfigured_node_accepts_one_insecure_apply_then_requires_mtls() {
     }
     let status = machine.apply_configuration(apply(&yaml)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = watch.message().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "an anonymous Watch outlived maintenance mode"
+    );
 
     // With the cluster's admin certificate, everything works, without a restart.
     let admin = channel(apid.local_addr(), &cluster.tls(&[Role::Admin])).await;
