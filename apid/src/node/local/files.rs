@@ -91,6 +91,27 @@ impl LocalFiles {
             Err(_) => Err(self.denied(path)),
         }
     }
+
+    /// Whether the file opened for `path` is under `root`, from `actual`, the kernel's
+    /// name of it (read from `opened`). Fails closed: when that name cannot be read,
+    /// where the file lies cannot be told, and it is not served.
+    fn check_opened(
+        &self,
+        path: &str,
+        root: &Path,
+        opened: &Path,
+        actual: std::io::Result<PathBuf>,
+    ) -> Result<(), NodeError> {
+        match actual {
+            Ok(actual) if actual.starts_with(root) => Ok(()),
+            Ok(_) => Err(self.denied(path)),
+            Err(e) => Err(NodeError::PermissionDenied(format!(
+                "{path} is not read: where the opened file lies cannot be checked \
+                 (reading {}: {e})",
+                opened.display()
+            ))),
+        }
+    }
 }
 
 /// `path` with `.` and `..` applied to the text alone; for telling whether a path that
@@ -132,12 +153,9 @@ impl Files for LocalFiles {
         }
         // The kernel's name of the open file closes the gap between resolving the path
         // and opening it (a directory on the way replaced by a symlink).
-        let opened = format!("/proc/self/fd/{}", file.as_raw_fd());
-        if let Ok(actual) = tokio::fs::read_link(&opened).await {
-            if !actual.starts_with(&root) {
-                return Err(self.denied(path));
-            }
-        }
+        let opened = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let actual = tokio::fs::read_link(&opened).await;
+        self.check_opened(path, &root, &opened, actual)?;
         let path = path.to_string();
         Ok(futures::stream::unfold(Some(file), move |file| {
             let path = path.clone();
@@ -326,5 +344,35 @@ impl Walk {
             }
         }
         entry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where the opened file lies is checked from its /proc/self/fd link; an unreadable
+    /// link (no /proc, say) denies the read instead of letting it through unchecked.
+    #[test]
+    fn an_opened_file_that_cannot_be_placed_is_denied() {
+        let files = LocalFiles::new(vec![PathBuf::from("/srv")]);
+        let (root, opened) = (Path::new("/srv"), Path::new("/proc/self/fd/7"));
+        let check = |actual| files.check_opened("/srv/a.txt", root, opened, actual);
+
+        assert!(check(Ok(PathBuf::from("/srv/a.txt"))).is_ok());
+        let outside = check(Ok(PathBuf::from("/etc/shadow"))).unwrap_err();
+        assert!(
+            matches!(outside, NodeError::PermissionDenied(_)),
+            "{outside}"
+        );
+
+        let unreadable = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let err = check(Err(unreadable)).unwrap_err();
+        assert!(matches!(err, NodeError::PermissionDenied(_)), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("/srv/a.txt") && text.contains("/proc/self/fd/7"),
+            "{text}"
+        );
     }
 }
