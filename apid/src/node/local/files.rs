@@ -193,10 +193,6 @@ impl Files for LocalFiles {
         ));
         Ok(ReceiverStream::new(rx).boxed())
     }
-
-    fn roots(&self) -> Vec<PathBuf> {
-        self.roots.clone()
-    }
 }
 
 /// Walks in batches on blocking threads, sending each batch on the async side, until the
