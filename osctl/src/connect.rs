@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use basalt_api::client::{self, parse_fingerprint, ClientTls, Target};
 use basalt_machine_config::client::ClientConfig;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 use crate::Global;
@@ -32,6 +33,29 @@ pub struct Connection {
     pub channel: Channel,
     pub endpoint: String,
     pub nodes: Vec<String>,
+    /// `nodes` as the header each request carries; `None` for the endpoint itself.
+    nodes_header: Option<MetadataValue<Ascii>>,
+}
+
+/// The node list as request metadata, checked before anything is sent: a node that could
+/// not be sent and were left out would turn a call meant for it into one for the endpoint
+/// itself (`osctl -n <node> reboot` rebooting the wrong machine).
+fn nodes_header(nodes: &[String]) -> Result<Option<MetadataValue<Ascii>>> {
+    if nodes.is_empty() {
+        return Ok(None);
+    }
+    for node in nodes {
+        // gRPC's ASCII metadata is printable ASCII; the header parser alone would let
+        // other bytes (a UTF-8 name) through raw, for the server to misread.
+        if !node.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+            bail!("node {node:?} cannot be sent in request metadata: only printable ASCII can");
+        }
+    }
+    let joined = nodes.join(",");
+    let header = joined
+        .parse()
+        .with_context(|| format!("the node list {joined:?} cannot be sent"))?;
+    Ok(Some(header))
 }
 
 fn split(values: &[String]) -> Vec<String> {
@@ -72,6 +96,7 @@ impl Connection {
         if nodes.is_empty() {
             nodes = context.map(|c| c.nodes.clone()).unwrap_or_default();
         }
+        let nodes_header = nodes_header(&nodes)?;
 
         let tls = if global.insecure {
             let pin = global
@@ -105,6 +130,7 @@ impl Connection {
                         channel,
                         endpoint: endpoint.clone(),
                         nodes,
+                        nodes_header,
                     })
                 }
                 Err(e) => errors.push(format!("{endpoint}: {}", chain(&e))),
@@ -116,12 +142,10 @@ impl Connection {
     /// A request carrying the node list.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        if !self.nodes.is_empty() {
-            if let Ok(value) = self.nodes.join(",").parse() {
-                request
-                    .metadata_mut()
-                    .insert(basalt_api::NODES_HEADER, value);
-            }
+        if let Some(header) = &self.nodes_header {
+            request
+                .metadata_mut()
+                .insert(basalt_api::NODES_HEADER, header.clone());
         }
         request
     }
@@ -163,5 +187,25 @@ impl Failures {
             bail!("{} node(s) failed", self.0);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_that_cannot_be_sent_is_an_error_naming_it() {
+        let nodes = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert!(nodes_header(&[]).unwrap().is_none());
+        let header = nodes_header(&nodes(&["10.0.0.2", "node-b"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(header.to_str().unwrap(), "10.0.0.2,node-b");
+
+        for bad in ["nöde", "a\nb", "tab\u{7f}"] {
+            let err = nodes_header(&nodes(&["10.0.0.2", bad])).unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
     }
 }

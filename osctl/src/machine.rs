@@ -141,12 +141,15 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     let n: u64 = number
         .parse()
         .map_err(|_| format!("{text:?}: expected e.g. 30s, 5m, 1h"))?;
-    let seconds = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
+    let per_unit = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
         _ => return Err(format!("{text:?}: the unit must be s, m or h")),
     };
+    let seconds = n
+        .checked_mul(per_unit)
+        .ok_or_else(|| format!("{text:?}: too long a duration"))?;
     Ok(Duration::from_secs(seconds))
 }
 
@@ -461,4 +464,22 @@ pub async fn run(connection: &Connection, command: MachineCmd) -> Result<()> {
         }
     }
     failures.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_overflow_is_an_error() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("5d").unwrap_err().contains("unit"));
+        assert!(parse_duration("m").is_err());
+        let huge = format!("{}h", u64::MAX / 3600 + 1);
+        assert!(parse_duration(&huge).unwrap_err().contains("too long"));
+        let largest = format!("{}s", u64::MAX);
+        assert_eq!(parse_duration(&largest), Ok(Duration::from_secs(u64::MAX)));
+    }
 }

@@ -227,3 +227,20 @@ fn config_contexts_merge_switch_and_edit() {
         .unwrap()
         .contains("no context named \"nope\""));
 }
+
+/// A node name that cannot go in request metadata fails the command before it connects:
+/// dropped, it would have sent the reboot to the endpoint itself.
+#[test]
+fn a_node_that_cannot_be_sent_fails_before_any_call() {
+    let dir = tempfile::tempdir().unwrap();
+    for nodes in ["nöde", "10.0.0.2,nöde"] {
+        let out = osctl(
+            dir.path(),
+            &["-e", "127.0.0.1:1", "--insecure", "-n", nodes, "reboot"],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("\"nöde\""), "{stderr}");
+        assert!(!stderr.contains("no endpoint answered"), "{stderr}");
+    }
+}

@@ -9,8 +9,6 @@
 
 pub mod local;
 
-use std::path::PathBuf;
-
 use async_trait::async_trait;
 use basalt_api::machine::v1 as api;
 use bytes::Bytes;
@@ -128,8 +126,6 @@ pub trait Files: Send + Sync + 'static {
         recurse: bool,
         max_depth: u32,
     ) -> Result<FileStream, NodeError>;
-    /// The roots, for error messages and documentation.
-    fn roots(&self) -> Vec<PathBuf>;
 }
 
 /// The node implementations apid serves from.

@@ -4,13 +4,14 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use basalt_api::machine::v1 as api;
 use bytes::BytesMut;
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::node::{ByteStream, FileStream, Files, NodeError};
@@ -21,15 +22,28 @@ const CHUNK: usize = 64 * 1024;
 /// Entries a listing may have ready before the walk waits for the reader.
 const LIST_BUFFER: usize = 64;
 
+/// Entries one blocking task describes before it hands them and the walk back: the walk
+/// waits for a slow reader on the async side, holding no thread.
+const WALK_BATCH: usize = 64;
+
+/// Listings that may be walking the filesystem on blocking threads at once. A batch on a
+/// hung filesystem under a root never returns; this caps the threads such batches take,
+/// so they cannot exhaust the pool the rest of apid needs.
+const WALKERS: usize = 8;
+
 #[derive(Debug, Clone)]
 pub struct LocalFiles {
     roots: Vec<PathBuf>,
+    walkers: Arc<Semaphore>,
 }
 
 impl LocalFiles {
     /// Roots that do not exist (yet) are kept: they are resolved on each request.
     pub fn new(roots: Vec<PathBuf>) -> Self {
-        LocalFiles { roots }
+        LocalFiles {
+            roots,
+            walkers: Arc::new(Semaphore::new(WALKERS)),
+        }
     }
 
     fn roots_text(&self) -> String {
@@ -77,6 +91,27 @@ impl LocalFiles {
             Err(_) => Err(self.denied(path)),
         }
     }
+
+    /// Whether the file opened for `path` is under `root`, from `actual`, the kernel's
+    /// name of it (read from `opened`). Fails closed: when that name cannot be read,
+    /// where the file lies cannot be told, and it is not served.
+    fn check_opened(
+        &self,
+        path: &str,
+        root: &Path,
+        opened: &Path,
+        actual: std::io::Result<PathBuf>,
+    ) -> Result<(), NodeError> {
+        match actual {
+            Ok(actual) if actual.starts_with(root) => Ok(()),
+            Ok(_) => Err(self.denied(path)),
+            Err(e) => Err(NodeError::PermissionDenied(format!(
+                "{path} is not read: where the opened file lies cannot be checked \
+                 (reading {}: {e})",
+                opened.display()
+            ))),
+        }
+    }
 }
 
 /// `path` with `.` and `..` applied to the text alone; for telling whether a path that
@@ -118,12 +153,9 @@ impl Files for LocalFiles {
         }
         // The kernel's name of the open file closes the gap between resolving the path
         // and opening it (a directory on the way replaced by a symlink).
-        let opened = format!("/proc/self/fd/{}", file.as_raw_fd());
-        if let Ok(actual) = tokio::fs::read_link(&opened).await {
-            if !actual.starts_with(&root) {
-                return Err(self.denied(path));
-            }
-        }
+        let opened = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let actual = tokio::fs::read_link(&opened).await;
+        self.check_opened(path, &root, &opened, actual)?;
         let path = path.to_string();
         Ok(futures::stream::unfold(Some(file), move |file| {
             let path = path.clone();
@@ -154,12 +186,54 @@ impl Files for LocalFiles {
             (true, n) => Some(n),
         };
         let (tx, rx) = mpsc::channel(LIST_BUFFER);
-        tokio::task::spawn_blocking(move || walk(&resolved, max_depth, &tx));
+        tokio::spawn(send_walk(
+            Walk::new(resolved, max_depth),
+            self.walkers.clone(),
+            tx,
+        ));
         Ok(ReceiverStream::new(rx).boxed())
     }
+}
 
-    fn roots(&self) -> Vec<PathBuf> {
-        self.roots.clone()
+/// Walks in batches on blocking threads, sending each batch on the async side, until the
+/// walk ends or the receiver is dropped.
+async fn send_walk(
+    mut walk: Walk,
+    walkers: Arc<Semaphore>,
+    tx: mpsc::Sender<Result<api::FileInfo, NodeError>>,
+) {
+    let what = format!("listing {}", walk.root.display());
+    loop {
+        // The semaphore is never closed; should it be, the listing just ends.
+        let Ok(permit) = walkers.clone().acquire_owned().await else {
+            return;
+        };
+        let done = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let batch = walk.next_batch();
+            (walk, batch)
+        })
+        .await;
+        let batch = match done {
+            Ok((rest, batch)) => {
+                walk = rest;
+                batch
+            }
+            Err(e) => {
+                let _ = tx
+                    .send(Err(NodeError::Unavailable(format!("{what}: {e}"))))
+                    .await;
+                return;
+            }
+        };
+        if batch.is_empty() {
+            return;
+        }
+        for entry in batch {
+            if tx.send(Ok(entry)).await.is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -196,69 +270,105 @@ fn info(path: &Path, root: &Path) -> api::FileInfo {
     out
 }
 
-/// Walks `root` depth first on a blocking thread, sending entries as they are found;
-/// memory grows with the depth only (one open directory per level). Symlinks are listed,
-/// never followed. Ends early when the receiver is dropped.
-fn walk(root: &Path, max_depth: Option<u32>, tx: &mpsc::Sender<Result<api::FileInfo, NodeError>>) {
-    // Open directories with the depth of their entries; the root itself is at depth 0.
-    let mut stack: Vec<(std::fs::ReadDir, u32)> = Vec::new();
-    if !visit(root, root, 0, max_depth, &mut stack, tx) {
-        return;
+/// A depth-first walk of a root; memory grows with the depth only (one open directory per
+/// level). Symlinks are listed, never followed.
+struct Walk {
+    root: PathBuf,
+    max_depth: Option<u32>,
+    /// Open directories with the depth of their entries; the root itself is at depth 0.
+    stack: Vec<(std::fs::ReadDir, u32)>,
+    started: bool,
+}
+
+impl Walk {
+    fn new(root: PathBuf, max_depth: Option<u32>) -> Self {
+        Walk {
+            root,
+            max_depth,
+            stack: Vec::new(),
+            started: false,
+        }
     }
-    while let Some((dir, depth)) = stack.last_mut() {
-        let depth = *depth;
-        let sent = match dir.next() {
-            None => {
-                stack.pop();
-                true
-            }
-            Some(Ok(entry)) => visit(&entry.path(), root, depth, max_depth, &mut stack, tx),
-            Some(Err(e)) => {
-                let failed = api::FileInfo {
+
+    /// Up to [`WALK_BATCH`] next entries; empty when the walk is over. Blocks on the
+    /// filesystem.
+    fn next_batch(&mut self) -> Vec<api::FileInfo> {
+        let mut batch = Vec::new();
+        if !self.started {
+            self.started = true;
+            let root = self.root.clone();
+            batch.push(self.visit(&root, 0));
+        }
+        while batch.len() < WALK_BATCH {
+            let Some((dir, depth)) = self.stack.last_mut() else {
+                break;
+            };
+            let depth = *depth;
+            match dir.next() {
+                None => {
+                    self.stack.pop();
+                }
+                Some(Ok(entry)) => batch.push(self.visit(&entry.path(), depth)),
+                Some(Err(e)) => batch.push(api::FileInfo {
                     error: format!("reading a directory entry: {e}"),
                     ..Default::default()
-                };
-                tx.blocking_send(Ok(failed)).is_ok()
+                }),
             }
-        };
-        if !sent {
-            return;
         }
+        batch
+    }
+
+    /// Describes the entry at `path`, and opens it to be walked next when it is a
+    /// directory above the depth limit.
+    fn visit(&mut self, path: &Path, depth: u32) -> api::FileInfo {
+        let mut entry = info(path, &self.root);
+        if entry.is_dir && entry.error.is_empty() && self.max_depth.is_none_or(|max| depth < max) {
+            // A directory replaced by a symlink since it was looked at would be followed
+            // by read_dir: it is resolved again first. (Only openat2's RESOLVE_BENEATH
+            // would close the last gap.)
+            let dir = if std::fs::canonicalize(path).is_ok_and(|p| p.starts_with(&self.root)) {
+                std::fs::read_dir(path)
+            } else {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "it no longer resolves to a place inside the listed root",
+                ))
+            };
+            match dir {
+                Ok(dir) => self.stack.push((dir, depth + 1)),
+                Err(e) => entry.error = format!("reading the directory: {e}"),
+            }
+        }
+        entry
     }
 }
 
-/// Sends the entry at `path`, and opens it to be walked next when it is a directory above
-/// the depth limit. False when the receiver is gone.
-fn visit(
-    path: &Path,
-    root: &Path,
-    depth: u32,
-    max_depth: Option<u32>,
-    stack: &mut Vec<(std::fs::ReadDir, u32)>,
-    tx: &mpsc::Sender<Result<api::FileInfo, NodeError>>,
-) -> bool {
-    let mut entry = info(path, root);
-    let mut opened = None;
-    if entry.is_dir && entry.error.is_empty() && max_depth.is_none_or(|max| depth < max) {
-        // A directory replaced by a symlink since it was looked at would be followed by
-        // read_dir: it is resolved again first. (Only openat2's RESOLVE_BENEATH would
-        // close the last gap.)
-        let dir = if std::fs::canonicalize(path).is_ok_and(|p| p.starts_with(root)) {
-            std::fs::read_dir(path)
-        } else {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                "it no longer resolves to a place inside the listed root",
-            ))
-        };
-        match dir {
-            Ok(dir) => opened = Some((dir, depth + 1)),
-            Err(e) => entry.error = format!("reading the directory: {e}"),
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where the opened file lies is checked from its /proc/self/fd link; an unreadable
+    /// link (no /proc, say) denies the read instead of letting it through unchecked.
+    #[test]
+    fn an_opened_file_that_cannot_be_placed_is_denied() {
+        let files = LocalFiles::new(vec![PathBuf::from("/srv")]);
+        let (root, opened) = (Path::new("/srv"), Path::new("/proc/self/fd/7"));
+        let check = |actual| files.check_opened("/srv/a.txt", root, opened, actual);
+
+        assert!(check(Ok(PathBuf::from("/srv/a.txt"))).is_ok());
+        let outside = check(Ok(PathBuf::from("/etc/shadow"))).unwrap_err();
+        assert!(
+            matches!(outside, NodeError::PermissionDenied(_)),
+            "{outside}"
+        );
+
+        let unreadable = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let err = check(Err(unreadable)).unwrap_err();
+        assert!(matches!(err, NodeError::PermissionDenied(_)), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("/srv/a.txt") && text.contains("/proc/self/fd/7"),
+            "{text}"
+        );
     }
-    if tx.blocking_send(Ok(entry)).is_err() {
-        return false;
-    }
-    stack.extend(opened);
-    true
 }

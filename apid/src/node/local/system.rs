@@ -20,7 +20,8 @@ use super::procfs::{
 use crate::node::{ByteStream, NodeError, System};
 
 /// How often a followed /dev/kmsg is read for new records: waiting in poll(2) needs a raw
-/// fd readiness API that is not available without `unsafe`.
+/// fd readiness API that is not available without `unsafe` (tokio's `AsyncFd` takes an
+/// `unsafe` promise about the descriptor).
 const KMSG_POLL: Duration = Duration::from_millis(200);
 
 /// Longest kmsg record: the kernel's limit (PRINTK_MESSAGE_MAX plus the header) is 2 KiB
@@ -205,12 +206,17 @@ impl System for ProcSystem {
     async fn mounts(&self) -> Result<Vec<api::Mount>, NodeError> {
         let text = Self::read_string(&self.proc.join("self/mountinfo")).await?;
         let mounts: Vec<_> = text.lines().filter_map(parse_mountinfo_line).collect();
-        // statvfs may block (a hung network filesystem), so it runs off the async threads.
+        // statvfs of a local filesystem can still wait on its disk, so it runs off the
+        // async threads.
         blocking("reading mount sizes", move || {
             Ok(mounts
                 .into_iter()
                 .map(|m| {
-                    let (size, available) = filesystem_size(&m.target);
+                    let (size, available) = if asks_a_server(&m.filesystem) {
+                        (0, 0)
+                    } else {
+                        filesystem_size(&m.target)
+                    };
                     api::Mount {
                         source: m.source,
                         target: m.target,
@@ -235,7 +241,7 @@ impl System for ProcSystem {
         // The records that exist are read before this returns, so that "then follow"
         // starts at this call, not at whenever a thread got to it.
         let (file, backlog) = blocking("reading the kernel log", move || {
-            let mut file = std::fs::OpenOptions::new()
+            let file = std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(nix::libc::O_NONBLOCK)
                 .open(&path)
@@ -245,7 +251,7 @@ impl System for ProcSystem {
                         path.display()
                     ))
                 })?;
-            let backlog = read_backlog(&mut file, tail)?;
+            let backlog = read_backlog(&file, tail)?;
             Ok((file, backlog))
         })
         .await?;
@@ -253,10 +259,34 @@ impl System for ProcSystem {
         if !follow {
             return Ok(backlog.boxed());
         }
+        // Followed by a task, not on a blocking thread: a thread held for each
+        // follower's whole life would let readers exhaust the blocking pool that file
+        // reads and listings need.
         let (tx, rx) = mpsc::channel(64);
-        tokio::task::spawn_blocking(move || follow_kmsg(file, &tx));
+        tokio::spawn(follow_kmsg(file, tx));
         Ok(backlog.chain(ReceiverStream::new(rx)).boxed())
     }
+}
+
+/// Filesystems whose statvfs asks a server or a user-space daemon. On a hung one it never
+/// returns, and each Mounts call would leave one more blocking thread waiting on it, so
+/// their sizes are not asked for and read as zero (unknown).
+fn asks_a_server(filesystem: &str) -> bool {
+    const REMOTE: &[&str] = &[
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "ceph",
+        "glusterfs",
+        "9p",
+        "afs",
+        "lustre",
+        "fuse",
+        "fuseblk",
+    ];
+    REMOTE.contains(&filesystem) || filesystem.starts_with("fuse.")
 }
 
 /// Size and available bytes of the filesystem at `target`; zeros when it reports none
@@ -286,7 +316,7 @@ enum KmsgRead {
     Failed(std::io::Error),
 }
 
-fn read_record(file: &mut std::fs::File, buf: &mut [u8]) -> KmsgRead {
+fn read_record(mut file: &std::fs::File, buf: &mut [u8]) -> KmsgRead {
     match file.read(buf) {
         Ok(0) => KmsgRead::Empty,
         Ok(n) => KmsgRead::Record(String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into()),
@@ -304,10 +334,7 @@ fn read_record(file: &mut std::fs::File, buf: &mut [u8]) -> KmsgRead {
 }
 
 /// The last `tail` records that exist now (`None`: all), as lines.
-fn read_backlog(
-    file: &mut std::fs::File,
-    tail: Option<usize>,
-) -> Result<VecDeque<String>, NodeError> {
+fn read_backlog(file: &std::fs::File, tail: Option<usize>) -> Result<VecDeque<String>, NodeError> {
     let mut buf = vec![0u8; KMSG_RECORD];
     let mut backlog = VecDeque::new();
     loop {
@@ -325,24 +352,30 @@ fn read_backlog(
     }
 }
 
-/// Runs on a blocking thread: polls for new records and sends them until the receiver
-/// is dropped.
-fn follow_kmsg(mut file: std::fs::File, tx: &mpsc::Sender<Result<Bytes, NodeError>>) {
+/// Sends new records as the kernel logs them until the receiver is dropped. The file is
+/// non-blocking, so a read returns at once (a record or EAGAIN) and can be done here on
+/// the async threads.
+async fn follow_kmsg(file: std::fs::File, tx: mpsc::Sender<Result<Bytes, NodeError>>) {
     let mut buf = vec![0u8; KMSG_RECORD];
-    while !tx.is_closed() {
-        match read_record(&mut file, &mut buf) {
+    loop {
+        match read_record(&file, &mut buf) {
             KmsgRead::Record(record) => {
                 let Some(record) = parse_kmsg_record(&record) else {
                     continue;
                 };
-                if tx.blocking_send(Ok(Bytes::from(record.line()))).is_err() {
+                if tx.send(Ok(Bytes::from(record.line()))).await.is_err() {
                     return;
                 }
             }
             KmsgRead::Retry => {}
-            KmsgRead::Empty => std::thread::sleep(KMSG_POLL),
+            KmsgRead::Empty => {
+                tokio::select! {
+                    () = tokio::time::sleep(KMSG_POLL) => {}
+                    () = tx.closed() => return,
+                }
+            }
             KmsgRead::Failed(e) => {
-                let _ = tx.blocking_send(Err(NodeError::io("reading /dev/kmsg", e)));
+                let _ = tx.send(Err(NodeError::io("reading /dev/kmsg", e))).await;
                 return;
             }
         }
