@@ -12,6 +12,8 @@ declare -A packages=(
   [ip]=iproute2
   [unshare]=util-linux
   [openssl]=openssl
+  [haproxy]=haproxy
+  [iperf3]=iperf3
 )
 for cmd in "${!packages[@]}"; do
   have_cmd "$cmd" || need_apt+=("${packages[$cmd]}")

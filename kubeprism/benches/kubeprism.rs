@@ -1,0 +1,458 @@
+//! KubePrism against HAProxy and a direct connection, on loopback, in one run:
+//! throughput of one long stream (iperf3), new connections per second, added latency of
+//! a small request/response, failover under load when a backend dies, and memory with
+//! 10,000 idle proxied connections. Each figure is printed beside HAProxy's and the
+//! direct one, as a ratio. Run with `make bench` (or `cargo bench -p basalt-kubeprism`).
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use basalt_kubeprism::testing::{echo_stream, get, TestBackend, TestCa};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+const IPERF_SECONDS: u32 = 4;
+const RATE_WINDOW: Duration = Duration::from_secs(3);
+const RATE_CONCURRENCY: usize = 16;
+const PINGS: usize = 4000;
+const IDLE_CONNECTIONS: usize = 10_000;
+const NOFILE: u64 = 200_000;
+
+/// A proxy under test: its address for the HTTP backends and for iperf3.
+struct Target {
+    name: &'static str,
+    http: Vec<SocketAddr>,
+    iperf: SocketAddr,
+    pid: Option<u32>,
+}
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        // `cargo bench -- --list` (and nextest) expect no output here.
+        return Ok(());
+    }
+    raise_nofile()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run())
+}
+
+fn raise_nofile() -> Result<()> {
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(NOFILE),
+            maximum: Some(NOFILE),
+        },
+    )
+    .context("raising RLIMIT_NOFILE (children inherit it)")
+}
+
+async fn run() -> Result<()> {
+    for tool in ["haproxy", "iperf3"] {
+        if which(tool).is_none() {
+            bail!("{tool} is missing: run hack/setup.sh");
+        }
+    }
+    let ca = TestCa::new()?;
+    let mut backends = Vec::new();
+    for i in 0..3 {
+        backends.push(TestBackend::start(&format!("b{i}"), &ca).await?);
+    }
+    let upstreams: Vec<String> = backends.iter().map(TestBackend::upstream).collect();
+    let iperf_port = free_port()?;
+    let _iperf = spawn(Command::new("iperf3").args(["-s", "-p", &iperf_port.to_string()]))?;
+    let iperf_addr = SocketAddr::from(([127, 0, 0, 1], iperf_port));
+    wait_listening(iperf_addr).await?;
+
+    let (_ours, ours_addr, ours_pid) = start_ours(&upstreams, false).await?;
+    let (_ours_iperf, ours_iperf, _) = start_ours(&[iperf_addr.to_string()], false).await?;
+    let (_copy_iperf, copy_iperf, _) = start_ours(&[iperf_addr.to_string()], true).await?;
+    let (_haproxy, _cfg, haproxy_addr, haproxy_iperf, haproxy_pid) =
+        start_haproxy(&upstreams, iperf_addr).await?;
+
+    let targets = [
+        Target {
+            name: "ours",
+            http: vec![ours_addr],
+            iperf: ours_iperf,
+            pid: Some(ours_pid),
+        },
+        Target {
+            name: "haproxy",
+            http: vec![haproxy_addr],
+            iperf: haproxy_iperf,
+            pid: Some(haproxy_pid),
+        },
+        Target {
+            name: "direct",
+            http: backends.iter().map(TestBackend::addr).collect(),
+            iperf: iperf_addr,
+            pid: None,
+        },
+    ];
+
+    let mut results = Results::default();
+    for t in &targets {
+        let gbps = iperf(t.iperf).await?;
+        println!("{:8} throughput {gbps:.2} Gbit/s", t.name);
+        results.throughput.push(gbps);
+    }
+    let copy_gbps = iperf(copy_iperf).await?;
+    println!("ours (copy mode) throughput {copy_gbps:.2} Gbit/s");
+    for t in &targets {
+        let rate = connection_rate(&t.http).await?;
+        println!("{:8} {rate:.0} connections/s", t.name);
+        results.rate.push(rate);
+    }
+    for t in &targets {
+        let (p50, p99) = latency(t.http[0]).await?;
+        println!("{:8} round trip p50 {p50:.1} µs p99 {p99:.1} µs", t.name);
+        results.latency.push((p50, p99));
+    }
+    for t in &targets[..2] {
+        let (failed, span) = failover(t.http[0], &backends[0]).await?;
+        println!(
+            "{:8} failover: {failed} failed connections over {span:?}",
+            t.name
+        );
+        results.failover.push((failed, span));
+    }
+    for t in &targets[..2] {
+        let pid = t.pid.context("a proxy has a pid")?;
+        let mib = idle_memory(t.http[0], pid, &backends).await?;
+        println!(
+            "{:8} RSS with {IDLE_CONNECTIONS} idle connections: {mib:.1} MiB",
+            t.name
+        );
+        results.memory.push(mib);
+    }
+    results.print(copy_gbps);
+    Ok(())
+}
+
+#[derive(Default)]
+struct Results {
+    /// ours, haproxy, direct
+    throughput: Vec<f64>,
+    rate: Vec<f64>,
+    latency: Vec<(f64, f64)>,
+    /// ours, haproxy
+    failover: Vec<(usize, Duration)>,
+    memory: Vec<f64>,
+}
+
+impl Results {
+    fn print(&self, copy_gbps: f64) {
+        let met = |ok: bool| if ok { "yes" } else { "**no**" };
+        let [t_ours, t_ha, t_direct] = self.throughput[..] else {
+            return;
+        };
+        let [r_ours, r_ha, r_direct] = self.rate[..] else {
+            return;
+        };
+        let [(p50_ours, p99_ours), (p50_ha, p99_ha), (p50_direct, p99_direct)] = self.latency[..]
+        else {
+            return;
+        };
+        let [(f_ours, s_ours), (f_ha, s_ha)] = self.failover[..] else {
+            return;
+        };
+        let [m_ours, m_ha] = self.memory[..] else {
+            return;
+        };
+        let (a50_ours, a99_ours) = (p50_ours - p50_direct, p99_ours - p99_direct);
+        let (a50_ha, a99_ha) = (p50_ha - p50_direct, p99_ha - p99_direct);
+        let span = |failed: usize, d: Duration| {
+            if failed == 0 {
+                "0 failed".to_string()
+            } else {
+                format!("{failed} failed over {} ms", d.as_millis())
+            }
+        };
+        println!();
+        println!("| figure | ours | HAProxy | direct | ours / HAProxy | target | met? |");
+        println!("|---|---|---|---|---|---|---|");
+        println!(
+            "| one-stream throughput (iperf3, Gbit/s) | {t_ours:.2} | {t_ha:.2} | {t_direct:.2} | {:.2} | ≥ 0.9 | {} |",
+            t_ours / t_ha,
+            met(t_ours >= 0.9 * t_ha)
+        );
+        println!(
+            "| same, ours with `copy_bidirectional` instead of splice | {copy_gbps:.2} | | | {:.2} | (info) | |",
+            copy_gbps / t_ha
+        );
+        println!(
+            "| new connections/s ({RATE_CONCURRENCY} clients, request + answer each) | {r_ours:.0} | {r_ha:.0} | {r_direct:.0} | {:.2} | ≥ 1.0 | {} |",
+            r_ours / r_ha,
+            met(r_ours >= r_ha)
+        );
+        println!(
+            "| added latency p50 (64 B round trip, µs) | {a50_ours:.1} | {a50_ha:.1} | 0 ({p50_direct:.1} total) | {:.2} | (info) | |",
+            a50_ours / a50_ha
+        );
+        println!(
+            "| added latency p99 (µs) | {a99_ours:.1} | {a99_ha:.1} | 0 ({p99_direct:.1} total) | {:.2} | ≤ 1.0 | {} |",
+            a99_ours / a99_ha,
+            met(a99_ours <= a99_ha)
+        );
+        println!(
+            "| failover, first to last failed connection | {} | {} | | | sub-second, no failed connection | {} |",
+            span(f_ours, s_ours),
+            span(f_ha, s_ha),
+            met(f_ours == 0 || s_ours < Duration::from_secs(1))
+        );
+        println!(
+            "| RSS with {IDLE_CONNECTIONS} idle proxied connections (MiB) | {m_ours:.1} | {m_ha:.1} | | {:.2} | ≤ 64 MiB | {} |",
+            m_ours / m_ha,
+            met(m_ours <= 64.0)
+        );
+    }
+}
+
+fn which(tool: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(tool))
+        .find(|p| p.exists())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn spawn(cmd: &mut Command) -> Result<Child> {
+    cmd.kill_on_drop(true)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))
+}
+
+async fn wait_listening(addr: SocketAddr) -> Result<()> {
+    let started = Instant::now();
+    while TcpStream::connect(addr).await.is_err() {
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("nothing listens on {addr}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Starts our balancer process; returns it (stdin held: it exits when dropped), its
+/// address and pid.
+async fn start_ours(upstreams: &[String], copy: bool) -> Result<(Child, SocketAddr, u32)> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubeprism-bench-lb"));
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    if copy {
+        cmd.arg("--copy");
+    }
+    for u in upstreams {
+        cmd.args(["--upstream", u]);
+    }
+    let mut child = cmd
+        .kill_on_drop(true)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting kubeprism-bench-lb")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).await?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .with_context(|| format!("unexpected output {line:?}"))?
+        .parse()?;
+    let pid = child.id().context("pid")?;
+    Ok((child, addr, pid))
+}
+
+/// Starts HAProxy with its default checks (`check`: every 2 s, down after 3 failures,
+/// up after 2) in front of the backends, and a second frontend for iperf3.
+async fn start_haproxy(
+    upstreams: &[String],
+    iperf: SocketAddr,
+) -> Result<(Child, tempfile::TempDir, SocketAddr, SocketAddr, u32)> {
+    let (http, iperf_front) = (free_port()?, free_port()?);
+    let servers: String = upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| format!("    server s{i} {u} check\n"))
+        .collect();
+    let config = format!(
+        "global\n    maxconn 100000\n\ndefaults\n    mode tcp\n    maxconn 100000\n    timeout connect 5s\n    timeout client 10m\n    timeout server 10m\n\n\
+         frontend api\n    bind 127.0.0.1:{http}\n    default_backend apiservers\n\n\
+         backend apiservers\n    balance leastconn\n{servers}\n\
+         frontend iperf\n    bind 127.0.0.1:{iperf_front}\n    default_backend iperf\n\n\
+         backend iperf\n    server iperf {iperf}\n"
+    );
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, config)?;
+    let child = Command::new("haproxy")
+        .arg("-f")
+        .arg(&path)
+        .arg("-db")
+        .kill_on_drop(true)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting haproxy")?;
+    let http = SocketAddr::from(([127, 0, 0, 1], http));
+    let iperf_front = SocketAddr::from(([127, 0, 0, 1], iperf_front));
+    wait_listening(http).await?;
+    wait_listening(iperf_front).await?;
+    let pid = child.id().context("pid")?;
+    Ok((child, dir, http, iperf_front, pid))
+}
+
+async fn iperf(addr: SocketAddr) -> Result<f64> {
+    let out = Command::new("iperf3")
+        .args(["-c", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-t", &IPERF_SECONDS.to_string(), "-J"])
+        .output()
+        .await?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let bps = json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("iperf3 result: {}", json["error"]))?;
+    // The server serves one test at a time: let it settle.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(bps / 1e9)
+}
+
+/// Completed short connections (connect, `GET /name`, answer, close) per second.
+async fn connection_rate(addrs: &[SocketAddr]) -> Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + RATE_WINDOW;
+    let mut tasks = Vec::new();
+    for i in 0..RATE_CONCURRENCY {
+        let (done, errors, addrs) = (Arc::clone(&done), Arc::clone(&errors), addrs.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let mut n = i;
+            while Instant::now() < deadline {
+                n += 1;
+                match get(addrs[n % addrs.len()], "/name").await {
+                    Ok((200, _)) => done.fetch_add(1, Ordering::Relaxed),
+                    _ => errors.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let errors = errors.load(Ordering::Relaxed);
+    if errors > 0 {
+        println!("  ({errors} failed connections)");
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / RATE_WINDOW.as_secs_f64())
+}
+
+/// p50 and p99 of a 64-byte round trip on one established stream, in microseconds.
+async fn latency(addr: SocketAddr) -> Result<(f64, f64)> {
+    let (mut s, _) = echo_stream(addr).await?;
+    s.set_nodelay(true)?;
+    let payload = [7u8; 64];
+    let mut back = [0u8; 64];
+    let mut samples = Vec::with_capacity(PINGS);
+    for i in 0..PINGS + 200 {
+        let started = Instant::now();
+        s.write_all(&payload).await?;
+        s.read_exact(&mut back).await?;
+        // The first round trips warm up caches and the scheduler.
+        if i >= 200 {
+            samples.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    Ok((at(0.5), at(0.99)))
+}
+
+/// Kills `victim` under a load of short connections; returns the failed connections
+/// and the time from the first failure to the last. Revives it afterwards.
+async fn failover(addr: SocketAddr, victim: &TestBackend) -> Result<(usize, Duration)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (stop, failures) = (Arc::clone(&stop), Arc::clone(&failures));
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if !matches!(get(addr, "/name").await, Ok((200, _))) {
+                    failures.lock().unwrap().push(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    victim.kill().await;
+    // HAProxy's default checks need 3 × 2 s to take a server out.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await?;
+    }
+    victim.revive().await?;
+    // Back in every proxy's rotation (HAProxy: 2 checks 2 s apart) before the next run.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let failures = failures.lock().unwrap();
+    let span = match (failures.first(), failures.last()) {
+        (Some(first), Some(last)) => *last - *first,
+        _ => Duration::ZERO,
+    };
+    Ok((failures.len(), span))
+}
+
+/// RSS of `pid` with [`IDLE_CONNECTIONS`] idle connections proxied through `addr`.
+async fn idle_memory(addr: SocketAddr, pid: u32, backends: &[TestBackend]) -> Result<f64> {
+    let served = || backends.iter().map(TestBackend::connections).sum::<u64>();
+    let before = served();
+    let mut conns = Vec::with_capacity(IDLE_CONNECTIONS);
+    for _ in 0..IDLE_CONNECTIONS / 500 {
+        let batch: Vec<_> = (0..500).map(|_| TcpStream::connect(addr)).collect();
+        for c in futures::future::join_all(batch).await {
+            conns.push(c?);
+        }
+    }
+    let started = Instant::now();
+    while served() < before + IDLE_CONNECTIONS as u64 {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "only {} of {IDLE_CONNECTIONS} connections reached a backend",
+                served() - before
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")?;
+    drop(conns);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(kib / 1024.0)
+}
