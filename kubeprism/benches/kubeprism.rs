@@ -19,11 +19,16 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 const IPERF_SECONDS: u32 = 4;
-const RATE_WINDOW: Duration = Duration::from_secs(3);
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+const RATE_ROUNDS: u32 = 3;
 const RATE_CONCURRENCY: usize = 16;
-const PINGS: usize = 4000;
+const PINGS: usize = 6000;
+const PING_ROUND: usize = 250;
 const IDLE_CONNECTIONS: usize = 10_000;
-const NOFILE: u64 = 200_000;
+/// The hard RLIMIT_NOFILE here is 20,000 and cannot be raised (no CAP_SYS_RESOURCE), and
+/// a proxy needs two descriptors a connection: RSS is measured at these two counts and
+/// extrapolated (linearly) to [`IDLE_CONNECTIONS`].
+const IDLE_STEPS: [usize; 2] = [4_000, 9_000];
 
 /// A proxy under test: its address for the HTTP backends and for iperf3.
 struct Target {
@@ -46,16 +51,23 @@ fn main() -> Result<()> {
     runtime.block_on(run())
 }
 
+/// Raises the soft RLIMIT_NOFILE to the hard one (children inherit it).
 fn raise_nofile() -> Result<()> {
-    use rustix::process::{setrlimit, Resource, Rlimit};
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let hard = getrlimit(Resource::Nofile).maximum;
     setrlimit(
         Resource::Nofile,
         Rlimit {
-            current: Some(NOFILE),
-            maximum: Some(NOFILE),
+            current: hard,
+            maximum: hard,
         },
     )
-    .context("raising RLIMIT_NOFILE (children inherit it)")
+    .context("raising RLIMIT_NOFILE")?;
+    let need = 2 * IDLE_STEPS[1] as u64 + 1000;
+    if hard.is_some_and(|h| h < need) {
+        bail!("RLIMIT_NOFILE hard limit {hard:?} is below {need}");
+    }
+    Ok(())
 }
 
 async fn run() -> Result<()> {
@@ -73,11 +85,13 @@ async fn run() -> Result<()> {
     let iperf_port = free_port()?;
     let _iperf = spawn(Command::new("iperf3").args(["-s", "-p", &iperf_port.to_string()]))?;
     let iperf_addr = SocketAddr::from(([127, 0, 0, 1], iperf_port));
-    wait_listening(iperf_addr).await?;
+    // Not probed with a connection: iperf3 would log a failed test for each.
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let (_ours, ours_addr, ours_pid) = start_ours(&upstreams, false).await?;
     let (_ours_iperf, ours_iperf, _) = start_ours(&[iperf_addr.to_string()], false).await?;
     let (_copy_iperf, copy_iperf, _) = start_ours(&[iperf_addr.to_string()], true).await?;
+    let (_copy, copy_addr, _) = start_ours(&upstreams, true).await?;
     let (_haproxy, _cfg, haproxy_addr, haproxy_iperf, haproxy_pid) =
         start_haproxy(&upstreams, iperf_addr).await?;
 
@@ -100,6 +114,13 @@ async fn run() -> Result<()> {
             iperf: iperf_addr,
             pid: None,
         },
+        // Ours with `copy_bidirectional` instead of splice: the alternative, measured.
+        Target {
+            name: "ours-copy",
+            http: vec![copy_addr],
+            iperf: copy_iperf,
+            pid: None,
+        },
     ];
 
     let mut results = Results::default();
@@ -108,16 +129,40 @@ async fn run() -> Result<()> {
         println!("{:8} throughput {gbps:.2} Gbit/s", t.name);
         results.throughput.push(gbps);
     }
-    let copy_gbps = iperf(copy_iperf).await?;
-    println!("ours (copy mode) throughput {copy_gbps:.2} Gbit/s");
-    for t in &targets {
-        let rate = connection_rate(&t.http).await?;
-        println!("{:8} {rate:.0} connections/s", t.name);
+    // Rounds alternate between the targets, so that load from outside the bench (the
+    // cores are shared) falls on all of them alike.
+    let mut done = vec![0u64; targets.len()];
+    for _ in 0..RATE_ROUNDS {
+        for (t, done) in targets.iter().zip(&mut done) {
+            *done += connection_rate(&t.http).await?;
+        }
+    }
+    for (t, done) in targets.iter().zip(&done) {
+        let rate = *done as f64 / (RATE_WINDOW.as_secs_f64() * f64::from(RATE_ROUNDS));
+        println!("{:9} {rate:.0} connections/s", t.name);
         results.rate.push(rate);
     }
+    let mut streams = Vec::new();
     for t in &targets {
-        let (p50, p99) = latency(t.http[0]).await?;
-        println!("{:8} round trip p50 {p50:.1} µs p99 {p99:.1} µs", t.name);
+        let (s, _) = echo_stream(t.http[0]).await?;
+        s.set_nodelay(true)?;
+        streams.push(s);
+    }
+    let mut samples = vec![Vec::with_capacity(PINGS); targets.len()];
+    for round in 0..PINGS / PING_ROUND {
+        for (s, samples) in streams.iter_mut().zip(&mut samples) {
+            // The first round warms up caches and the scheduler.
+            let kept = ping(s, PING_ROUND).await?;
+            if round > 0 {
+                samples.extend(kept);
+            }
+        }
+    }
+    for (t, samples) in targets.iter().zip(&mut samples) {
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+        let (p50, p99) = (at(0.5), at(0.99));
+        println!("{:9} round trip p50 {p50:.1} µs p99 {p99:.1} µs", t.name);
         results.latency.push((p50, p99));
     }
     for t in &targets[..2] {
@@ -130,20 +175,20 @@ async fn run() -> Result<()> {
     }
     for t in &targets[..2] {
         let pid = t.pid.context("a proxy has a pid")?;
-        let mib = idle_memory(t.http[0], pid, &backends).await?;
+        let (measured, mib) = idle_memory(t.http[0], pid, &backends).await?;
         println!(
-            "{:8} RSS with {IDLE_CONNECTIONS} idle connections: {mib:.1} MiB",
+            "{:8} RSS with {IDLE_STEPS:?} idle connections: {measured:.1?} MiB; at {IDLE_CONNECTIONS} (extrapolated): {mib:.1} MiB",
             t.name
         );
         results.memory.push(mib);
     }
-    results.print(copy_gbps);
+    results.print();
     Ok(())
 }
 
 #[derive(Default)]
 struct Results {
-    /// ours, haproxy, direct
+    /// ours, haproxy, direct, ours with copy
     throughput: Vec<f64>,
     rate: Vec<f64>,
     latency: Vec<(f64, f64)>,
@@ -153,15 +198,16 @@ struct Results {
 }
 
 impl Results {
-    fn print(&self, copy_gbps: f64) {
+    fn print(&self) {
         let met = |ok: bool| if ok { "yes" } else { "**no**" };
-        let [t_ours, t_ha, t_direct] = self.throughput[..] else {
+        let [t_ours, t_ha, t_direct, t_copy] = self.throughput[..] else {
             return;
         };
-        let [r_ours, r_ha, r_direct] = self.rate[..] else {
+        let [r_ours, r_ha, r_direct, r_copy] = self.rate[..] else {
             return;
         };
-        let [(p50_ours, p99_ours), (p50_ha, p99_ha), (p50_direct, p99_direct)] = self.latency[..]
+        let [(p50_ours, p99_ours), (p50_ha, p99_ha), (p50_direct, p99_direct), (p50_copy, p99_copy)] =
+            self.latency[..]
         else {
             return;
         };
@@ -189,13 +235,17 @@ impl Results {
             met(t_ours >= 0.9 * t_ha)
         );
         println!(
-            "| same, ours with `copy_bidirectional` instead of splice | {copy_gbps:.2} | | | {:.2} | (info) | |",
-            copy_gbps / t_ha
+            "| same, ours with `copy_bidirectional` instead of splice | {t_copy:.2} | | | {:.2} | (info) | |",
+            t_copy / t_ha
         );
         println!(
             "| new connections/s ({RATE_CONCURRENCY} clients, request + answer each) | {r_ours:.0} | {r_ha:.0} | {r_direct:.0} | {:.2} | ≥ 1.0 | {} |",
             r_ours / r_ha,
             met(r_ours >= r_ha)
+        );
+        println!(
+            "| same, ours with `copy_bidirectional` | {r_copy:.0} | | | {:.2} | (info) | |",
+            r_copy / r_ha
         );
         println!(
             "| added latency p50 (64 B round trip, µs) | {a50_ours:.1} | {a50_ha:.1} | 0 ({p50_direct:.1} total) | {:.2} | (info) | |",
@@ -207,13 +257,18 @@ impl Results {
             met(a99_ours <= a99_ha)
         );
         println!(
+            "| added latency p50 / p99, ours with `copy_bidirectional` (µs) | {:.1} / {:.1} | | | | (info) | |",
+            p50_copy - p50_direct,
+            p99_copy - p99_direct
+        );
+        println!(
             "| failover, first to last failed connection | {} | {} | | | sub-second, no failed connection | {} |",
             span(f_ours, s_ours),
             span(f_ha, s_ha),
             met(f_ours == 0 || s_ours < Duration::from_secs(1))
         );
         println!(
-            "| RSS with {IDLE_CONNECTIONS} idle proxied connections (MiB) | {m_ours:.1} | {m_ha:.1} | | {:.2} | ≤ 64 MiB | {} |",
+            "| RSS with {IDLE_CONNECTIONS} idle proxied connections (MiB, extrapolated from {IDLE_STEPS:?}) | {m_ours:.1} | {m_ha:.1} | | {:.2} | ≤ 64 MiB | {} |",
             m_ours / m_ha,
             met(m_ours <= 64.0)
         );
@@ -238,6 +293,7 @@ fn spawn(cmd: &mut Command) -> Result<Child> {
     cmd.kill_on_drop(true)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {cmd:?}"))
 }
@@ -295,7 +351,7 @@ async fn start_haproxy(
         .map(|(i, u)| format!("    server s{i} {u} check\n"))
         .collect();
     let config = format!(
-        "global\n    maxconn 100000\n\ndefaults\n    mode tcp\n    maxconn 100000\n    timeout connect 5s\n    timeout client 10m\n    timeout server 10m\n\n\
+        "global\n    maxconn 9900\n\ndefaults\n    mode tcp\n    maxconn 9900\n    timeout connect 5s\n    timeout client 10m\n    timeout server 10m\n\n\
          frontend api\n    bind 127.0.0.1:{http}\n    default_backend apiservers\n\n\
          backend apiservers\n    balance leastconn\n{servers}\n\
          frontend iperf\n    bind 127.0.0.1:{iperf_front}\n    default_backend iperf\n\n\
@@ -304,6 +360,7 @@ async fn start_haproxy(
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("haproxy.cfg");
     std::fs::write(&path, config)?;
+    let log = dir.path().join("haproxy.log");
     let child = Command::new("haproxy")
         .arg("-f")
         .arg(&path)
@@ -311,13 +368,14 @@ async fn start_haproxy(
         .kill_on_drop(true)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
         .spawn()
         .context("starting haproxy")?;
     let http = SocketAddr::from(([127, 0, 0, 1], http));
     let iperf_front = SocketAddr::from(([127, 0, 0, 1], iperf_front));
-    wait_listening(http).await?;
-    wait_listening(iperf_front).await?;
+    if let Err(e) = wait_listening(http).await {
+        bail!("{e}; haproxy says: {}", std::fs::read_to_string(&log)?);
+    }
     let pid = child.id().context("pid")?;
     Ok((child, dir, http, iperf_front, pid))
 }
@@ -338,8 +396,8 @@ async fn iperf(addr: SocketAddr) -> Result<f64> {
     Ok(bps / 1e9)
 }
 
-/// Completed short connections (connect, `GET /name`, answer, close) per second.
-async fn connection_rate(addrs: &[SocketAddr]) -> Result<f64> {
+/// Short connections (connect, `GET /name`, answer, close) completed in [`RATE_WINDOW`].
+async fn connection_rate(addrs: &[SocketAddr]) -> Result<u64> {
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + RATE_WINDOW;
@@ -364,28 +422,21 @@ async fn connection_rate(addrs: &[SocketAddr]) -> Result<f64> {
     if errors > 0 {
         println!("  ({errors} failed connections)");
     }
-    Ok(done.load(Ordering::Relaxed) as f64 / RATE_WINDOW.as_secs_f64())
+    Ok(done.load(Ordering::Relaxed))
 }
 
-/// p50 and p99 of a 64-byte round trip on one established stream, in microseconds.
-async fn latency(addr: SocketAddr) -> Result<(f64, f64)> {
-    let (mut s, _) = echo_stream(addr).await?;
-    s.set_nodelay(true)?;
+/// `n` round trips of 64 bytes on an established stream, in microseconds.
+async fn ping(s: &mut TcpStream, n: usize) -> Result<Vec<f64>> {
     let payload = [7u8; 64];
     let mut back = [0u8; 64];
-    let mut samples = Vec::with_capacity(PINGS);
-    for i in 0..PINGS + 200 {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
         let started = Instant::now();
         s.write_all(&payload).await?;
         s.read_exact(&mut back).await?;
-        // The first round trips warm up caches and the scheduler.
-        if i >= 200 {
-            samples.push(started.elapsed().as_secs_f64() * 1e6);
-        }
+        samples.push(started.elapsed().as_secs_f64() * 1e6);
     }
-    samples.sort_by(f64::total_cmp);
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
-    Ok((at(0.5), at(0.99)))
+    Ok(samples)
 }
 
 /// Kills `victim` under a load of short connections; returns the failed connections
@@ -424,35 +475,54 @@ async fn failover(addr: SocketAddr, victim: &TestBackend) -> Result<(usize, Dura
     Ok((failures.len(), span))
 }
 
-/// RSS of `pid` with [`IDLE_CONNECTIONS`] idle connections proxied through `addr`.
-async fn idle_memory(addr: SocketAddr, pid: u32, backends: &[TestBackend]) -> Result<f64> {
+/// RSS of `pid` with each of [`IDLE_STEPS`] idle connections proxied through `addr`,
+/// in MiB, and the figure extrapolated to [`IDLE_CONNECTIONS`].
+async fn idle_memory(
+    addr: SocketAddr,
+    pid: u32,
+    backends: &[TestBackend],
+) -> Result<([f64; 2], f64)> {
     let served = || backends.iter().map(TestBackend::connections).sum::<u64>();
     let before = served();
-    let mut conns = Vec::with_capacity(IDLE_CONNECTIONS);
-    for _ in 0..IDLE_CONNECTIONS / 500 {
-        let batch: Vec<_> = (0..500).map(|_| TcpStream::connect(addr)).collect();
-        for c in futures::future::join_all(batch).await {
-            conns.push(c?);
+    let mut conns = Vec::with_capacity(IDLE_STEPS[1]);
+    let mut measured = [0.0; 2];
+    for (step, &n) in IDLE_STEPS.iter().enumerate() {
+        while conns.len() < n {
+            // Small batches, each served before the next: the backends share the bench's
+            // two cores, and an overflowing accept queue would drop connections.
+            let batch = (n - conns.len()).min(100);
+            let batch: Vec<_> = (0..batch).map(|_| TcpStream::connect(addr)).collect();
+            for c in futures::future::join_all(batch).await {
+                conns.push(c?);
+            }
+            let started = Instant::now();
+            while served() < before + conns.len() as u64 {
+                if started.elapsed() > Duration::from_secs(10) {
+                    bail!(
+                        "only {} of {} connections reached a backend",
+                        served() - before,
+                        conns.len()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        measured[step] = rss_mib(pid)?;
     }
-    let started = Instant::now();
-    while served() < before + IDLE_CONNECTIONS as u64 {
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!(
-                "only {} of {IDLE_CONNECTIONS} connections reached a backend",
-                served() - before
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    drop(conns);
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let per_connection = (measured[1] - measured[0]) / (IDLE_STEPS[1] - IDLE_STEPS[0]) as f64;
+    let extrapolated = measured[1] + per_connection * (IDLE_CONNECTIONS - IDLE_STEPS[1]) as f64;
+    Ok((measured, extrapolated))
+}
+
+fn rss_mib(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: f64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("VmRSS")?;
-    drop(conns);
-    tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(kib / 1024.0)
 }

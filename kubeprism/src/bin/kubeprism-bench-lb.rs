@@ -19,7 +19,7 @@ async fn main() -> anyhow::Result<()> {
     let mut listen: SocketAddr = "127.0.0.1:7445".parse()?;
     let mut upstreams = Vec::new();
     let mut config = BalancerConfig {
-        max_connections: 100_000,
+        max_connections: 20_000,
         ..BalancerConfig::default()
     };
     let mut args = std::env::args().skip(1);
