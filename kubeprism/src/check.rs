@@ -37,9 +37,13 @@ pub(crate) async fn run(upstream: Arc<Upstream>, config: HealthConfig, epoch: u6
 }
 
 async fn probe(upstream: &Upstream, check: &Check) -> Result<(), CheckError> {
-    let tcp = TcpStream::connect(upstream.addr)
-        .await
-        .map_err(|e| CheckError::Connect(e.to_string()))?;
+    let tcp = TcpStream::connect(upstream.addr).await.map_err(|e| {
+        use std::io::ErrorKind::{ConnectionRefused, ConnectionReset};
+        match e.kind() {
+            ConnectionRefused | ConnectionReset => CheckError::Refused(e.to_string()),
+            _ => CheckError::Connect(e.to_string()),
+        }
+    })?;
     match check {
         Check::Tcp => Ok(()),
         Check::Https(https) => readyz(tcp, host_of(&upstream.name), https).await,

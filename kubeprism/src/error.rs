@@ -20,6 +20,9 @@ pub enum Error {
 /// Why an active health check failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CheckError {
+    /// Refused or reset: nothing listens, a hard failure.
+    #[error("connection refused: {0}")]
+    Refused(String),
     #[error("connect: {0}")]
     Connect(String),
     #[error("TLS: {0}")]

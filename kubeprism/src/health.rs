@@ -3,11 +3,12 @@
 //! come out.
 //!
 //! Hysteresis: `fall` consecutive failures take a healthy upstream down and `rise`
-//! consecutive successful checks bring a down one back, so one slow answer from a loaded
-//! API server does not flap it. A failed dial on the data path is stronger evidence than
-//! a slow check (the client was about to use it): it makes the upstream *suspect* at
-//! once, which takes it out of rotation while another upstream is healthy, and the next
-//! check (run early) either clears it or confirms it down.
+//! consecutive successful checks bring a down one back, so one slow or unready answer
+//! from a loaded API server does not flap it. A *hard* failure — a failed dial on the
+//! data path, or a check whose connection is refused — is stronger evidence than a slow
+//! answer: it makes the upstream *suspect* at once, which takes it out of rotation while
+//! another upstream is healthy, and the next check (run early) either clears it or
+//! confirms it down.
 
 use std::time::Duration;
 
@@ -43,7 +44,10 @@ impl Default for Thresholds {
         Thresholds {
             rise: 2,
             fall: 2,
-            interval_up: Duration::from_secs(2),
+            // Short enough that an upstream no client happens to use is still seen dead
+            // within a second; a TCP connect (or TLS handshake) twice a second per
+            // upstream is little next to what kubelet sends.
+            interval_up: Duration::from_millis(500),
             interval_down: Duration::from_millis(200),
         }
     }
@@ -93,8 +97,9 @@ impl Health {
         self.state != before
     }
 
-    /// A dial on the data path failed; returns whether the state changed.
-    pub fn on_dial_failure(&mut self) -> bool {
+    /// A hard failure (a dial on the data path failed, or a check's connection was
+    /// refused); returns whether the state changed.
+    pub fn on_hard_failure(&mut self) -> bool {
         let before = self.state;
         self.fail();
         if self.state == HealthState::Healthy {
@@ -161,24 +166,24 @@ mod tests {
     #[test]
     fn a_dial_failure_makes_it_suspect_and_a_check_decides() {
         let mut h = health();
-        assert!(h.on_dial_failure());
+        assert!(h.on_hard_failure());
         assert_eq!(h.state(), Suspect);
         assert_eq!(h.next_interval(), Thresholds::default().interval_down);
         assert!(h.on_check(true));
         assert_eq!(h.state(), Healthy);
 
-        h.on_dial_failure();
+        h.on_hard_failure();
         assert!(h.on_check(false));
         assert_eq!(h.state(), Down);
         // Dial failures while down change nothing.
-        assert!(!h.on_dial_failure());
+        assert!(!h.on_hard_failure());
     }
 
     #[test]
     fn repeated_dial_failures_take_it_down_without_a_check() {
         let mut h = health();
-        h.on_dial_failure();
-        h.on_dial_failure();
+        h.on_hard_failure();
+        h.on_hard_failure();
         assert_eq!(h.state(), Down);
     }
 }

@@ -8,7 +8,7 @@
 //!   time) before a byte moves, so the client never sees the dead one.
 //! - **Active health**: a task per upstream checks it (TCP connect, or HTTPS
 //!   `GET /readyz` with the CA verified) every 200 ms while it is down or suspect and
-//!   every 2 s while it is up, with rise/fall hysteresis ([`health`]).
+//!   every 500 ms while it is up, with rise/fall hysteresis ([`health`]).
 //! - **Selection**: power of two choices weighted by outstanding connections and dial
 //!   latency ([`balance`]).
 //! - **Proxying**: `splice(2)` through a lazily made pipe on Linux (zero-copy), or

@@ -26,6 +26,8 @@ pub(crate) struct Counters {
     pub check_failures: AtomicU64,
     /// Smoothed dial latency (EWMA, 1/8 weight of the newest sample).
     pub dial_latency_us: AtomicU64,
+    /// When the last latency sample was taken, ms after the upstream was made.
+    pub dial_sampled_ms: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -40,6 +42,7 @@ struct Checked {
 #[derive(Debug)]
 pub(crate) struct Upstream {
     pub name: String,
+    created: Instant,
     pub addr: SocketAddr,
     pub counters: Counters,
     checked: Mutex<Checked>,
@@ -54,6 +57,7 @@ impl Upstream {
     pub fn new(name: String, addr: SocketAddr, thresholds: Thresholds) -> Arc<Self> {
         Arc::new(Upstream {
             name,
+            created: Instant::now(),
             addr,
             counters: Counters::default(),
             checked: Mutex::new(Checked {
@@ -77,11 +81,23 @@ impl Upstream {
         self.checked().health.state()
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     pub fn candidate(&self, tried: bool) -> Candidate {
+        let c = &self.counters;
+        // The latency estimate halves for every second without a sample: an upstream
+        // that lost the comparison after one slow dial gets tried again, instead of
+        // being shunned for good on a stale figure.
+        let idle_s = self
+            .now_ms()
+            .saturating_sub(c.dial_sampled_ms.load(Ordering::Relaxed))
+            / 1000;
         Candidate {
             state: self.state(),
-            active: self.counters.active.load(Ordering::Relaxed),
-            latency_us: self.counters.dial_latency_us.load(Ordering::Relaxed),
+            active: c.active.load(Ordering::Relaxed),
+            latency_us: c.dial_latency_us.load(Ordering::Relaxed) >> idle_s.min(63),
             tried,
         }
     }
@@ -116,6 +132,7 @@ impl Upstream {
             old - old / 8 + sample / 8
         };
         c.dial_latency_us.store(new.max(1), Ordering::Relaxed);
+        c.dial_sampled_ms.store(self.now_ms(), Ordering::Relaxed);
         c.total.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -123,7 +140,7 @@ impl Upstream {
         self.counters.dial_failures.fetch_add(1, Ordering::Relaxed);
         let mut checked = self.checked();
         checked.last_error = Some(format!("dial: {error}"));
-        if checked.health.on_dial_failure() {
+        if checked.health.on_hard_failure() {
             checked.since = Instant::now();
             tracing::warn!(upstream = %self.name, state = ?checked.health.state(), %error, "dial failed");
             drop(checked);
@@ -142,7 +159,11 @@ impl Upstream {
             self.counters.check_failures.fetch_add(1, Ordering::Relaxed);
             checked.last_error = Some(format!("check: {e}"));
         }
-        if checked.health.on_check(ok) {
+        let changed = match &result {
+            Err(CheckError::Refused(_)) => checked.health.on_hard_failure(),
+            _ => checked.health.on_check(ok),
+        };
+        if changed {
             checked.since = Instant::now();
             let state = checked.health.state();
             match &result {
@@ -195,5 +216,40 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.counters.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream() -> Arc<Upstream> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        Upstream::new("a:1".into(), addr, Thresholds::default())
+    }
+
+    #[test]
+    fn a_refused_check_is_a_hard_failure_a_slow_one_is_not() {
+        let u = upstream();
+        u.on_check(Err(CheckError::Timeout(1000)), Duration::from_secs(1));
+        assert_eq!(u.state(), HealthState::Healthy);
+        let u = upstream();
+        u.on_check(Err(CheckError::Refused("refused".into())), Duration::ZERO);
+        assert_eq!(u.state(), HealthState::Suspect);
+        assert_eq!(u.status().check_failures, 1);
+    }
+
+    #[test]
+    fn the_latency_estimate_fades_without_samples() {
+        let u = upstream();
+        u.on_dial_success(Duration::from_millis(8));
+        assert_eq!(u.candidate(false).latency_us, 8000);
+        // As if the sample were three seconds old.
+        u.counters.dial_sampled_ms.store(0, Ordering::Relaxed);
+        let idle = Upstream {
+            created: Instant::now() - Duration::from_secs(3),
+            ..Arc::try_unwrap(u).unwrap()
+        };
+        assert_eq!(idle.candidate(false).latency_us, 1000);
     }
 }

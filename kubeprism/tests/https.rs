@@ -33,7 +33,7 @@ async fn an_open_port_whose_readyz_fails_is_taken_out_and_back() {
     .await;
 
     b[1].set_mode(Mode::Unready);
-    // A healthy upstream is checked every 2 s; two failures 200 ms apart take it down.
+    // A healthy upstream is checked every 500 ms; two failures 200 ms apart take it down.
     let took = wait_for(&lb, Duration::from_secs(5), "unready upstream down", |s| {
         s.upstream(&unready).unwrap().state == UpstreamState::Down
     })
