@@ -148,21 +148,29 @@ async fn run() -> Result<()> {
         s.set_nodelay(true)?;
         streams.push(s);
     }
-    let mut samples = vec![Vec::with_capacity(PINGS); targets.len()];
+    // Per target, the samples of each round.
+    let mut rounds: Vec<Vec<Vec<f64>>> = vec![Vec::new(); targets.len()];
     for round in 0..PINGS / PING_ROUND {
-        for (s, samples) in streams.iter_mut().zip(&mut samples) {
+        for (s, rounds) in streams.iter_mut().zip(&mut rounds) {
+            let samples = ping(s, PING_ROUND).await?;
             // The first round warms up caches and the scheduler.
-            let kept = ping(s, PING_ROUND).await?;
             if round > 0 {
-                samples.extend(kept);
+                rounds.push(samples);
             }
         }
     }
-    for (t, samples) in targets.iter().zip(&mut samples) {
-        samples.sort_by(f64::total_cmp);
-        let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
-        let (p50, p99) = (at(0.5), at(0.99));
-        println!("{:9} round trip p50 {p50:.1} µs p99 {p99:.1} µs", t.name);
+    for (t, rounds) in targets.iter().zip(&mut rounds) {
+        let mut all: Vec<f64> = rounds.iter().flatten().copied().collect();
+        let p99_all = quantile(&mut all, 0.99);
+        let p50 = quantile(&mut all, 0.5);
+        // A burst of outside load (the cores are shared with builds) ruins whichever
+        // round it lands in: the p99 compared is the median of the per-round p99s.
+        let mut p99s: Vec<f64> = rounds.iter_mut().map(|r| quantile(r, 0.99)).collect();
+        let p99 = quantile(&mut p99s, 0.5);
+        println!(
+            "{:9} round trip p50 {p50:.1} µs, p99 {p99:.1} µs (median of per-round p99s; over all samples {p99_all:.1} µs)",
+            t.name
+        );
         results.latency.push((p50, p99));
     }
     for t in &targets[..2] {
@@ -252,7 +260,8 @@ impl Results {
             a50_ours / a50_ha
         );
         println!(
-            "| added latency p99 (µs) | {a99_ours:.1} | {a99_ha:.1} | 0 ({p99_direct:.1} total) | {:.2} | ≤ 1.0 | {} |",
+            "| added latency p99 (µs; median of {} per-round p99s of {PING_ROUND} round trips) | {a99_ours:.1} | {a99_ha:.1} | 0 ({p99_direct:.1} total) | {:.2} | ≤ 1.0 | {} |",
+            PINGS / PING_ROUND - 1,
             a99_ours / a99_ha,
             met(a99_ours <= a99_ha)
         );
@@ -423,6 +432,11 @@ async fn connection_rate(addrs: &[SocketAddr]) -> Result<u64> {
         println!("  ({errors} failed connections)");
     }
     Ok(done.load(Ordering::Relaxed))
+}
+
+fn quantile(samples: &mut [f64], q: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[((samples.len().max(1) - 1) as f64 * q) as usize]
 }
 
 /// `n` round trips of 64 bytes on an established stream, in microseconds.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +15,9 @@ use crate::config::BalancerConfig;
 use crate::status::{BalancerStatus, Problem};
 use crate::upstream::Upstream;
 use crate::{check, listener, resolve, Error};
+
+/// Clients waiting to be accepted; the kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// A recent refusal keeps the connection-limit problem in the status this long.
 const LIMIT_REPORT_FOR: Duration = Duration::from_secs(10);
@@ -77,7 +80,7 @@ impl Balancer {
             addr: listen,
             source,
         };
-        let socket = TcpListener::bind(listen).await.map_err(bind_err)?;
+        let socket = listener(listen).map_err(bind_err)?;
         let local_addr = socket.local_addr().map_err(bind_err)?;
         let shared = Arc::new(Shared {
             limit: Arc::new(Semaphore::new(config.max_connections)),
@@ -235,6 +238,20 @@ impl Drop for Balancer {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// The listening socket. `TCP_NODELAY` is set here because accepted sockets inherit it
+/// (Linux): one `setsockopt` less per client.
+fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn seed() -> u64 {

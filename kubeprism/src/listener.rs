@@ -61,7 +61,7 @@ async fn serve(client: TcpStream, shared: Arc<Shared>, _permit: OwnedSemaphorePe
         return;
     };
     let guard = ActiveGuard::new(upstream);
-    let _ = client.set_nodelay(true);
+    // The client socket has TCP_NODELAY from the listener already.
     let _ = stream.set_nodelay(true);
     let mode = shared.config.proxy;
     if let Err(e) = proxy(mode, client, stream, &guard.0.counters).await {

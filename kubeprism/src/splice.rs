@@ -3,6 +3,8 @@
 //! the readiness when the syscall says `EAGAIN`); the sockets are already non-blocking
 //! and the pipe is opened non-blocking, so no call here blocks a worker thread.
 //!
+//! Small reads are copied through a stack buffer instead (see [`SMALL`]).
+//!
 //! A pipe is held only while bytes are in flight: taken from a small shared pool when
 //! data arrives and given back once it is drained. An idle connection (kubelet watches
 //! sit idle for minutes) costs no pipe and no descriptors beyond its two sockets, and a
@@ -49,54 +51,184 @@ fn give_pipe(pipe: Pipe) {
     }
 }
 
+/// Up to this many bytes go through user space (one read, one write) rather than
+/// through a pipe: Kubernetes API requests and answers are mostly small, and for them two
+/// splices cost more than a copy. A read that fills this much means bulk data is queued,
+/// and the direction switches to splice until a splice moves less.
+const SMALL: usize = 2048;
+
+/// What one step of a direction did. Each step counts the bytes it wrote.
+enum Step {
+    Eof,
+    /// Nothing to read after all (readiness was stale).
+    Again,
+    /// `n` bytes read; `unsent`, the tail of them, still to be written.
+    Moved {
+        n: usize,
+        unsent: Vec<u8>,
+    },
+}
+
 /// Moves bytes from `from` to `to` until `from` ends, then shuts down `to`'s write half.
 pub(crate) async fn pump(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> io::Result<u64> {
-    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
     let mut total = 0u64;
+    let mut bulk = false;
     loop {
         from.readable().await?;
-        let pipe = take_pipe()?;
-        let (pipe_out, pipe_in) = (&pipe.0, &pipe.1);
-        let filled = match from.try_io(Interest::READABLE, || {
-            Ok(splice(from, None, pipe_in, None, CHUNK, flags)?)
-        }) {
-            Ok(0) => {
-                give_pipe(pipe);
-                break;
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                give_pipe(pipe);
-                continue;
-            }
-            // Nothing was moved into the pipe: it is still empty.
-            Err(e) => {
-                give_pipe(pipe);
-                return Err(e);
-            }
+        let step = if bulk {
+            splice_once(from, to, counter).await?
+        } else {
+            copy_small(from, to, counter)?
         };
-        let mut left = filled;
-        while left > 0 {
-            to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || {
-                Ok(splice(pipe_out, None, to, None, left, flags)?)
-            }) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    left -= n;
-                    add(counter, n as u64);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // The pipe still holds bytes: it is dropped (closed), not pooled.
-                Err(e) => return Err(e),
+        match step {
+            Step::Eof => break,
+            Step::Again => {}
+            Step::Moved { n, unsent } => {
+                write_all(to, &unsent, counter).await?;
+                total += n as u64;
+                bulk = n >= SMALL;
             }
         }
-        give_pipe(pipe);
-        total += filled as u64;
     }
     // The peer may already be gone; its error shows up in the other direction.
     if let Err(e) = rustix::net::shutdown(to, Shutdown::Write) {
         tracing::debug!(error = %e, "shutting down the write half");
     }
     Ok(total)
+}
+
+/// One read into a stack buffer and one write. Not async: the buffer must not live in
+/// the connection's future (10,000 idle connections would each carry it).
+fn copy_small(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> io::Result<Step> {
+    let mut buf = [0u8; SMALL];
+    let n = match read_drained(from, SMALL, |n| {
+        *n = rustix::io::read(from, &mut buf)?;
+        Ok(())
+    }) {
+        Ok(0) => return Ok(Step::Eof),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
+        Err(e) => return Err(e),
+    };
+    let written = match to.try_write(&buf[..n]) {
+        Ok(w) => w,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    add(counter, written as u64);
+    Ok(Step::Moved {
+        n,
+        unsent: buf[written..n].to_vec(),
+    })
+}
+
+/// Runs one `read(2)` of at most `max` bytes (`read` stores how many it got) under
+/// tokio's readiness. A short read from a TCP socket drained its receive queue: the
+/// readiness is cleared on the spot, saving the read that would only answer `EAGAIN`
+/// (tokio keeps it set if an event came in meanwhile, so nothing is missed).
+fn read_drained(
+    from: &TcpStream,
+    max: usize,
+    read: impl FnOnce(&mut usize) -> io::Result<()>,
+) -> io::Result<usize> {
+    let mut got = 0;
+    let result = from.try_io(Interest::READABLE, || {
+        read(&mut got)?;
+        if got > 0 && got < max {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(got)
+        }
+    });
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
+    }
+}
+
+/// Writes what a short write left over (rare: the peer's window was full).
+async fn write_all(to: &TcpStream, mut bytes: &[u8], counter: &AtomicU64) -> io::Result<()> {
+    while !bytes.is_empty() {
+        to.writable().await?;
+        match to.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                bytes = &bytes[n..];
+                add(counter, n as u64);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Splices what is queued on `from` into a pipe and all of it on to `to`.
+async fn splice_once(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> io::Result<Step> {
+    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+    let pipe = take_pipe()?;
+    let (pipe_out, pipe_in) = (&pipe.0, &pipe.1);
+    // Unlike a short read, a short splice does not mean the socket is drained (the
+    // pipe has only so many slots), so the readiness is left for `EAGAIN` to clear.
+    let filled = match from.try_io(Interest::READABLE, || {
+        Ok(splice(from, None, pipe_in, None, CHUNK, flags)?)
+    }) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            give_pipe(pipe);
+            return Ok(Step::Again);
+        }
+        Err(e) => {
+            // Nothing was moved into the pipe: it is still empty.
+            give_pipe(pipe);
+            return Err(e);
+        }
+    };
+    if filled == 0 {
+        give_pipe(pipe);
+        return Ok(Step::Eof);
+    }
+    let mut left = filled;
+    while left > 0 {
+        to.writable().await?;
+        match to.try_io(Interest::WRITABLE, || {
+            Ok(splice(pipe_out, None, to, None, left, flags)?)
+        }) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                left -= n;
+                add(counter, n as u64);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // The pipe still holds bytes: it is dropped (closed), not pooled.
+            Err(e) => return Err(e),
+        }
+    }
+    give_pipe(pipe);
+    Ok(Step::Moved {
+        n: filled,
+        unsent: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_direction_keeps_no_buffer_in_its_future() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (b, _) = listener.accept().await.unwrap();
+        let counter = AtomicU64::new(0);
+        let future = pump(&a, &b, &counter);
+        // What 10,000 idle connections carry twice each: it must stay small.
+        assert!(
+            std::mem::size_of_val(&future) < 512,
+            "{}",
+            std::mem::size_of_val(&future)
+        );
+    }
 }

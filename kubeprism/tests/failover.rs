@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use basalt_kubeprism::testing::{echo_round_trip, echo_stream, get, TestCa};
 use basalt_kubeprism::{BalancerConfig, UpstreamState};
 use common::*;
+use tokio::net::TcpStream;
 
 const WORKERS: usize = 4;
 
@@ -26,19 +27,23 @@ async fn killing_one_of_three_under_load_fails_no_new_connection() {
     let lb = balancer(BalancerConfig::default(), &names(&[&b[0], &b[1], &b[2]])).await;
     let addr = lb.local_addr();
 
-    // Long-lived streams, spread over the three.
+    // Long-lived streams, spread over the three, each carrying traffic all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let victim = b[0].name().to_string();
     let mut streams = Vec::new();
     for _ in 0..9 {
-        streams.push(echo_stream(addr).await.unwrap());
+        let (stream, name) = echo_stream(addr).await.unwrap();
+        streams.push((
+            name,
+            tokio::spawn(stream_traffic(stream, Arc::clone(&stop))),
+        ));
     }
-    let victim = b[0].name().to_string();
     assert!(
-        streams.iter().any(|(_, n)| *n == victim),
+        streams.iter().any(|(n, _)| *n == victim),
         "no stream on the victim"
     );
 
     // Continuous load of short connections.
-    let stop = Arc::new(AtomicBool::new(false));
     let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::default();
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
@@ -76,14 +81,6 @@ async fn killing_one_of_three_under_load_fails_no_new_connection() {
         "out of rotation after {out_of_rotation:?}"
     );
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Streams to the survivors are untouched.
-    for (s, name) in streams.iter_mut().filter(|(_, n)| *n != victim) {
-        echo_round_trip(s, b"still here")
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-    }
-
     b[0].revive().await.unwrap();
     let revived = Instant::now();
     let back = wait_for(&lb, Duration::from_secs(5), "victim back", |s| {
@@ -113,6 +110,22 @@ async fn killing_one_of_three_under_load_fails_no_new_connection() {
     for w in workers {
         w.await.unwrap();
     }
+    // Streams to the survivors were untouched: every round trip before, during and
+    // after the kill came back.
+    let mut survivors = Vec::new();
+    for (name, traffic) in streams {
+        let (stream, trips, error) = traffic.await.unwrap();
+        if name == victim {
+            assert!(error.is_some(), "a stream to the killed backend lived on");
+        } else {
+            assert!(error.is_none(), "stream to {name}: {error:?}");
+            assert!(trips > 20, "stream to {name}: only {trips} round trips");
+            survivors.push(stream);
+        }
+    }
+    for s in &mut survivors {
+        echo_round_trip(s, b"and still").await.unwrap();
+    }
     let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
     let failed_new: Vec<_> = outcomes
         .iter()
@@ -138,14 +151,68 @@ async fn killing_one_of_three_under_load_fails_no_new_connection() {
     assert!(ok > 100, "too little load: {ok}");
     assert_eq!(lb.status().failed, 0, "the balancer closed clients");
 
-    for (s, name) in streams.iter_mut().filter(|(_, n)| *n != victim) {
-        echo_round_trip(s, b"and still")
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-    }
-    // Kill the rest before the balancer goes: nothing is left behind.
-    drop(streams);
+    // Close the rest before the balancer goes: nothing is left behind.
+    drop(survivors);
     lb.shutdown().await;
+}
+
+/// Round trips on an echo stream until `stop` or the first error; gives back the
+/// stream, the round trips made and the error.
+async fn stream_traffic(
+    mut stream: TcpStream,
+    stop: Arc<AtomicBool>,
+) -> (TcpStream, usize, Option<String>) {
+    let mut trips = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let payload = format!("trip {trips}");
+        let trip = tokio::time::timeout(
+            Duration::from_secs(5),
+            echo_round_trip(&mut stream, payload.as_bytes()),
+        );
+        match trip.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return (stream, trips, Some(e.to_string())),
+            Err(_) => return (stream, trips, Some("no answer within 5 s".into())),
+        }
+        trips += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (stream, trips, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_traffic_the_checks_alone_take_a_dead_upstream_out_and_back_within_1s() {
+    let ca = TestCa::new().unwrap();
+    let b = backends(2, &ca).await;
+    let lb = balancer(BalancerConfig::default(), &names(&[&b[0], &b[1]])).await;
+    let name = b[0].upstream();
+    let state = |s: &basalt_kubeprism::BalancerStatus| s.upstream(&name).unwrap().state;
+    wait_for(&lb, Duration::from_secs(5), "first check", |s| {
+        s.upstream(&name).unwrap().check_latency.is_some()
+    })
+    .await;
+
+    b[0].kill().await;
+    let out = wait_for(&lb, Duration::from_secs(5), "out of rotation", |s| {
+        state(s) != UpstreamState::Healthy
+    })
+    .await;
+    let down = wait_for(&lb, Duration::from_secs(5), "down", |s| {
+        state(s) == UpstreamState::Down
+    })
+    .await;
+    println!("out of rotation after {out:?}, down {down:?} later");
+    assert!(out <= Duration::from_secs(1), "out after {out:?}");
+
+    b[0].revive().await.unwrap();
+    let back = wait_for(&lb, Duration::from_secs(5), "back", |s| {
+        state(s) == UpstreamState::Healthy
+    })
+    .await;
+    println!("back in rotation after {back:?}");
+    assert!(back <= Duration::from_secs(1), "back after {back:?}");
+    // No client was involved: the active checks did it all.
+    assert_eq!(lb.status().accepted, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,6 +39,9 @@ async fn an_open_port_whose_readyz_fails_is_taken_out_and_back() {
     })
     .await;
     println!("unready upstream down after {took:?}");
+    // At most one 500 ms interval to the first failure and one 200 ms interval to the
+    // second, plus scheduling on a loaded machine.
+    assert!(took <= Duration::from_millis(1500), "down after {took:?}");
     let status = lb.status();
     let last_error = status
         .upstream(&unready)
