@@ -14,6 +14,7 @@ declare -A packages=(
   [openssl]=openssl
   [haproxy]=haproxy
   [iperf3]=iperf3
+  [python3]=python3
 )
 for cmd in "${!packages[@]}"; do
   have_cmd "$cmd" || need_apt+=("${packages[$cmd]}")
@@ -24,6 +25,12 @@ if ((${#need_apt[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# Python grpcio: the independent Machine API client in apid's tests.
+if ! python3 -c "import grpc, grpc_tools" >/dev/null 2>&1; then
+  echo "setup: installing grpcio and grpcio-tools" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore grpcio grpcio-tools
 fi
 
 # Rust components and cargo tools.

@@ -11,6 +11,10 @@ use basalt_machine_config::{Config, Mode, Patch};
 use basalt_pki::{write_private_file, SecretsBundle};
 use clap::{Parser, Subcommand};
 
+mod connect;
+mod machine;
+mod resources;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "osctl",
@@ -21,8 +25,34 @@ struct Cli {
     /// The client configuration file.
     #[arg(long, global = true, env = "OSCONFIG")]
     osconfig: Option<PathBuf>,
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How to reach nodes: the flags override the current context of the client config.
+#[derive(Debug, clap::Args)]
+struct Global {
+    /// The endpoints to connect to (comma-separated or repeated); the first that answers
+    /// is used.
+    #[arg(long, short = 'e', global = true, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// The nodes each call is for, forwarded by the endpoint (comma-separated or
+    /// repeated); the endpoint itself without it.
+    #[arg(long, short = 'n', global = true, value_delimiter = ',')]
+    nodes: Vec<String>,
+    /// Use this context of the client config instead of the current one.
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// Connect without a client certificate and without verifying the node: for nodes
+    /// in maintenance mode.
+    #[arg(long, global = true)]
+    insecure: bool,
+    /// With --insecure: the SHA-256 fingerprint the node's certificate must have (the
+    /// node prints it).
+    #[arg(long, global = true, requires = "insecure")]
+    fingerprint: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -43,6 +73,10 @@ enum Command {
     /// Manage the client configuration (contexts, endpoints, nodes).
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Show resources.
+    Get(resources::GetArgs),
+    #[command(flatten)]
+    Machine(machine::MachineCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,7 +154,7 @@ enum ConfigCmd {
     Info,
 }
 
-fn read(path: &Path) -> Result<String> {
+pub(crate) fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
@@ -181,8 +215,39 @@ fn save_client(path: &Path, config: &ClientConfig) -> Result<()> {
     Ok(())
 }
 
+/// Runs a command against the API.
+fn remote(cli: &Cli, command: impl AsyncFnOnce(&connect::Connection) -> Result<()>) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let osconfig = osconfig_path(&cli.osconfig)?;
+    let result = runtime.block_on(async {
+        let connection = connect::Connection::open(&cli.global, &osconfig).await?;
+        command(&connection).await
+    });
+    // With TLS 1.3 the server refuses a client certificate (or its absence) after the
+    // client has finished its handshake, so the client sees only a closed connection.
+    match result {
+        Err(e) if cli.global.insecure && format!("{e:#}").contains("transport error") => Err(e
+            .context(
+                "the node refused the connection: is it still in maintenance mode? A configured \
+             node needs a client certificate (drop --insecure)",
+            )),
+        other => other,
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Get(ref args) => {
+            let args = args.clone();
+            remote(&cli, async |c| resources::get(c, args).await)?;
+        }
+        Command::Machine(ref command) => {
+            let command = command.clone();
+            remote(&cli, async |c| machine::run(c, command).await)?;
+        }
         Command::Gen(Gen::Secrets { output, force }) => {
             refuse_overwrite(&output, force)?;
             SecretsBundle::generate()?.write_to(&output)?;

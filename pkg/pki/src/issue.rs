@@ -104,7 +104,8 @@ pub fn issue_client_cert(
 /// Issues a server certificate: subject `CN=<common_name>`, one subject alternative name
 /// per entry of `sans` (an IP address when it parses as one, a DNS name otherwise),
 /// extended key usage serverAuth and clientAuth — nodes also present it to each other
-/// as clients (node-to-node mTLS). Key and validity as [`issue_client_cert`].
+/// as clients (node-to-node mTLS). The key is ECDSA P-256 whatever the CA's key, so that
+/// every TLS client can talk to the server; validity as [`issue_client_cert`].
 pub fn issue_server_cert(
     ca: &CertAndKey,
     common_name: &str,
@@ -198,7 +199,15 @@ fn issue(ca: &CertAndKey, leaf: &Leaf<'_>) -> Result<CertAndKey, PkiError> {
     let algorithm = KeyAlgorithm::of(&ca_key, &format!("the key of CA {ca_name:?}"))?;
 
     let (not_before, not_after) = leaf_validity(&ca_cert, &ca_name, leaf)?;
-    let key = algorithm.generate(&format!("the key of {:?}", leaf.common_name))?;
+    // Server keys are ECDSA P-256 whatever the CA's: TLS stacks built on BoringSSL (gRPC
+    // C-core: Python, C++, Ruby clients) do not offer Ed25519 handshake signatures, but
+    // they verify an Ed25519 CA's signature on the certificate.
+    let key_algorithm = if leaf.server_auth {
+        KeyAlgorithm::EcdsaP256
+    } else {
+        algorithm
+    };
+    let key = key_algorithm.generate(&format!("the key of {:?}", leaf.common_name))?;
     let spki = key.subject_public_key_info();
 
     // Neither algorithm takes parameters (RFC 8410 3, RFC 5758 3.2).

@@ -22,11 +22,21 @@ pub enum Role {
     /// Taking etcd snapshots, for backup jobs.
     #[serde(rename = "os:etcd:backup")]
     EtcdBackup,
+    /// A node forwarding a call for a client: trusted to name the client's roles in the
+    /// call's metadata. Only node certificates carry it, never a person's.
+    #[serde(rename = "os:impersonator")]
+    Impersonator,
 }
 
 impl Role {
     /// Every role, in order of decreasing power.
-    pub const ALL: [Role; 4] = [Role::Admin, Role::Operator, Role::Reader, Role::EtcdBackup];
+    pub const ALL: [Role; 5] = [
+        Role::Admin,
+        Role::Operator,
+        Role::Reader,
+        Role::EtcdBackup,
+        Role::Impersonator,
+    ];
 
     /// The Organization value that carries this role in a certificate.
     pub const fn as_str(self) -> &'static str {
@@ -35,6 +45,7 @@ impl Role {
             Role::Operator => "os:operator",
             Role::Reader => "os:reader",
             Role::EtcdBackup => "os:etcd:backup",
+            Role::Impersonator => "os:impersonator",
         }
     }
 }

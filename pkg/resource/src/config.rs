@@ -23,3 +23,30 @@ impl ResourceSpec for HostnameConfigSpec {
 impl HostnameConfigSpec {
     pub const ID: &'static str = "hostname";
 }
+
+/// A machine configuration as applied through the API: id `active` is the one in effect,
+/// `staged` one waiting for the next boot. It holds secrets, so it is sensitive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MachineConfigSpec {
+    /// The multi-document YAML, as applied.
+    pub yaml: String,
+    /// BLAKE3 of its canonical form: equal for configs that mean the same.
+    pub digest: String,
+}
+
+impl ResourceSpec for MachineConfigSpec {
+    const TYPE: &'static str = "MachineConfigs.config.basalt.dev";
+    const DEFAULT_NAMESPACE: &'static str = namespaces::CONFIG;
+    const SENSITIVE: bool = true;
+    const ALIASES: &'static [&'static str] = &["mc"];
+    const PRINT_COLUMNS: &'static [Column] = &[Column {
+        name: "Digest",
+        path: "digest",
+    }];
+}
+
+impl MachineConfigSpec {
+    pub const ACTIVE: &'static str = "active";
+    pub const STAGED: &'static str = "staged";
+}

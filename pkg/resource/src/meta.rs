@@ -8,8 +8,11 @@ use crate::{config, k8s, network, runtime, Registry, ResourceError};
 pub fn builtin_registry() -> Result<Registry, ResourceError> {
     let mut registry = Registry::new();
     registry.register::<config::HostnameConfigSpec>()?;
+    registry.register::<config::MachineConfigSpec>()?;
     registry.register::<network::HostnameSpec>()?;
     registry.register::<runtime::KernelCmdlineSpec>()?;
+    registry.register::<runtime::ServiceSpec>()?;
+    registry.register::<runtime::MachineStatusSpec>()?;
     registry.register::<k8s::KubePrismConfigSpec>()?;
     registry.register::<k8s::ControlPlaneEndpointSpec>()?;
     registry.register::<k8s::ControlPlaneMemberSpec>()?;

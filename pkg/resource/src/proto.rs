@@ -4,7 +4,7 @@
 use crate::{AnyResource, Phase, ResourceError};
 
 /// Wire-compatible with `google.protobuf.Timestamp`.
-#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, prost::Message)]
 pub struct Timestamp {
     #[prost(int64, tag = "1")]
     pub seconds: i64,

@@ -117,3 +117,81 @@ mod tests {
         assert_eq!(c.args.len(), 2);
     }
 }
+
+/// One service of the node (id: the service name), as its supervisor sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// `Preparing`, `Running`, `Finished`, `Failed`, `Stopped`.
+    pub state: String,
+    pub running: bool,
+    pub healthy: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// 0 when not running.
+    #[serde(default)]
+    pub pid: i32,
+    #[serde(default)]
+    pub restarts: u32,
+}
+
+impl ResourceSpec for ServiceSpec {
+    const TYPE: &'static str = "Services.runtime.basalt.dev";
+    const DEFAULT_NAMESPACE: &'static str = namespaces::RUNTIME;
+    const ALIASES: &'static [&'static str] = &["svc"];
+    const PRINT_COLUMNS: &'static [Column] = &[
+        Column {
+            name: "State",
+            path: "state",
+        },
+        Column {
+            name: "Healthy",
+            path: "healthy",
+        },
+        Column {
+            name: "Restarts",
+            path: "restarts",
+        },
+    ];
+}
+
+/// Where the machine is in its life (id `machine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MachineStage {
+    Booting,
+    /// Waiting for a config; the API accepts one without client certificates.
+    Maintenance,
+    Running,
+    Rebooting,
+    ShuttingDown,
+    Resetting,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MachineStatusSpec {
+    pub stage: MachineStage,
+    /// Why the stage last changed, in words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+impl ResourceSpec for MachineStatusSpec {
+    const TYPE: &'static str = "MachineStatuses.runtime.basalt.dev";
+    const DEFAULT_NAMESPACE: &'static str = namespaces::RUNTIME;
+    const PRINT_COLUMNS: &'static [Column] = &[
+        Column {
+            name: "Stage",
+            path: "stage",
+        },
+        Column {
+            name: "Reason",
+            path: "reason",
+        },
+    ];
+}
+
+impl MachineStatusSpec {
+    pub const ID: &'static str = "machine";
+}

@@ -270,6 +270,27 @@ impl State {
             .ok_or_else(|| StateError::NotFound(key.clone()))
     }
 
+    /// `current` with the spec, labels and annotations of `resource`.
+    fn replace(current: &AnyResource, resource: AnyResource) -> Result<Change, StateError> {
+        if current.metadata.phase == Phase::TearingDown {
+            return Err(StateError::PhaseConflict {
+                key: current.metadata.key(),
+                phase: current.metadata.phase,
+            });
+        }
+        let mut next = AnyResource {
+            metadata: current.metadata.clone(),
+            spec: resource.spec,
+        };
+        next.metadata.labels = resource.metadata.labels;
+        next.metadata.annotations = resource.metadata.annotations;
+        Ok(if next.same_content(current) {
+            Change::Keep
+        } else {
+            Change::Put(next)
+        })
+    }
+
     fn require_owner(current: &AnyResource, writer: &str) -> Result<(), StateError> {
         if current.metadata.owner != writer {
             return Err(StateError::OwnerConflict {
@@ -305,6 +326,33 @@ impl State {
     /// must be the stored version (compare-and-swap); the writer must be the owner; a
     /// resource being torn down cannot be updated. A write that changes nothing is not
     /// stored and does not bump the version.
+    /// Creates the resource, or replaces the spec, labels and annotations of the stored
+    /// one whatever its version: for a writer that is the only one of its resource and
+    /// states it whole (a status, a config as applied). Owner and phase rules are those of
+    /// `create` and `update`.
+    pub async fn put(
+        &self,
+        mut resource: AnyResource,
+        owner: &str,
+    ) -> Result<Arc<AnyResource>, StateError> {
+        check_spec_type(&resource)?;
+        let key = resource.metadata.key();
+        validate_key(&key)?;
+        let stored = self
+            .write_existing(&key, |current| {
+                let Some(current) = current else {
+                    resource.metadata.owner = owner.to_string();
+                    resource.metadata.phase = Phase::Running;
+                    resource.metadata.finalizers.clear();
+                    return Ok(Change::Put(resource));
+                };
+                Self::require_owner(current, owner)?;
+                Self::replace(current, resource)
+            })
+            .await?;
+        Ok(stored)
+    }
+
     pub async fn update(
         &self,
         resource: AnyResource,
@@ -323,23 +371,7 @@ impl State {
                         actual: current.metadata.version,
                     });
                 }
-                if current.metadata.phase == Phase::TearingDown {
-                    return Err(StateError::PhaseConflict {
-                        key: key.clone(),
-                        phase: current.metadata.phase,
-                    });
-                }
-                let mut next = AnyResource {
-                    metadata: current.metadata.clone(),
-                    spec: resource.spec,
-                };
-                next.metadata.labels = resource.metadata.labels;
-                next.metadata.annotations = resource.metadata.annotations;
-                Ok(if next.same_content(current) {
-                    Change::Keep
-                } else {
-                    Change::Put(next)
-                })
+                Self::replace(current, resource)
             })
             .await?;
         Ok(stored)

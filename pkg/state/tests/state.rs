@@ -59,6 +59,28 @@ async fn create_update_compare_and_swap() {
 }
 
 #[tokio::test]
+async fn put_creates_or_replaces_whatever_the_version() {
+    let state = State::new();
+    let first = state.put(counter("p", 1).into_any(), "ctl").await.unwrap();
+    assert_eq!(
+        (first.metadata.version, first.metadata.owner.as_str()),
+        (1, "ctl")
+    );
+    // A stale (here: zero) version does not matter to put.
+    let second = state.put(counter("p", 2).into_any(), "ctl").await.unwrap();
+    assert_eq!(second.metadata.version, 2);
+    assert_eq!(second.spec_as::<Counter>().unwrap().value, 2);
+    let same = state.put(counter("p", 2).into_any(), "ctl").await.unwrap();
+    assert_eq!(same.metadata.version, 2, "an unchanged put is not a write");
+    // Ownership still holds.
+    let err = state
+        .put(counter("p", 3).into_any(), "other")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StateError::OwnerConflict { .. }), "{err}");
+}
+
+#[tokio::test]
 async fn unchanged_write_does_not_bump_the_version() {
     let state = State::new();
     let created = state

@@ -1,0 +1,198 @@
+//! Per-client limits: calls in flight (streams count until they end) and a token-bucket
+//! rate. A client over either limit gets RESOURCE_EXHAUSTED at once, so one client
+//! cannot starve the others.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tonic::Status;
+
+/// The server's limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request or response message.
+    pub max_message_bytes: usize,
+    /// Calls one client may have in flight, streams included.
+    pub max_calls_per_client: usize,
+    /// Calls per second one client may start, sustained...
+    pub calls_per_second: f64,
+    /// ...and in a burst.
+    pub burst: f64,
+    /// HTTP/2 streams per connection.
+    pub max_streams_per_connection: u32,
+    /// Unary calls that take longer fail with DEADLINE_EXCEEDED (a shorter client
+    /// deadline wins).
+    pub unary_timeout: Duration,
+    /// How long a forwarded call waits for each node's answer (or first stream message
+    /// headers): a dead node is reported after this, the others are not held up.
+    pub forward_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 4 << 20,
+            max_calls_per_client: 128,
+            calls_per_second: 200.0,
+            burst: 400.0,
+            max_streams_per_connection: 256,
+            unary_timeout: Duration::from_secs(60),
+            forward_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A client: its address and certificate subject, so clients behind one address with
+/// different certificates are limited apart.
+type ClientKey = (IpAddr, String);
+
+struct Bucket {
+    in_flight: Arc<AtomicUsize>,
+    tokens: f64,
+    refilled: Instant,
+}
+
+pub(crate) struct Limiter {
+    limits: Limits,
+    clients: Mutex<HashMap<ClientKey, Bucket>>,
+}
+
+/// Held while a call is in flight.
+#[derive(Debug)]
+pub(crate) struct Permit(Arc<AtomicUsize>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Idle clients are forgotten once the table is this big.
+const SWEEP_AT: usize = 4096;
+
+impl Limiter {
+    pub fn new(limits: Limits) -> Self {
+        Limiter {
+            limits,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn admit(&self, ip: IpAddr, subject: &str) -> Result<Permit, Status> {
+        let now = Instant::now();
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if clients.len() >= SWEEP_AT {
+            let burst = self.limits.burst;
+            clients.retain(|_, b| b.in_flight.load(Ordering::Acquire) > 0 || b.tokens < burst);
+        }
+        let bucket = clients
+            .entry((ip, subject.to_string()))
+            .or_insert_with(|| Bucket {
+                in_flight: Arc::new(AtomicUsize::new(0)),
+                tokens: self.limits.burst,
+                refilled: now,
+            });
+        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens =
+            (bucket.tokens + elapsed * self.limits.calls_per_second).min(self.limits.burst);
+        bucket.refilled = now;
+        if bucket.tokens < 1.0 {
+            return Err(Status::resource_exhausted(format!(
+                "rate limit: more than {} calls/s (burst {})",
+                self.limits.calls_per_second, self.limits.burst
+            )));
+        }
+        let in_flight = bucket.in_flight.fetch_add(1, Ordering::AcqRel);
+        let permit = Permit(bucket.in_flight.clone());
+        if in_flight >= self.limits.max_calls_per_client {
+            return Err(Status::resource_exhausted(format!(
+                "too many calls in flight: at most {} per client",
+                self.limits.max_calls_per_client
+            )));
+        }
+        bucket.tokens -= 1.0;
+        Ok(permit)
+    }
+}
+
+/// A response body that holds the call's permit until the body (a stream, perhaps) ends
+/// or is dropped because the client went away.
+pub(crate) struct Guarded<B> {
+    pub inner: B,
+    pub permit: Option<Permit>,
+}
+
+impl<B> Body for Guarded<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            this.permit = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(calls: usize, rate: f64, burst: f64) -> Limits {
+        Limits {
+            max_calls_per_client: calls,
+            calls_per_second: rate,
+            burst,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn in_flight_calls_are_capped_per_client() {
+        let limiter = Limiter::new(limits(2, 1000.0, 1000.0));
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let a = limiter.admit(ip, "admin").unwrap();
+        let _b = limiter.admit(ip, "admin").unwrap();
+        let err = limiter.admit(ip, "admin").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.message().contains("in flight"), "{}", err.message());
+        // Another client is not affected.
+        limiter.admit(ip, "reader").unwrap();
+        drop(a);
+        limiter.admit(ip, "admin").unwrap();
+    }
+
+    #[test]
+    fn the_rate_is_limited_with_a_burst() {
+        let limiter = Limiter::new(limits(1000, 0.001, 3.0));
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        for _ in 0..3 {
+            drop(limiter.admit(ip, "x").unwrap());
+        }
+        let err = limiter.admit(ip, "x").unwrap_err();
+        assert!(err.message().contains("rate limit"), "{}", err.message());
+    }
+}

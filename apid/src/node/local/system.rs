@@ -1,0 +1,350 @@
+//! The running system as /proc, /sys and /dev/kmsg show it.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use basalt_api::machine::v1 as api;
+use bytes::Bytes;
+use futures::StreamExt;
+use nix::unistd::{sysconf, SysconfVar};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::procfs::{
+    parse_cmdline, parse_kmsg_record, parse_meminfo, parse_mountinfo_line, parse_stat,
+};
+use crate::node::{ByteStream, NodeError, System};
+
+/// How often a followed /dev/kmsg is read for new records: waiting in poll(2) needs a raw
+/// fd readiness API that is not available without `unsafe`.
+const KMSG_POLL: Duration = Duration::from_millis(200);
+
+/// Longest kmsg record: the kernel's limit (PRINTK_MESSAGE_MAX plus the header) is 2 KiB
+/// per record; a read with a smaller buffer fails with EINVAL.
+const KMSG_RECORD: usize = 8192;
+
+/// Reads the host's /proc, /sys and /dev/kmsg (paths configurable for tests).
+#[derive(Debug, Clone)]
+pub struct ProcSystem {
+    proc: PathBuf,
+    sys: PathBuf,
+    kmsg: PathBuf,
+    clock_ticks: f64,
+    page_size: u64,
+}
+
+impl Default for ProcSystem {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProcSystem {
+    pub fn new() -> Self {
+        Self::with_paths("/proc", "/sys", "/dev/kmsg")
+    }
+
+    pub fn with_paths(
+        proc: impl Into<PathBuf>,
+        sys: impl Into<PathBuf>,
+        kmsg: impl Into<PathBuf>,
+    ) -> Self {
+        // Both are fixed per system; Linux on x86 and arm64 uses 100 ticks and 4 KiB pages,
+        // the values used should sysconf fail.
+        let clock_ticks = match sysconf(SysconfVar::CLK_TCK) {
+            Ok(Some(t)) if t > 0 => t as f64,
+            _ => 100.0,
+        };
+        let page_size = match sysconf(SysconfVar::PAGE_SIZE) {
+            Ok(Some(p)) if p > 0 => p.unsigned_abs(),
+            _ => 4096,
+        };
+        ProcSystem {
+            proc: proc.into(),
+            sys: sys.into(),
+            kmsg: kmsg.into(),
+            clock_ticks,
+            page_size,
+        }
+    }
+
+    async fn read_string(path: &Path) -> Result<String, NodeError> {
+        tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| NodeError::io(format!("reading {}", path.display()), e))
+    }
+}
+
+/// Runs blocking file system work off the async threads.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| NodeError::Unavailable(format!("{what}: {e}")))?
+}
+
+/// Entries of a directory; an error names the directory.
+fn read_dir(dir: &Path) -> Result<impl Iterator<Item = std::fs::DirEntry>, NodeError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| NodeError::io(format!("listing {}", dir.display()), e))?;
+    // An entry that cannot be read is one that vanished while listing: left out.
+    Ok(entries.filter_map(Result::ok))
+}
+
+/// A small text file, trimmed; `None` when it is absent or unreadable.
+fn read_trimmed(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Every process under `proc`. One that vanishes or cannot be read while listing is left
+/// out: a process list is a moving target and one process never fails the whole list.
+fn read_processes(
+    proc: &Path,
+    clock_ticks: f64,
+    page_size: u64,
+) -> Result<Vec<api::Process>, NodeError> {
+    let mut out: Vec<api::Process> = read_dir(proc)?
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter_map(|entry| {
+            let dir = entry.path();
+            let stat = parse_stat(&std::fs::read_to_string(dir.join("stat")).ok()?)?;
+            let args = std::fs::read(dir.join("cmdline"))
+                .map(|raw| parse_cmdline(&raw))
+                .unwrap_or_default();
+            // Kernel threads have no executable, and other users' links need privileges.
+            let executable = std::fs::read_link(dir.join("exe"))
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Some(api::Process {
+                pid: stat.pid,
+                ppid: stat.ppid,
+                state: stat.state,
+                threads: stat.threads,
+                cpu_time: stat.utime.saturating_add(stat.stime) as f64 / clock_ticks,
+                virtual_memory: stat.vsize,
+                resident_memory: stat.rss.saturating_mul(page_size),
+                command: stat.comm,
+                executable,
+                args,
+            })
+        })
+        .collect();
+    out.sort_by_key(|p| p.pid);
+    Ok(out)
+}
+
+/// The block devices under `sys/block` but loop and RAM disks. A device without a
+/// readable size (it went away) is left out.
+fn read_disks(sys: &Path) -> Result<Vec<api::Disk>, NodeError> {
+    let mut out: Vec<api::Disk> = read_dir(&sys.join("block"))?
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("loop") || name.starts_with("ram") {
+                return None;
+            }
+            let dir = entry.path();
+            let read = |file: &str| read_trimmed(&dir.join(file));
+            let sectors: u64 = read("size")?.parse().ok()?;
+            let serial = ["device/serial", "wwid", "device/wwid"]
+                .into_iter()
+                .find_map(read)
+                .unwrap_or_default();
+            Some(api::Disk {
+                // The size file counts 512-byte sectors whatever the device's block size.
+                size: sectors.saturating_mul(512),
+                model: read("device/model").unwrap_or_default(),
+                serial,
+                rotational: read("queue/rotational").as_deref() == Some("1"),
+                read_only: read("ro").as_deref() == Some("1"),
+                name,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+#[async_trait]
+impl System for ProcSystem {
+    async fn processes(&self) -> Result<Vec<api::Process>, NodeError> {
+        let (proc, ticks, page) = (self.proc.clone(), self.clock_ticks, self.page_size);
+        blocking("listing processes", move || {
+            read_processes(&proc, ticks, page)
+        })
+        .await
+    }
+
+    async fn memory(&self) -> Result<api::MemoryResult, NodeError> {
+        let info = parse_meminfo(&Self::read_string(&self.proc.join("meminfo")).await?);
+        let get = |name: &str| info.get(name).copied().unwrap_or(0);
+        Ok(api::MemoryResult {
+            metadata: None,
+            total: get("MemTotal"),
+            free: get("MemFree"),
+            available: get("MemAvailable"),
+            buffers: get("Buffers"),
+            cached: get("Cached"),
+            swap_total: get("SwapTotal"),
+            swap_free: get("SwapFree"),
+        })
+    }
+
+    async fn mounts(&self) -> Result<Vec<api::Mount>, NodeError> {
+        let text = Self::read_string(&self.proc.join("self/mountinfo")).await?;
+        let mounts: Vec<_> = text.lines().filter_map(parse_mountinfo_line).collect();
+        // statvfs may block (a hung network filesystem), so it runs off the async threads.
+        blocking("reading mount sizes", move || {
+            Ok(mounts
+                .into_iter()
+                .map(|m| {
+                    let (size, available) = filesystem_size(&m.target);
+                    api::Mount {
+                        source: m.source,
+                        target: m.target,
+                        filesystem: m.filesystem,
+                        options: m.options,
+                        size,
+                        available,
+                    }
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn disks(&self) -> Result<Vec<api::Disk>, NodeError> {
+        let sys = self.sys.clone();
+        blocking("listing disks", move || read_disks(&sys)).await
+    }
+
+    async fn dmesg(&self, follow: bool, tail: Option<usize>) -> Result<ByteStream, NodeError> {
+        let path = self.kmsg.clone();
+        // The records that exist are read before this returns, so that "then follow"
+        // starts at this call, not at whenever a thread got to it.
+        let (file, backlog) = blocking("reading the kernel log", move || {
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(&path)
+                .map_err(|e| {
+                    NodeError::Unavailable(format!(
+                        "the kernel log {} cannot be read here: {e}",
+                        path.display()
+                    ))
+                })?;
+            let backlog = read_backlog(&mut file, tail)?;
+            Ok((file, backlog))
+        })
+        .await?;
+        let backlog = futures::stream::iter(backlog.into_iter().map(|l| Ok(Bytes::from(l))));
+        if !follow {
+            return Ok(backlog.boxed());
+        }
+        let (tx, rx) = mpsc::channel(64);
+        tokio::task::spawn_blocking(move || follow_kmsg(file, &tx));
+        Ok(backlog.chain(ReceiverStream::new(rx)).boxed())
+    }
+}
+
+/// Size and available bytes of the filesystem at `target`; zeros when it reports none
+/// (or cannot be asked: another mount namespace's path, a permission).
+// c_ulong and fsblkcnt_t are u64 here but narrower on 32-bit targets.
+#[allow(clippy::useless_conversion)]
+fn filesystem_size(target: &str) -> (u64, u64) {
+    nix::sys::statvfs::statvfs(target)
+        .map(|s| {
+            let unit = u64::from(s.fragment_size());
+            (
+                u64::from(s.blocks()).saturating_mul(unit),
+                u64::from(s.blocks_available()).saturating_mul(unit),
+            )
+        })
+        .unwrap_or((0, 0))
+}
+
+/// What one non-blocking read of /dev/kmsg gave.
+enum KmsgRead {
+    Record(String),
+    /// No record now (EAGAIN).
+    Empty,
+    /// Records were overwritten before this reader got them (EPIPE), or the read was
+    /// interrupted: the next read goes on.
+    Retry,
+    Failed(std::io::Error),
+}
+
+fn read_record(file: &mut std::fs::File, buf: &mut [u8]) -> KmsgRead {
+    match file.read(buf) {
+        Ok(0) => KmsgRead::Empty,
+        Ok(n) => KmsgRead::Record(String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => KmsgRead::Empty,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::Interrupted
+            ) =>
+        {
+            KmsgRead::Retry
+        }
+        Err(e) => KmsgRead::Failed(e),
+    }
+}
+
+/// The last `tail` records that exist now (`None`: all), as lines.
+fn read_backlog(
+    file: &mut std::fs::File,
+    tail: Option<usize>,
+) -> Result<VecDeque<String>, NodeError> {
+    let mut buf = vec![0u8; KMSG_RECORD];
+    let mut backlog = VecDeque::new();
+    loop {
+        match read_record(file, &mut buf) {
+            KmsgRead::Record(record) => {
+                backlog.extend(parse_kmsg_record(&record).map(|r| r.line()));
+                if tail.is_some_and(|t| backlog.len() > t) {
+                    backlog.pop_front();
+                }
+            }
+            KmsgRead::Retry => {}
+            KmsgRead::Empty => return Ok(backlog),
+            KmsgRead::Failed(e) => return Err(NodeError::io("reading /dev/kmsg", e)),
+        }
+    }
+}
+
+/// Runs on a blocking thread: polls for new records and sends them until the receiver
+/// is dropped.
+fn follow_kmsg(mut file: std::fs::File, tx: &mpsc::Sender<Result<Bytes, NodeError>>) {
+    let mut buf = vec![0u8; KMSG_RECORD];
+    while !tx.is_closed() {
+        match read_record(&mut file, &mut buf) {
+            KmsgRead::Record(record) => {
+                let Some(record) = parse_kmsg_record(&record) else {
+                    continue;
+                };
+                if tx.blocking_send(Ok(Bytes::from(record.line()))).is_err() {
+                    return;
+                }
+            }
+            KmsgRead::Retry => {}
+            KmsgRead::Empty => std::thread::sleep(KMSG_POLL),
+            KmsgRead::Failed(e) => {
+                let _ = tx.blocking_send(Err(NodeError::io("reading /dev/kmsg", e)));
+                return;
+            }
+        }
+    }
+}

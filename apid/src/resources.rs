@@ -1,0 +1,220 @@
+//! The resource service: any registered type, as metadata plus YAML spec. Types are
+//! checked against the registry before the state is touched, and sensitive types are
+//! served to admins only.
+
+use std::sync::Arc;
+
+use basalt_api::common::v1::Metadata as NodeMetadata;
+use basalt_api::resource::v1 as api;
+use basalt_api::resource::v1::resource_service_server::ResourceService;
+use basalt_resource::{AnyResource, Kind, LabelQuery, ResourceDefinitionSpec, ResourceKey};
+use basalt_state::{Event, StateError, WatchKindOptions};
+use futures::stream::{self, BoxStream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::authz::Caller;
+use crate::server::Shared;
+
+pub(crate) struct ResourceApi {
+    shared: Arc<Shared>,
+}
+
+impl ResourceApi {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        ResourceApi { shared }
+    }
+}
+
+/// The caller the gate attached to the request.
+pub(crate) fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::internal("the call did not pass the gate"))
+}
+
+/// This node's metadata for a response (forwarding labels it with the node's name).
+pub(crate) fn here() -> Option<NodeMetadata> {
+    Some(NodeMetadata::default())
+}
+
+pub(crate) fn state_status(e: StateError) -> Status {
+    let message = e.to_string();
+    match e {
+        StateError::NotFound(_) => Status::not_found(message),
+        StateError::InvalidKey { .. } => Status::invalid_argument(message),
+        StateError::Overrun(_) => Status::aborted(message),
+        _ => Status::internal(message),
+    }
+}
+
+fn encode(resource: &AnyResource) -> Result<basalt_resource::proto::Resource, Status> {
+    resource
+        .to_proto()
+        .map_err(|e| Status::internal(format!("encoding {}: {e}", resource.metadata.key())))
+}
+
+impl ResourceApi {
+    /// The definition of `type_name` (or alias), if the caller may see its resources.
+    fn definition(
+        &self,
+        caller: &Caller,
+        type_name: &str,
+    ) -> Result<ResourceDefinitionSpec, Status> {
+        let definition = self
+            .shared
+            .registry
+            .resolve(type_name)
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        if definition.sensitive && !caller.sees_secrets() {
+            return Err(Status::permission_denied(format!(
+                "{} is sensitive: only os:admin may read it",
+                definition.type_name
+            )));
+        }
+        Ok(definition.clone())
+    }
+
+    fn kind(&self, caller: &Caller, namespace: &str, type_name: &str) -> Result<Kind, Status> {
+        let definition = self.definition(caller, type_name)?;
+        let namespace = if namespace.is_empty() {
+            definition.default_namespace
+        } else {
+            namespace.to_string()
+        };
+        Ok(Kind::new(namespace, definition.type_name))
+    }
+}
+
+fn selector(text: &str) -> Result<LabelQuery, Status> {
+    LabelQuery::parse(text).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn watch_message(event: Event) -> Result<api::WatchResponse, Status> {
+    let (kind, resource, old) = match &event {
+        Event::Created(r) => (api::EventType::Created, Some(encode(r)?), None),
+        Event::Updated { old, new } => (
+            api::EventType::Updated,
+            Some(encode(new)?),
+            Some(encode(old)?),
+        ),
+        Event::Destroyed(r) => (api::EventType::Destroyed, Some(encode(r)?), None),
+        Event::Bootstrapped => (api::EventType::Bootstrapped, None, None),
+    };
+    Ok(api::WatchResponse {
+        metadata: here(),
+        event: kind as i32,
+        resource,
+        old,
+    })
+}
+
+#[tonic::async_trait]
+impl ResourceService for ResourceApi {
+    async fn get(
+        &self,
+        request: Request<api::GetRequest>,
+    ) -> Result<Response<api::GetResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let kind = self.kind(&caller, &r.namespace, &r.r#type)?;
+        let key = ResourceKey::new(kind.namespace, kind.type_name, r.id);
+        let resource = self.shared.state.get(&key).await.map_err(state_status)?;
+        Ok(Response::new(api::GetResponse {
+            messages: vec![api::GetResult {
+                metadata: here(),
+                resource: Some(encode(&resource)?),
+            }],
+        }))
+    }
+
+    type ListStream = BoxStream<'static, Result<api::ListResponse, Status>>;
+
+    async fn list(
+        &self,
+        request: Request<api::ListRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let kind = self.kind(&caller, &r.namespace, &r.r#type)?;
+        let resources = self
+            .shared
+            .state
+            .list(&kind, &selector(&r.label_selector)?)
+            .await
+            .map_err(state_status)?;
+        let messages = resources.into_iter().map(|resource| {
+            Ok(api::ListResponse {
+                metadata: here(),
+                resource: Some(encode(&resource)?),
+            })
+        });
+        Ok(Response::new(stream::iter(messages).boxed()))
+    }
+
+    type WatchStream = BoxStream<'static, Result<api::WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<api::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let kind = self.kind(&caller, &r.namespace, &r.r#type)?;
+        let state = &self.shared.state;
+        let watch = if r.id.is_empty() {
+            let options = WatchKindOptions {
+                bootstrap: r.bootstrap,
+                selector: selector(&r.label_selector)?,
+            };
+            state.watch_kind(&kind, options).await
+        } else {
+            state
+                .watch(&ResourceKey::new(kind.namespace, kind.type_name, r.id))
+                .await
+        }
+        .map_err(state_status)?;
+        let guard = self.shared.stream_opened();
+        // The stream, and with it the state watch, is dropped when the client goes away.
+        let events = stream::unfold((watch, guard), |(mut watch, guard)| async move {
+            match watch.next().await? {
+                Ok(event) => Some((watch_message(event), (watch, guard))),
+                Err(e) => Some((Err(state_status(e)), (watch, guard))),
+            }
+        });
+        Ok(Response::new(events.boxed()))
+    }
+
+    async fn definitions(
+        &self,
+        _request: Request<api::DefinitionsRequest>,
+    ) -> Result<Response<api::DefinitionsResponse>, Status> {
+        let definitions = self
+            .shared
+            .registry
+            .definitions()
+            .map(|d| api::Definition {
+                r#type: d.type_name.clone(),
+                display_type: d.display_type.clone(),
+                default_namespace: d.default_namespace.clone(),
+                aliases: d.aliases.clone(),
+                print_columns: d
+                    .print_columns
+                    .iter()
+                    .map(|c| api::PrintColumn {
+                        name: c.name.clone(),
+                        path: c.path.clone(),
+                    })
+                    .collect(),
+                sensitive: d.sensitive,
+            })
+            .collect();
+        Ok(Response::new(api::DefinitionsResponse {
+            messages: vec![api::DefinitionsResult {
+                metadata: here(),
+                definitions,
+            }],
+        }))
+    }
+}

@@ -1,0 +1,180 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Bad input and greedy clients: oversized and malformed messages, floods of streams and
+//! calls. The server stays up, answers other clients, and logs why it refused.
+//! (Each test is its own process under nextest, so each captures its own logs.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use basalt_api::machine::v1 as mapi;
+use basalt_api::machine::v1::machine_service_client::MachineServiceClient;
+use basalt_api::resource::v1 as rapi;
+use basalt_api::resource::v1::resource_service_client::ResourceServiceClient;
+use basalt_pki::Role;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn start(cluster: &Cluster, limits: apid::Limits) -> apid::Apid {
+    let mut options = cluster.options("127.0.0.1", Some(cluster.identity("127.0.0.1")));
+    options.limits = limits;
+    apid::Apid::start(options).await.unwrap()
+}
+
+async fn version_works(apid: &apid::Apid, cluster: &Cluster, roles: &[Role]) {
+    let channel = channel(apid.local_addr(), &cluster.tls(roles)).await;
+    MachineServiceClient::new(channel)
+        .version(mapi::VersionRequest {})
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_and_malformed_messages_are_refused_and_logged() {
+    let logs = Logs::capture();
+    let cluster = Cluster::new();
+    let apid = start(
+        &cluster,
+        apid::Limits {
+            max_message_bytes: 64 << 10,
+            ..Default::default()
+        },
+    )
+    .await;
+    let admin = channel(apid.local_addr(), &cluster.tls(&[Role::Admin])).await;
+
+    let huge = mapi::ApplyConfigurationRequest {
+        data: vec![b'#'; 1 << 20],
+        ..Default::default()
+    };
+    let status = MachineServiceClient::new(admin.clone())
+        .max_encoding_message_size(4 << 20)
+        .apply_configuration(huge)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+
+    for garbage in [&[0xff, 0xff, 0xff][..], &[0x0a, 0x80], &[0x12, 0x05, b'a']] {
+        let status = raw_call(
+            &admin,
+            "/basalt.resource.v1.ResourceService/Get",
+            false,
+            bytes::Bytes::from(garbage),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+        assert!(status.message().contains("decode"), "{status:?}");
+    }
+
+    // Not even HTTP/2: the connection is closed, nothing else happens.
+    let mut tcp = tokio::net::TcpStream::connect(apid.local_addr())
+        .await
+        .unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), tcp.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a non-TLS client was kept open");
+
+    version_works(&apid, &cluster, &[Role::Reader]).await;
+    let text = logs.text();
+    assert!(
+        text.contains("call failed") && text.contains("too large"),
+        "{text}"
+    );
+    assert!(text.contains("failed to decode"), "{text}");
+    assert!(text.contains("TLS handshake refused"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_streams_from_one_client_does_not_starve_others() {
+    let logs = Logs::capture();
+    let cluster = Cluster::new();
+    let limit = 8;
+    let apid = start(
+        &cluster,
+        apid::Limits {
+            max_calls_per_client: limit,
+            ..Default::default()
+        },
+    )
+    .await;
+    let greedy = channel(apid.local_addr(), &cluster.tls(&[Role::Admin])).await;
+    let mut client = ResourceServiceClient::new(greedy.clone());
+    let watch = rapi::WatchRequest {
+        r#type: "machinestatuses".into(),
+        bootstrap: true,
+        ..Default::default()
+    };
+
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..limit * 4 {
+        match client.watch(watch.clone()).await {
+            Ok(stream) => held.push(stream.into_inner()),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(held.len(), limit);
+    assert_eq!(refused, limit * 3);
+    assert_eq!(apid.open_streams(), limit);
+    // Others are served meanwhile, and the greedy client's streams still work.
+    version_works(&apid, &cluster, &[Role::Reader]).await;
+    let first = held[0].message().await.unwrap().unwrap();
+    assert_eq!(first.resource.unwrap().metadata.unwrap().id, "machine");
+
+    // Streams end when the client goes away.
+    drop(held);
+    drop(client);
+    drop(greedy);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while apid.open_streams() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} streams still open",
+            apid.open_streams()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    version_works(&apid, &cluster, &[Role::Admin]).await;
+    let text = logs.text();
+    assert!(
+        text.contains("call refused") && text.contains("too many calls in flight"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_over_its_rate_is_refused_until_it_slows_down() {
+    let logs = Logs::capture();
+    let cluster = Cluster::new();
+    let apid = start(
+        &cluster,
+        apid::Limits {
+            calls_per_second: 5.0,
+            burst: 5.0,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut machine =
+        MachineServiceClient::new(channel(apid.local_addr(), &cluster.tls(&[Role::Admin])).await);
+    let mut refused = 0;
+    for _ in 0..20 {
+        if let Err(status) = machine.version(mapi::VersionRequest {}).await {
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+            refused += 1;
+        }
+    }
+    assert!(refused >= 10, "only {refused} of 20 calls refused");
+    version_works(&apid, &cluster, &[Role::Reader]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    machine.version(mapi::VersionRequest {}).await.unwrap();
+    assert!(logs.text().contains("rate limit"));
+}

@@ -1,0 +1,464 @@
+//! The machine service commands: config, version, services, logs, power, system views,
+//! files and events. Every answer is printed per node; a node's error is printed and
+//! makes the command fail, after the other nodes' answers.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use basalt_api::machine::v1 as api;
+use basalt_api::machine::v1::machine_service_client::MachineServiceClient;
+use clap::{Subcommand, ValueEnum};
+use tonic::Streaming;
+
+use crate::connect::{Connection, Failures};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ApplyModeArg {
+    Auto,
+    NoReboot,
+    Reboot,
+    Staged,
+    Try,
+}
+
+impl From<ApplyModeArg> for api::ApplyMode {
+    fn from(m: ApplyModeArg) -> Self {
+        match m {
+            ApplyModeArg::Auto => api::ApplyMode::Auto,
+            ApplyModeArg::NoReboot => api::ApplyMode::NoReboot,
+            ApplyModeArg::Reboot => api::ApplyMode::Reboot,
+            ApplyModeArg::Staged => api::ApplyMode::Staged,
+            ApplyModeArg::Try => api::ApplyMode::Try,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ServiceAction {
+    Start,
+    Stop,
+    Restart,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum MachineCmd {
+    /// Client and server versions.
+    Version,
+    /// Apply a machine configuration to the nodes.
+    ApplyConfig {
+        #[arg(long, short)]
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "auto")]
+        mode: ApplyModeArg,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// For --mode try: revert unless confirmed within this long (e.g. 1m, 30s).
+        #[arg(long, value_parser = parse_duration, default_value = "1m")]
+        timeout: Duration,
+    },
+    /// List the services.
+    Services,
+    /// Start, stop or restart a service.
+    Service {
+        id: String,
+        action: ServiceAction,
+    },
+    /// A service's logs.
+    Logs {
+        id: String,
+        #[arg(long, short)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        tail: i32,
+    },
+    /// The kernel log.
+    Dmesg {
+        #[arg(long, short)]
+        follow: bool,
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        tail: i32,
+    },
+    Reboot {
+        /// Power-cycle instead of a warm reboot.
+        #[arg(long)]
+        powercycle: bool,
+    },
+    Shutdown {
+        /// Skip stopping services gracefully.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Wipe the node back to its first boot.
+    Reset {
+        /// Leave etcd first.
+        #[arg(long)]
+        graceful: bool,
+        /// Reboot afterwards instead of powering off.
+        #[arg(long)]
+        reboot: bool,
+        /// Only these partition labels.
+        #[arg(long)]
+        wipe: Vec<String>,
+    },
+    /// Print a file.
+    Read {
+        path: String,
+    },
+    /// List a directory.
+    #[command(name = "ls", alias = "list")]
+    Ls {
+        path: String,
+        #[arg(long, short)]
+        recurse: bool,
+        /// With --recurse: at most this deep (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        depth: i32,
+    },
+    Processes,
+    Memory,
+    Mounts,
+    Disks,
+    /// The node's events: config, services, power, audit.
+    Events {
+        /// Replay the last N first (-1: all kept).
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        tail: i32,
+        /// Stop after this long (e.g. 10s, 5m); follow until interrupted without it.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected e.g. 30s, 5m, 1h"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{text:?}: the unit must be s, m or h")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+/// Streams bytes per node to standard output, prefixed by the node when there are
+/// several.
+async fn print_data(connection: &Connection, mut stream: Streaming<api::Data>) -> Result<()> {
+    let mut failures = Failures::default();
+    let prefix = connection.nodes.len() > 1;
+    let mut out = std::io::stdout().lock();
+    while let Some(message) = stream.message().await? {
+        if failures.check(connection, &message.metadata) {
+            continue;
+        }
+        if prefix {
+            let node = connection.node(&message.metadata);
+            for line in String::from_utf8_lossy(&message.bytes).split_inclusive('\n') {
+                write!(out, "{node}: {line}")?;
+            }
+        } else {
+            out.write_all(&message.bytes)?;
+        }
+        out.flush()?;
+    }
+    failures.finish()
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2}", bytes as f64 / (1u64 << 30) as f64)
+}
+
+pub async fn run(connection: &Connection, command: MachineCmd) -> Result<()> {
+    let mut client = MachineServiceClient::new(connection.channel.clone());
+    let mut failures = Failures::default();
+    macro_rules! each {
+        ($answer:expr, |$node:ident, $m:ident| $body:block) => {
+            for $m in $answer.into_inner().messages {
+                if failures.check(connection, &$m.metadata) {
+                    continue;
+                }
+                let $node = connection.node(&$m.metadata);
+                $body
+            }
+        };
+    }
+    match command {
+        MachineCmd::Version => {
+            println!("Client:\n\tTag: {}", env!("CARGO_PKG_VERSION"));
+            let answer = client
+                .version(connection.request(api::VersionRequest {}))
+                .await?;
+            println!("Server:");
+            each!(answer, |node, m| {
+                println!(
+                    "\tNODE: {node}\n\tTag: {}\n\tSHA: {}\n\tOS/Arch: {}/{}\n\tMaintenance: {}",
+                    m.tag, m.sha, m.os, m.arch, m.maintenance
+                );
+            });
+        }
+        MachineCmd::ApplyConfig {
+            file,
+            mode,
+            dry_run,
+            timeout,
+        } => {
+            let data =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let request = api::ApplyConfigurationRequest {
+                data,
+                mode: api::ApplyMode::from(mode) as i32,
+                dry_run,
+                try_timeout: prost_types::Duration::try_from(timeout).ok(),
+            };
+            let answer = client
+                .apply_configuration(connection.request(request))
+                .await?;
+            each!(answer, |node, m| {
+                if dry_run {
+                    println!("{node}: dry run: {}\n{}", m.mode_details, m.diff);
+                } else {
+                    println!("{node}: {}", m.mode_details);
+                }
+                for w in &m.warnings {
+                    eprintln!("{node}: warning: {w}");
+                }
+            });
+        }
+        MachineCmd::Services => {
+            let answer = client
+                .service_list(connection.request(api::ServiceListRequest {}))
+                .await?;
+            println!("NODE\tSERVICE\tSTATE\tHEALTH\tPID\tRESTARTS\tMESSAGE");
+            each!(answer, |node, m| {
+                for s in m.services {
+                    let health = if s.healthy { "OK" } else { "?" };
+                    println!(
+                        "{node}\t{}\t{}\t{health}\t{}\t{}\t{}",
+                        s.id, s.state, s.pid, s.restarts, s.message
+                    );
+                }
+            });
+        }
+        MachineCmd::Service { id, action } => {
+            let request = connection.request(api::ServiceRequest { id });
+            let answer = match action {
+                ServiceAction::Start => client.service_start(request).await?,
+                ServiceAction::Stop => client.service_stop(request).await?,
+                ServiceAction::Restart => client.service_restart(request).await?,
+            };
+            each!(answer, |node, m| {
+                println!("{node}: {}", m.response);
+            });
+        }
+        MachineCmd::Logs { id, follow, tail } => {
+            let request = api::LogsRequest {
+                id,
+                follow,
+                tail_lines: tail,
+            };
+            let stream = client.logs(connection.request(request)).await?.into_inner();
+            return print_data(connection, stream).await;
+        }
+        MachineCmd::Dmesg { follow, tail } => {
+            let request = api::DmesgRequest {
+                follow,
+                tail_lines: tail,
+            };
+            let stream = client
+                .dmesg(connection.request(request))
+                .await?
+                .into_inner();
+            return print_data(connection, stream).await;
+        }
+        MachineCmd::Read { path } => {
+            let stream = client
+                .read(connection.request(api::ReadRequest { path }))
+                .await?
+                .into_inner();
+            return print_data(connection, stream).await;
+        }
+        MachineCmd::Reboot { powercycle } => {
+            let mode = if powercycle {
+                api::RebootMode::Powercycle
+            } else {
+                api::RebootMode::Default
+            };
+            let answer = client
+                .reboot(connection.request(api::RebootRequest { mode: mode as i32 }))
+                .await?;
+            each!(answer, |node, m| {
+                println!("{node}: {}", m.action);
+            });
+        }
+        MachineCmd::Shutdown { force } => {
+            let answer = client
+                .shutdown(connection.request(api::ShutdownRequest { force }))
+                .await?;
+            each!(answer, |node, m| {
+                println!("{node}: {}", m.action);
+            });
+        }
+        MachineCmd::Reset {
+            graceful,
+            reboot,
+            wipe,
+        } => {
+            let answer = client
+                .reset(connection.request(api::ResetRequest {
+                    graceful,
+                    reboot,
+                    wipe,
+                }))
+                .await?;
+            each!(answer, |node, m| {
+                println!("{node}: {}", m.action);
+            });
+        }
+        MachineCmd::Ls {
+            path,
+            recurse,
+            depth,
+        } => {
+            let request = api::FileListRequest {
+                root: path,
+                recurse,
+                max_depth: depth,
+            };
+            let mut stream = client.list(connection.request(request)).await?.into_inner();
+            println!("NODE\tMODE\tSIZE\tNAME");
+            while let Some(f) = stream.message().await? {
+                if failures.check(connection, &f.metadata) {
+                    continue;
+                }
+                let node = connection.node(&f.metadata);
+                if !f.error.is_empty() {
+                    eprintln!("{node}: {}: {}", f.name, f.error);
+                    continue;
+                }
+                let link = if f.link.is_empty() {
+                    String::new()
+                } else {
+                    format!(" -> {}", f.link)
+                };
+                let kind = if f.is_dir { "d" } else { "-" };
+                println!(
+                    "{node}\t{kind}{:o}\t{}\t{}{link}",
+                    f.mode & 0o7777,
+                    f.size,
+                    f.relative_name
+                );
+            }
+        }
+        MachineCmd::Processes => {
+            let answer = client
+                .processes(connection.request(api::ProcessesRequest {}))
+                .await?;
+            println!("NODE\tPID\tSTATE\tTHREADS\tCPU-TIME\tVIRTMEM\tRESMEM\tCOMMAND");
+            each!(answer, |node, m| {
+                for p in m.processes {
+                    let command = if p.args.is_empty() { p.command } else { p.args };
+                    println!(
+                        "{node}\t{}\t{}\t{}\t{:.2}\t{}\t{}\t{command}",
+                        p.pid, p.state, p.threads, p.cpu_time, p.virtual_memory, p.resident_memory
+                    );
+                }
+            });
+        }
+        MachineCmd::Memory => {
+            let answer = client
+                .memory(connection.request(api::MemoryRequest {}))
+                .await?;
+            println!("NODE\tTOTAL(GiB)\tFREE\tAVAILABLE\tBUFFERS\tCACHED\tSWAP-TOTAL\tSWAP-FREE");
+            each!(answer, |node, m| {
+                println!(
+                    "{node}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    gib(m.total),
+                    gib(m.free),
+                    gib(m.available),
+                    gib(m.buffers),
+                    gib(m.cached),
+                    gib(m.swap_total),
+                    gib(m.swap_free)
+                );
+            });
+        }
+        MachineCmd::Mounts => {
+            let answer = client
+                .mounts(connection.request(api::MountsRequest {}))
+                .await?;
+            println!("NODE\tSOURCE\tTARGET\tTYPE\tSIZE(GiB)\tAVAILABLE");
+            each!(answer, |node, m| {
+                for mount in m.mounts {
+                    println!(
+                        "{node}\t{}\t{}\t{}\t{}\t{}",
+                        mount.source,
+                        mount.target,
+                        mount.filesystem,
+                        gib(mount.size),
+                        gib(mount.available)
+                    );
+                }
+            });
+        }
+        MachineCmd::Disks => {
+            let answer = client
+                .disks(connection.request(api::DisksRequest {}))
+                .await?;
+            println!("NODE\tNAME\tSIZE(GiB)\tMODEL\tSERIAL\tROTATIONAL\tREADONLY");
+            each!(answer, |node, m| {
+                for d in m.disks {
+                    println!(
+                        "{node}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        d.name,
+                        gib(d.size),
+                        d.model,
+                        d.serial,
+                        d.rotational,
+                        d.read_only
+                    );
+                }
+            });
+        }
+        MachineCmd::Events { tail, duration } => {
+            let mut stream = client
+                .events(connection.request(api::EventsRequest { tail_events: tail }))
+                .await?
+                .into_inner();
+            let until = duration.map(|d| tokio::time::Instant::now() + d);
+            loop {
+                let next = stream.message();
+                let e = match until {
+                    Some(until) => match tokio::time::timeout_at(until, next).await {
+                        Ok(e) => e?,
+                        Err(_) => break,
+                    },
+                    None => next.await?,
+                };
+                let Some(e) = e else { break };
+                if failures.check(connection, &e.metadata) {
+                    continue;
+                }
+                let node = connection.node(&e.metadata);
+                let when = e
+                    .time
+                    .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_default();
+                println!("{node}\t{}\t{when}\t{}\t{}", e.id, e.kind, e.message);
+            }
+        }
+    }
+    failures.finish()
+}

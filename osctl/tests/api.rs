@@ -1,0 +1,347 @@
+//! `osctl` against real apid servers on loopback: maintenance mode and the first config,
+//! forwarding to several nodes, resources, services and power.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apid::node::local::{LocalNode, RestartPolicy, ServiceDefinition};
+use apid::{Apid, ApidOptions, Limits, NodeIdentity};
+use basalt_pki::SecretsBundle;
+use basalt_state::State;
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+async fn osctl(dir: &Path, args: &[&str]) -> Run {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_osctl"))
+        .args(args)
+        .current_dir(dir)
+        .env("OSCONFIG", dir.join("osconfig"))
+        .output()
+        .await
+        .unwrap();
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+async fn ok(dir: &Path, args: &[&str]) -> String {
+    let run = osctl(dir, args).await;
+    assert!(
+        run.ok,
+        "osctl {args:?} failed:\n{}{}",
+        run.stdout, run.stderr
+    );
+    run.stdout
+}
+
+/// A directory with a secrets bundle and the configs `osctl gen config` makes from it.
+async fn cluster_dir() -> (tempfile::TempDir, SecretsBundle) {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = SecretsBundle::generate().unwrap();
+    bundle.write_to(dir.path().join("secrets.yaml")).unwrap();
+    ok(
+        dir.path(),
+        &[
+            "gen",
+            "config",
+            "test",
+            "https://127.0.0.1:6443",
+            "--with-secrets",
+            "secrets.yaml",
+            "--install-disk",
+            "none",
+        ],
+    )
+    .await;
+    (dir, bundle)
+}
+
+fn options(
+    ip: &str,
+    state: State,
+    node: &LocalNode,
+    identity: Option<NodeIdentity>,
+) -> ApidOptions {
+    ApidOptions {
+        listen: format!("{ip}:0").parse().unwrap(),
+        state,
+        registry: Arc::new(basalt_resource::meta::builtin_registry().unwrap()),
+        node: node.handles(),
+        limits: Limits {
+            forward_timeout: Duration::from_secs(2),
+            ..Limits::default()
+        },
+        peer_port: basalt_api::DEFAULT_PORT,
+        validation_mode: basalt_machine_config::Mode::Cloud,
+        sans: vec![ip.to_string()],
+        identity,
+    }
+}
+
+async fn configured(
+    ip: &str,
+    bundle: &SecretsBundle,
+    services: Vec<ServiceDefinition>,
+) -> (Apid, LocalNode) {
+    let state = State::new();
+    let node = LocalNode::new(state.clone(), services, vec![std::env::temp_dir()]).unwrap();
+    let identity = NodeIdentity::issue(&bundle.certs.os, ip, &[ip.to_string()]).unwrap();
+    (
+        Apid::start(options(ip, state, &node, Some(identity)))
+            .await
+            .unwrap(),
+        node,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn insecure_apply_config_takes_a_node_out_of_maintenance() {
+    let (dir, _) = cluster_dir().await;
+    let dir = dir.path();
+    let state = State::new();
+    let node = LocalNode::new(state.clone(), Vec::new(), Vec::new()).unwrap();
+    let apid = Apid::start(options("127.0.0.1", state, &node, None))
+        .await
+        .unwrap();
+    let endpoint = apid.local_addr().to_string();
+    let fingerprint = apid.maintenance_fingerprint().unwrap();
+
+    let out = ok(dir, &["--insecure", "-e", &endpoint, "version"]).await;
+    assert!(out.contains("Maintenance: true"), "{out}");
+    // A reader's view in maintenance: non-sensitive resources only.
+    let out = ok(
+        dir,
+        &["--insecure", "-e", &endpoint, "get", "machinestatus"],
+    )
+    .await;
+    assert!(out.contains("maintenance"), "{out}");
+    let run = osctl(dir, &["--insecure", "-e", &endpoint, "get", "mc"]).await;
+    assert!(
+        !run.ok && run.stderr.contains("sensitive"),
+        "{}",
+        run.stderr
+    );
+
+    let run = osctl(
+        dir,
+        &[
+            "--insecure",
+            "--fingerprint",
+            &"00".repeat(32),
+            "-e",
+            &endpoint,
+            "version",
+        ],
+    )
+    .await;
+    assert!(
+        !run.ok && run.stderr.contains("fingerprint"),
+        "{}",
+        run.stderr
+    );
+
+    let out = ok(
+        dir,
+        &[
+            "--insecure",
+            "--fingerprint",
+            &fingerprint,
+            "-e",
+            &endpoint,
+            "apply-config",
+            "-f",
+            "controlplane.yaml",
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert!(out.contains("+ MachineConfig"), "{out}");
+    let out = ok(
+        dir,
+        &[
+            "--insecure",
+            "--fingerprint",
+            &fingerprint,
+            "-e",
+            &endpoint,
+            "apply-config",
+            "-f",
+            "controlplane.yaml",
+        ],
+    )
+    .await;
+    assert!(out.contains("applied without a reboot"), "{out}");
+
+    // mTLS from now on, in the same process.
+    let run = osctl(
+        dir,
+        &[
+            "--insecure",
+            "-e",
+            &endpoint,
+            "apply-config",
+            "-f",
+            "controlplane.yaml",
+        ],
+    )
+    .await;
+    assert!(
+        !run.ok,
+        "a second insecure apply was accepted: {}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains("needs a client certificate"),
+        "{}",
+        run.stderr
+    );
+    let out = ok(dir, &["-e", &endpoint, "version"]).await;
+    assert!(out.contains("Maintenance: false"), "{out}");
+    let out = ok(
+        dir,
+        &[
+            "-e",
+            &endpoint,
+            "get",
+            "machinestatus",
+            "machine",
+            "-o",
+            "yaml",
+        ],
+    )
+    .await;
+    assert!(out.contains("stage: running"), "{out}");
+    apid.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_flag_fans_out_and_reports_a_stopped_node() {
+    let (dir, bundle) = cluster_dir().await;
+    let dir = dir.path();
+    let (a, _na) = configured("127.0.0.31", &bundle, Vec::new()).await;
+    let (b, _nb) = configured("127.0.0.32", &bundle, Vec::new()).await;
+    let (c, _nc) = configured("127.0.0.33", &bundle, Vec::new()).await;
+    let nodes: Vec<String> = [&a, &b, &c]
+        .iter()
+        .map(|n| n.local_addr().to_string())
+        .collect();
+    let endpoint = nodes[0].clone();
+    let list = nodes.join(",");
+
+    let out = ok(
+        dir,
+        &["-e", &endpoint, "-n", &list, "get", "machinestatuses"],
+    )
+    .await;
+    for node in &nodes {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("{node}\t")) && l.contains("running")),
+            "{node} missing:\n{out}"
+        );
+    }
+    let out = ok(dir, &["-e", &endpoint, "-n", &list, "version"]).await;
+    assert_eq!(out.matches("NODE: ").count(), 3, "{out}");
+
+    c.shutdown().await.unwrap();
+    let start = Instant::now();
+    let run = osctl(
+        dir,
+        &["-e", &endpoint, "-n", &list, "get", "machinestatuses"],
+    )
+    .await;
+    let took = start.elapsed();
+    assert!(!run.ok, "a dead node should fail the command");
+    assert!(
+        run.stderr.contains(&format!("{}: error", nodes[2])),
+        "{}",
+        run.stderr
+    );
+    for node in &nodes[..2] {
+        assert!(
+            run.stdout.contains(node.as_str()),
+            "{node} missing:\n{}",
+            run.stdout
+        );
+    }
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resources_services_logs_and_power_through_osctl() {
+    let (dir, bundle) = cluster_dir().await;
+    let dir = dir.path();
+    let ticker = ServiceDefinition {
+        id: "ticker".into(),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo started; while true; do echo tick; sleep 0.2; done".into(),
+        ],
+        env: Default::default(),
+        restart: RestartPolicy::Always,
+    };
+    let (apid, node) = configured("127.0.0.1", &bundle, vec![ticker]).await;
+    node.supervisor.start_all().await.unwrap();
+    let e = apid.local_addr().to_string();
+
+    let out = ok(dir, &["-e", &e, "get", "rd"]).await;
+    assert!(out.contains("Services.runtime.basalt.dev"), "{out}");
+    let out = ok(dir, &["-e", &e, "get", "machinestatus", "-o", "json"]).await;
+    let doc: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(doc["spec"]["stage"], "running");
+
+    // The service runs, its resource says so, and its output arrives.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ok(dir, &["-e", &e, "services"]).await;
+        if out.contains("ticker\tRunning") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ticker never ran:\n{out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = ok(dir, &["-e", &e, "get", "services", "ticker"]).await;
+    assert!(out.contains("Running"), "{out}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = ok(dir, &["-e", &e, "logs", "ticker", "--tail", "2"]).await;
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["tick", "tick"], "{out}");
+
+    let out = ok(dir, &["-e", &e, "service", "ticker", "stop"]).await;
+    assert!(out.contains("ticker"), "{out}");
+    let out = ok(dir, &["-e", &e, "services"]).await;
+    assert!(out.contains("ticker\tStopped"), "{out}");
+
+    let out = ok(dir, &["-e", &e, "memory"]).await;
+    assert!(out.lines().count() == 2, "{out}");
+    let out = ok(dir, &["-e", &e, "processes"]).await;
+    assert!(
+        out.contains(&std::process::id().to_string()),
+        "the test's own pid is missing"
+    );
+
+    let out = ok(dir, &["-e", &e, "reboot"]).await;
+    assert!(out.contains("reboot"), "{out}");
+    let out = ok(
+        dir,
+        &["-e", &e, "get", "machinestatus", "machine", "-o", "yaml"],
+    )
+    .await;
+    assert!(out.contains("stage: rebooting"), "{out}");
+    let out = ok(
+        dir,
+        &["-e", &e, "events", "--tail", "-1", "--duration", "1s"],
+    )
+    .await;
+    assert!(out.contains("reboot requested"), "{out}");
+    assert!(out.contains("audit"), "{out}");
+    node.supervisor.shutdown().await;
+}
