@@ -1,7 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 
 use basalt_controller_runtime::testing::Harness;
 use basalt_controllers::k8s::{KubePrismController, KubePrismEndpointsController};
@@ -10,25 +9,15 @@ use basalt_resource::k8s::{
     ControlPlaneEndpointSpec, ControlPlaneMemberSpec, KubePrismConfigSpec, KubePrismEndpointsSpec,
     KubePrismState, KubePrismStatusSpec, KubePrismUpstreamSpec,
 };
-use basalt_resource::{AnyResource, Resource, ResourceKey, ResourceSpec};
+use basalt_resource::{Resource, ResourceKey, ResourceSpec};
 use basalt_state::State;
 
 /// Creates or replaces a user-owned resource.
 async fn put<S: ResourceSpec>(state: &State, id: &str, spec: S) {
-    let key = ResourceKey::of::<S>(id);
-    match state.get(&key).await {
-        Ok(current) => {
-            let mut next = AnyResource::clone(&current);
-            next.spec = Arc::new(spec);
-            state.update(next, "").await.unwrap();
-        }
-        Err(_) => {
-            state
-                .create(Resource::new(id, spec).into_any(), "")
-                .await
-                .unwrap();
-        }
-    }
+    state
+        .put(Resource::new(id, spec).into_any(), "")
+        .await
+        .unwrap();
 }
 
 fn harness() -> Harness {
