@@ -21,8 +21,10 @@ pub(crate) async fn proxy(
     match mode {
         #[cfg(target_os = "linux")]
         ProxyMode::Splice => {
-            let sent = crate::splice::pump(&client, &upstream, &counters.bytes_sent);
-            let received = crate::splice::pump(&upstream, &client, &counters.bytes_received);
+            let ended = std::sync::atomic::AtomicBool::new(false);
+            let sent = crate::splice::pump(&client, &upstream, &counters.bytes_sent, &ended);
+            let received =
+                crate::splice::pump(&upstream, &client, &counters.bytes_received, &ended);
             tokio::try_join!(sent, received)
         }
         _ => {

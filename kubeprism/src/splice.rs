@@ -12,7 +12,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use rustix::net::Shutdown;
@@ -69,8 +69,15 @@ enum Step {
     },
 }
 
-/// Moves bytes from `from` to `to` until `from` ends, then shuts down `to`'s write half.
-pub(crate) async fn pump(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> io::Result<u64> {
+/// Moves bytes from `from` to `to` until `from` ends, then shuts down `to`'s write half
+/// unless the other direction has ended already (`ended`, shared by both directions):
+/// then both sockets are about to be closed, which sends the FIN anyway.
+pub(crate) async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    counter: &AtomicU64,
+    ended: &AtomicBool,
+) -> io::Result<u64> {
     let mut total = 0u64;
     let mut bulk = false;
     loop {
@@ -90,9 +97,13 @@ pub(crate) async fn pump(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) 
             }
         }
     }
-    // The peer may already be gone; its error shows up in the other direction.
-    if let Err(e) = rustix::net::shutdown(to, Shutdown::Write) {
-        tracing::debug!(error = %e, "shutting down the write half");
+    // Both sockets are empty of unread bytes once both directions saw their end, so
+    // the close that follows sends a FIN, not a reset: one syscall less per connection.
+    if !ended.swap(true, Ordering::Relaxed) {
+        // The peer may already be gone; its error shows up in the other direction.
+        if let Err(e) = rustix::net::shutdown(to, Shutdown::Write) {
+            tracing::debug!(error = %e, "shutting down the write half");
+        }
     }
     Ok(total)
 }
@@ -223,7 +234,8 @@ mod tests {
             .unwrap();
         let (b, _) = listener.accept().await.unwrap();
         let counter = AtomicU64::new(0);
-        let future = pump(&a, &b, &counter);
+        let ended = AtomicBool::new(false);
+        let future = pump(&a, &b, &counter, &ended);
         // What 10,000 idle connections carry twice each: it must stay small.
         assert!(
             std::mem::size_of_val(&future) < 512,
