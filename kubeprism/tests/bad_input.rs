@@ -7,10 +7,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use basalt_kubeprism::testing::{get, TestCa};
-use basalt_kubeprism::{Balancer, BalancerConfig, Problem};
+use basalt_kubeprism::{Balancer, BalancerConfig, Problem, UpstreamState};
 use common::*;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_list_keeps_listening_and_closes_clients_promptly() {
@@ -117,4 +117,44 @@ async fn a_connection_flood_is_refused_beyond_the_limit_and_reported() {
         get(lb.local_addr(), "/name").await.unwrap(),
         (200, "b0".into())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_never_answers_the_handshake_is_skipped_and_reported() {
+    let ca = TestCa::new().unwrap();
+    let b = backends(1, &ca).await;
+    // A listener that never accepts, with its queue (backlog 0: one connection) full:
+    // the kernel drops further SYNs, so dials to it hang like to a black-holed host.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(loopback()).unwrap();
+    let hole = socket.listen(0).unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    let _filler = TcpStream::connect(hole_addr).await.unwrap();
+    let hung = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(hole_addr));
+    assert!(hung.await.is_err(), "the black hole answered");
+
+    let config = BalancerConfig {
+        dial_timeout: Duration::from_millis(300),
+        ..BalancerConfig::default()
+    };
+    let lb = balancer(config, &[hole_addr.to_string(), b[0].upstream()]).await;
+    // Every client is served, by the other upstream, after at most one timed-out dial.
+    for _ in 0..10 {
+        let started = Instant::now();
+        assert_eq!(
+            get(lb.local_addr(), "/name").await.unwrap(),
+            (200, "b0".into())
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    let name = hole_addr.to_string();
+    wait_for(&lb, Duration::from_secs(5), "black hole down", |s| {
+        let u = s.upstream(&name).unwrap();
+        u.state == UpstreamState::Down
+            && u.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("timed out"))
+    })
+    .await;
+    assert_eq!(lb.status().failed, 0, "a client was closed");
 }
