@@ -27,10 +27,20 @@ if ((${#need_apt[@]})); then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-# Python grpcio: the independent Machine API client in apid's tests.
-if ! python3 -c "import grpc, grpc_tools" >/dev/null 2>&1; then
-  echo "setup: installing grpcio and grpcio-tools" >&2
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore grpcio grpcio-tools
+# Python grpcio in a virtualenv of the checkout (.venv), for the independent Machine API
+# client in apid's tests. A virtualenv because Debian's own python refuses pip installs
+# (PEP 668), and its packaged grpc-tools is too old for proto3 `optional`.
+venv="$(cd "$(dirname "$0")/.." && pwd)/.venv"
+if ! "$venv/bin/python" -c "import grpc, grpc_tools" >/dev/null 2>&1; then
+  if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
+    echo "setup: installing python3-venv" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  fi
+  echo "setup: installing grpcio and grpcio-tools into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools
 fi
 
 # Rust components and cargo tools.

@@ -90,12 +90,11 @@ fn put_item(out: &mut BytesMut, parts: &[&[u8]]) {
 }
 
 /// Labels every item (field 1) of a unary response with `node`. Other fields are
-/// dropped: by convention a unary response has none.
-fn label_items(response: &[u8], node: &str, out: &mut BytesMut) -> Result<(), Status> {
+/// dropped: by convention a unary response has none. The bytes come from another node,
+/// so they are outside input (public for the fuzz target).
+pub fn label_items(response: &[u8], node: &str, out: &mut BytesMut) -> Result<(), Status> {
     let label = metadata_field(node, None);
-    let bad = |e: &dyn std::fmt::Display| {
-        Status::internal(format!("node {node} sent a malformed response: {e}"))
-    };
+    let bad = |e: &dyn std::fmt::Display| malformed(node, e);
     let mut buf = response;
     while buf.has_remaining() {
         let (tag, wire) = decode_key(&mut buf).map_err(|e| bad(&e))?;
@@ -107,6 +106,7 @@ fn label_items(response: &[u8], node: &str, out: &mut BytesMut) -> Result<(), St
                     .ok_or_else(|| bad(&"a length past the end"))?;
                 let (item, rest) = buf.split_at(len);
                 if tag == 1 {
+                    check_fields(item).map_err(|e| bad(&e))?;
                     put_item(out, &[item, &label]);
                 }
                 buf = rest;
@@ -116,6 +116,21 @@ fn label_items(response: &[u8], node: &str, out: &mut BytesMut) -> Result<(), St
                     .map_err(|e| bad(&e))?;
             }
         }
+    }
+    Ok(())
+}
+
+fn malformed(node: &str, e: &dyn std::fmt::Display) -> Status {
+    Status::internal(format!("node {node} sent a malformed response: {e}"))
+}
+
+/// Walks `message` field by field, without decoding the values. A message another node
+/// sent is checked before a label is appended to it: a truncated last field would swallow
+/// the label (and could leave a node label of the sender's choosing).
+fn check_fields(mut message: &[u8]) -> Result<(), prost::DecodeError> {
+    while message.has_remaining() {
+        let (tag, wire) = decode_key(&mut message)?;
+        prost::encoding::skip_field(wire, tag, &mut message, Default::default())?;
     }
     Ok(())
 }
@@ -277,6 +292,13 @@ impl Forwarder {
                 let mut messages = messages?;
                 match messages.message().await {
                     Ok(Some(message)) => {
+                        if let Err(e) = check_fields(&message) {
+                            let status = malformed(&node, &e);
+                            return Some((
+                                Ok(Bytes::from(metadata_field(&node, Some(&status)))),
+                                None,
+                            ));
+                        }
                         let mut out = BytesMut::with_capacity(message.len() + label.len());
                         out.extend_from_slice(&message);
                         out.extend_from_slice(&label);
@@ -369,6 +391,8 @@ mod tests {
             &[0x0a],
             &[0xff, 0xff, 0xff],
             &[0x0a, 0x05, 1],
+            // A whole item whose last field is cut short (found by the fuzzer).
+            &[0x0a, 0x02, 0xaa, 0xf7],
         ] {
             assert!(label_items(bad, "x", &mut out).is_err(), "{bad:?}");
         }

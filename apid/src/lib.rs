@@ -18,7 +18,7 @@ mod server;
 
 pub use apply::store_config;
 pub use error::ApidError;
-pub use forward::RawCodec;
+pub use forward::{label_items, RawCodec};
 pub use identity::{MaintenanceIdentity, NodeIdentity};
 pub use limits::Limits;
 pub use server::{Apid, ApidOptions};

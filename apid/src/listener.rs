@@ -174,10 +174,11 @@ impl AsyncWrite for ApidStream {
     }
 }
 
-/// Accepts connections until `cancel`, handing each authenticated one to `out`. A failed
+/// Accepts connections until `cancel`, handing each authenticated one to `out` (for
+/// tonic's `serve_with_incoming`; public for the benchmark's bare server). A failed
 /// handshake (wrong CA, expired or missing certificate) is logged and closed: the
 /// request never reaches the API.
-pub(crate) async fn accept(
+pub async fn accept(
     listener: TcpListener,
     tls: watch::Receiver<Arc<ServerConfig>>,
     out: mpsc::Sender<io::Result<ApidStream>>,

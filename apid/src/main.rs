@@ -45,7 +45,10 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // Logs go to stderr, plain when it is not a terminal (read by scripts and benches).
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

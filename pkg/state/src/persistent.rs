@@ -41,6 +41,33 @@ fn db_key(key: &ResourceKey) -> Vec<u8> {
     k
 }
 
+/// Makes a new database under a temporary name and renames it into place once redb has
+/// written its header and the table durably: a crash while creating the file leaves no
+/// half-written database behind to be taken for a corrupt one at the next start.
+fn create_new(path: &Path) -> Result<(), String> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".new");
+    let fresh = path.with_file_name(name);
+    match std::fs::remove_file(&fresh) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot remove {}: {e}", fresh.display())),
+    }
+    {
+        let db = redb::Database::create(&fresh).map_err(|e| e.to_string())?;
+        let txn = db.begin_write().map_err(|e| e.to_string())?;
+        txn.open_table(RESOURCES).map_err(|e| e.to_string())?;
+        txn.commit().map_err(|e| e.to_string())?;
+    }
+    std::fs::rename(&fresh, path)
+        .map_err(|e| format!("cannot rename {} into place: {e}", fresh.display()))?;
+    // The rename itself is durable only once the directory is synced.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    std::fs::File::open(dir.unwrap_or(Path::new(".")))
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("cannot sync the directory of {}: {e}", path.display()))
+}
+
 impl PersistentStore {
     fn error(&self, reason: impl ToString) -> StateError {
         StateError::Persistence {
@@ -59,12 +86,15 @@ impl PersistentStore {
             path: path.display().to_string(),
             reason,
         };
+        if !path.exists() {
+            create_new(path).map_err(err)?;
+        }
         let db = redb::Database::create(path).map_err(|e| err(e.to_string()))?;
         let store = PersistentStore {
             db: Arc::new(db),
             path: path.to_path_buf(),
         };
-        // Make sure the table exists, so that reads of a new file succeed.
+        // Make sure the table exists (a file from before it was created here).
         let txn = store.db.begin_write().map_err(|e| store.error(e))?;
         txn.open_table(RESOURCES).map_err(|e| store.error(e))?;
         txn.commit().map_err(|e| store.error(e))?;

@@ -305,16 +305,13 @@ impl State {
     /// Creates a resource owned by `owner` (empty: user-owned), at version 1.
     pub async fn create(
         &self,
-        mut resource: AnyResource,
+        resource: AnyResource,
         owner: &str,
     ) -> Result<Arc<AnyResource>, StateError> {
         check_spec_type(&resource)?;
         let key = resource.metadata.key();
         validate_key(&key)?;
-        resource.metadata.owner = owner.to_string();
-        resource.metadata.phase = Phase::Running;
-        // Finalizers are added by their holders, never brought along.
-        resource.metadata.finalizers.clear();
+        let resource = fresh(resource, owner);
         self.write_existing(&key, |current| match current {
             Some(_) => Err(StateError::AlreadyExists(key.clone())),
             None => Ok(Change::Put(resource)),
@@ -322,17 +319,13 @@ impl State {
         .await
     }
 
-    /// Replaces the spec, labels and annotations of a resource. `resource.metadata.version`
-    /// must be the stored version (compare-and-swap); the writer must be the owner; a
-    /// resource being torn down cannot be updated. A write that changes nothing is not
-    /// stored and does not bump the version.
     /// Creates the resource, or replaces the spec, labels and annotations of the stored
     /// one whatever its version: for a writer that is the only one of its resource and
     /// states it whole (a status, a config as applied). Owner and phase rules are those of
     /// `create` and `update`.
     pub async fn put(
         &self,
-        mut resource: AnyResource,
+        resource: AnyResource,
         owner: &str,
     ) -> Result<Arc<AnyResource>, StateError> {
         check_spec_type(&resource)?;
@@ -341,10 +334,7 @@ impl State {
         let stored = self
             .write_existing(&key, |current| {
                 let Some(current) = current else {
-                    resource.metadata.owner = owner.to_string();
-                    resource.metadata.phase = Phase::Running;
-                    resource.metadata.finalizers.clear();
-                    return Ok(Change::Put(resource));
+                    return Ok(Change::Put(fresh(resource, owner)));
                 };
                 Self::require_owner(current, owner)?;
                 Self::replace(current, resource)
@@ -353,6 +343,10 @@ impl State {
         Ok(stored)
     }
 
+    /// Replaces the spec, labels and annotations of a resource. `resource.metadata.version`
+    /// must be the stored version (compare-and-swap); the writer must be the owner; a
+    /// resource being torn down cannot be updated. A write that changes nothing is not
+    /// stored and does not bump the version.
     pub async fn update(
         &self,
         resource: AnyResource,
@@ -567,6 +561,15 @@ fn validate_key(key: &ResourceKey) -> Result<(), StateError> {
 }
 
 /// A resource's metadata must name the type its spec is.
+/// `resource` as it is first stored: owned by `owner`, running, and without finalizers
+/// (they are added by their holders, never brought along).
+fn fresh(mut resource: AnyResource, owner: &str) -> AnyResource {
+    resource.metadata.owner = owner.to_string();
+    resource.metadata.phase = Phase::Running;
+    resource.metadata.finalizers.clear();
+    resource
+}
+
 fn check_spec_type(resource: &AnyResource) -> Result<(), StateError> {
     let found = resource.spec.type_name();
     if found != resource.metadata.type_name {
