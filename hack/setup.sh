@@ -12,6 +12,8 @@ declare -A packages=(
   [ip]=iproute2
   [unshare]=util-linux
   [openssl]=openssl
+  [haproxy]=haproxy
+  [iperf3]=iperf3
   [python3]=python3
 )
 for cmd in "${!packages[@]}"; do

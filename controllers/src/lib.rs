@@ -1,9 +1,11 @@
 //! Basalt's controllers, one module per domain of the resources they write: a reader
 //! finds a controller by its output's domain.
 
+pub mod k8s;
 pub mod network;
 pub mod runtime;
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use basalt_controller_runtime::{Engine, RegistrationError};
@@ -13,12 +15,15 @@ use basalt_controller_runtime::{Engine, RegistrationError};
 pub struct Sources {
     /// The kernel command line (`/proc/cmdline`).
     pub cmdline: PathBuf,
+    /// Where KubePrism listens (at the configured port).
+    pub kubeprism_listen: IpAddr,
 }
 
 impl Default for Sources {
     fn default() -> Self {
         Sources {
             cmdline: PathBuf::from("/proc/cmdline"),
+            kubeprism_listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
         }
     }
 }
@@ -29,5 +34,7 @@ pub fn register_all(engine: &mut Engine, sources: &Sources) -> Result<(), Regist
         sources.cmdline.clone(),
     ))?;
     engine.register(network::HostnameController)?;
+    engine.register(k8s::KubePrismEndpointsController)?;
+    engine.register(k8s::KubePrismController::new(sources.kubeprism_listen))?;
     Ok(())
 }

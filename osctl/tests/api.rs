@@ -1,5 +1,6 @@
 //! `osctl` against real apid servers on loopback: maintenance mode and the first config,
-//! forwarding to several nodes, resources, services and power.
+//! forwarding to several nodes, resources, services and power, and the resources the
+//! node's controllers publish (KubePrism).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -8,8 +9,13 @@ use std::time::{Duration, Instant};
 
 use apid::node::local::{LocalNode, RestartPolicy, ServiceDefinition};
 use apid::{Apid, ApidOptions, Limits, NodeIdentity};
+use basalt_controller_runtime::Engine;
+use basalt_kubeprism::testing::{TestBackend, TestCa};
 use basalt_pki::SecretsBundle;
+use basalt_resource::k8s::{ControlPlaneEndpointSpec, KubePrismConfigSpec};
+use basalt_resource::Resource;
 use basalt_state::State;
+use tokio_util::sync::CancellationToken;
 
 struct Run {
     ok: bool,
@@ -90,8 +96,8 @@ async fn configured(
     ip: &str,
     bundle: &SecretsBundle,
     services: Vec<ServiceDefinition>,
+    state: State,
 ) -> (Apid, LocalNode) {
-    let state = State::new();
     let node = LocalNode::new(state.clone(), services, vec![std::env::temp_dir()]).unwrap();
     let identity = NodeIdentity::issue(&bundle.certs.os, ip, &[ip.to_string()]).unwrap();
     (
@@ -226,9 +232,9 @@ async fn insecure_apply_config_takes_a_node_out_of_maintenance() {
 async fn nodes_flag_fans_out_and_reports_a_stopped_node() {
     let (dir, bundle) = cluster_dir().await;
     let dir = dir.path();
-    let (a, _na) = configured("127.0.0.31", &bundle, Vec::new()).await;
-    let (b, _nb) = configured("127.0.0.32", &bundle, Vec::new()).await;
-    let (c, _nc) = configured("127.0.0.33", &bundle, Vec::new()).await;
+    let (a, _na) = configured("127.0.0.31", &bundle, Vec::new(), State::new()).await;
+    let (b, _nb) = configured("127.0.0.32", &bundle, Vec::new(), State::new()).await;
+    let (c, _nc) = configured("127.0.0.33", &bundle, Vec::new(), State::new()).await;
     let nodes: Vec<String> = [&a, &b, &c]
         .iter()
         .map(|n| n.local_addr().to_string())
@@ -289,7 +295,7 @@ async fn resources_services_logs_and_power_through_osctl() {
         env: Default::default(),
         restart: RestartPolicy::Always,
     };
-    let (apid, node) = configured("127.0.0.1", &bundle, vec![ticker]).await;
+    let (apid, node) = configured("127.0.0.1", &bundle, vec![ticker], State::new()).await;
     node.supervisor.start_all().await.unwrap();
     let e = apid.local_addr().to_string();
 
@@ -344,4 +350,55 @@ async fn resources_services_logs_and_power_through_osctl() {
     assert!(out.contains("reboot requested"), "{out}");
     assert!(out.contains("audit"), "{out}");
     node.supervisor.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_kubeprism_status_published_by_the_controllers_shows_in_osctl_get() {
+    let (dir, bundle) = cluster_dir().await;
+    let dir = dir.path();
+    let state = State::new();
+    let (apid, _node) = configured("127.0.0.1", &bundle, Vec::new(), state.clone()).await;
+    let e = apid.local_addr().to_string();
+    // The node's controllers, as registered in production, on the state apid serves.
+    let mut engine = Engine::new(state.clone());
+    basalt_controllers::register_all(&mut engine, &Default::default()).unwrap();
+    let stop = CancellationToken::new();
+    let controllers = tokio::spawn(engine.run(stop.clone()));
+
+    let ca = TestCa::new().unwrap();
+    let api_server = TestBackend::start("api", &ca).await.unwrap();
+    let endpoint = ControlPlaneEndpointSpec {
+        endpoint: format!("https://{}", api_server.upstream()),
+    };
+    let config = KubePrismConfigSpec {
+        enabled: true,
+        // Any free port: the test must not depend on 7445 being free.
+        port: 0,
+        ca: Some(ca.pem().to_string()),
+    };
+    for resource in [
+        Resource::new(ControlPlaneEndpointSpec::ID, endpoint).into_any(),
+        Resource::new(KubePrismConfigSpec::ID, config).into_any(),
+    ] {
+        state.put(resource, "").await.unwrap();
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = ok(dir, &["-e", &e, "get", "kubeprismstatus"]).await;
+        if out.contains("running") && out.contains("127.0.0.1:") {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "never running:\n{out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(out.contains("kubeprism"), "{out}");
+    let out = ok(dir, &["-e", &e, "get", "kpu", "-o", "json"]).await;
+    let doc: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(doc["metadata"]["id"], api_server.upstream(), "{out}");
+    assert_eq!(doc["spec"]["address"], api_server.upstream(), "{out}");
+    assert_eq!(doc["spec"]["state"], "healthy", "{out}");
+
+    stop.cancel();
+    controllers.await.unwrap();
 }

@@ -7,7 +7,7 @@
 //! [`Registry`], so the API can list types and decode specs it was not compiled with.
 //!
 //! Domain resources live in one module per domain ([`config`], [`network`], [`runtime`],
-//! [`meta`]), mirrored by controllers of the same domain.
+//! [`k8s`], [`meta`]), mirrored by controllers of the same domain.
 
 mod error;
 mod metadata;
@@ -17,6 +17,7 @@ mod selector;
 mod spec;
 
 pub mod config;
+pub mod k8s;
 pub mod meta;
 pub mod network;
 pub mod proto;

@@ -2,7 +2,7 @@
 //! registered.
 
 pub use crate::registry::{PrintColumn, ResourceDefinitionSpec};
-use crate::{config, network, runtime, Registry, ResourceError};
+use crate::{config, k8s, network, runtime, Registry, ResourceError};
 
 /// A registry with every built-in resource type.
 pub fn builtin_registry() -> Result<Registry, ResourceError> {
@@ -13,5 +13,11 @@ pub fn builtin_registry() -> Result<Registry, ResourceError> {
     registry.register::<runtime::KernelCmdlineSpec>()?;
     registry.register::<runtime::ServiceSpec>()?;
     registry.register::<runtime::MachineStatusSpec>()?;
+    registry.register::<k8s::KubePrismConfigSpec>()?;
+    registry.register::<k8s::ControlPlaneEndpointSpec>()?;
+    registry.register::<k8s::ControlPlaneMemberSpec>()?;
+    registry.register::<k8s::KubePrismEndpointsSpec>()?;
+    registry.register::<k8s::KubePrismStatusSpec>()?;
+    registry.register::<k8s::KubePrismUpstreamSpec>()?;
     Ok(registry)
 }

@@ -1,0 +1,550 @@
+//! KubePrism against HAProxy and a direct connection, on loopback, in one run:
+//! throughput of one long stream (iperf3), new connections per second, added latency of
+//! a small request/response, failover under load when a backend dies, and memory with
+//! 10,000 idle proxied connections. Each figure is printed beside HAProxy's and the
+//! direct one, as a ratio. Run with `make bench` (or `cargo bench -p basalt-kubeprism`).
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use basalt_kubeprism::testing::{echo_stream, get, TestBackend, TestCa};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+const IPERF_SECONDS: u32 = 4;
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+const RATE_ROUNDS: u32 = 3;
+const RATE_CONCURRENCY: usize = 16;
+const PINGS: usize = 6000;
+const PING_ROUND: usize = 250;
+const IDLE_CONNECTIONS: usize = 10_000;
+/// The hard RLIMIT_NOFILE here is 20,000 and cannot be raised (no CAP_SYS_RESOURCE), and
+/// a proxy needs two descriptors a connection: RSS is measured at these two counts and
+/// extrapolated (linearly) to [`IDLE_CONNECTIONS`].
+const IDLE_STEPS: [usize; 2] = [4_000, 9_000];
+
+/// A proxy under test: its address for the HTTP backends and for iperf3.
+struct Target {
+    name: &'static str,
+    http: Vec<SocketAddr>,
+    iperf: SocketAddr,
+    pid: Option<u32>,
+}
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        // `cargo bench -- --list` (and nextest) expect no output here.
+        return Ok(());
+    }
+    raise_nofile()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run())
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard one (children inherit it).
+fn raise_nofile() -> Result<()> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let hard = getrlimit(Resource::Nofile).maximum;
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: hard,
+            maximum: hard,
+        },
+    )
+    .context("raising RLIMIT_NOFILE")?;
+    let need = 2 * IDLE_STEPS[1] as u64 + 1000;
+    if hard.is_some_and(|h| h < need) {
+        bail!("RLIMIT_NOFILE hard limit {hard:?} is below {need}");
+    }
+    Ok(())
+}
+
+async fn run() -> Result<()> {
+    for tool in ["haproxy", "iperf3"] {
+        if which(tool).is_none() {
+            bail!("{tool} is missing: run hack/setup.sh");
+        }
+    }
+    let ca = TestCa::new()?;
+    let mut backends = Vec::new();
+    for i in 0..3 {
+        backends.push(TestBackend::start(&format!("b{i}"), &ca).await?);
+    }
+    let upstreams: Vec<String> = backends.iter().map(TestBackend::upstream).collect();
+    let iperf_port = free_port()?;
+    let _iperf = spawn(Command::new("iperf3").args(["-s", "-p", &iperf_port.to_string()]))?;
+    let iperf_addr = SocketAddr::from(([127, 0, 0, 1], iperf_port));
+    // Not probed with a connection: iperf3 would log a failed test for each.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (_ours, ours_addr, ours_pid) = start_ours(&upstreams, false).await?;
+    let (_ours_iperf, ours_iperf, _) = start_ours(&[iperf_addr.to_string()], false).await?;
+    let (_copy_iperf, copy_iperf, _) = start_ours(&[iperf_addr.to_string()], true).await?;
+    let (_copy, copy_addr, _) = start_ours(&upstreams, true).await?;
+    let (_haproxy, _cfg, haproxy_addr, haproxy_iperf, haproxy_pid) =
+        start_haproxy(&upstreams, iperf_addr).await?;
+
+    let targets = [
+        Target {
+            name: "ours",
+            http: vec![ours_addr],
+            iperf: ours_iperf,
+            pid: Some(ours_pid),
+        },
+        Target {
+            name: "haproxy",
+            http: vec![haproxy_addr],
+            iperf: haproxy_iperf,
+            pid: Some(haproxy_pid),
+        },
+        Target {
+            name: "direct",
+            http: backends.iter().map(TestBackend::addr).collect(),
+            iperf: iperf_addr,
+            pid: None,
+        },
+        // Ours with `copy_bidirectional` instead of splice: the alternative, measured.
+        Target {
+            name: "ours-copy",
+            http: vec![copy_addr],
+            iperf: copy_iperf,
+            pid: None,
+        },
+    ];
+
+    let mut results = Results::default();
+    for t in &targets {
+        let gbps = iperf(t.iperf).await?;
+        println!("{:8} throughput {gbps:.2} Gbit/s", t.name);
+        results.throughput.push(gbps);
+    }
+    // Rounds alternate between the targets, so that load from outside the bench (the
+    // cores are shared) falls on all of them alike.
+    let mut done = vec![0u64; targets.len()];
+    for _ in 0..RATE_ROUNDS {
+        for (t, done) in targets.iter().zip(&mut done) {
+            *done += connection_rate(&t.http).await?;
+        }
+    }
+    for (t, done) in targets.iter().zip(&done) {
+        let rate = *done as f64 / (RATE_WINDOW.as_secs_f64() * f64::from(RATE_ROUNDS));
+        println!("{:9} {rate:.0} connections/s", t.name);
+        results.rate.push(rate);
+    }
+    let mut streams = Vec::new();
+    for t in &targets {
+        let (s, _) = echo_stream(t.http[0]).await?;
+        s.set_nodelay(true)?;
+        streams.push(s);
+    }
+    // Per target, the samples of each round.
+    let mut rounds: Vec<Vec<Vec<f64>>> = vec![Vec::new(); targets.len()];
+    for round in 0..PINGS / PING_ROUND {
+        for (s, rounds) in streams.iter_mut().zip(&mut rounds) {
+            let samples = ping(s, PING_ROUND).await?;
+            // The first round warms up caches and the scheduler.
+            if round > 0 {
+                rounds.push(samples);
+            }
+        }
+    }
+    for (t, rounds) in targets.iter().zip(&mut rounds) {
+        let mut all: Vec<f64> = rounds.iter().flatten().copied().collect();
+        let p99_all = quantile(&mut all, 0.99);
+        let p50 = quantile(&mut all, 0.5);
+        // A burst of outside load (the cores are shared with builds) ruins whichever
+        // round it lands in: the p99 compared is the median of the per-round p99s.
+        let mut p99s: Vec<f64> = rounds.iter_mut().map(|r| quantile(r, 0.99)).collect();
+        let p99 = quantile(&mut p99s, 0.5);
+        println!(
+            "{:9} round trip p50 {p50:.1} µs, p99 {p99:.1} µs (median of per-round p99s; over all samples {p99_all:.1} µs)",
+            t.name
+        );
+        results.latency.push((p50, p99, p99_all));
+    }
+    for t in &targets[..2] {
+        let (failed, span) = failover(t.http[0], &backends[0]).await?;
+        println!(
+            "{:8} failover: {failed} failed connections over {span:?}",
+            t.name
+        );
+        results.failover.push((failed, span));
+    }
+    for t in &targets[..2] {
+        let pid = t.pid.context("a proxy has a pid")?;
+        let (measured, mib) = idle_memory(t.http[0], pid, &backends).await?;
+        println!(
+            "{:8} RSS with {IDLE_STEPS:?} idle connections: {measured:.1?} MiB; at {IDLE_CONNECTIONS} (extrapolated): {mib:.1} MiB",
+            t.name
+        );
+        results.memory.push(mib);
+    }
+    results.print();
+    Ok(())
+}
+
+#[derive(Default)]
+struct Results {
+    /// ours, haproxy, direct, ours with copy
+    throughput: Vec<f64>,
+    rate: Vec<f64>,
+    /// p50, p99 (median of the per-round p99s), p99 over all samples
+    latency: Vec<(f64, f64, f64)>,
+    /// ours, haproxy
+    failover: Vec<(usize, Duration)>,
+    memory: Vec<f64>,
+}
+
+impl Results {
+    fn print(&self) {
+        let met = |ok: bool| if ok { "yes" } else { "**no**" };
+        let [t_ours, t_ha, t_direct, t_copy] = self.throughput[..] else {
+            return;
+        };
+        let [r_ours, r_ha, r_direct, r_copy] = self.rate[..] else {
+            return;
+        };
+        let [(p50_ours, p99_ours, all_ours), (p50_ha, p99_ha, all_ha), (p50_direct, p99_direct, all_direct), (p50_copy, p99_copy, _)] =
+            self.latency[..]
+        else {
+            return;
+        };
+        let [(f_ours, s_ours), (f_ha, s_ha)] = self.failover[..] else {
+            return;
+        };
+        let [m_ours, m_ha] = self.memory[..] else {
+            return;
+        };
+        let (a50_ours, a99_ours) = (p50_ours - p50_direct, p99_ours - p99_direct);
+        let (a50_ha, a99_ha) = (p50_ha - p50_direct, p99_ha - p99_direct);
+        let span = |failed: usize, d: Duration| {
+            if failed == 0 {
+                "0 failed".to_string()
+            } else {
+                format!("{failed} failed over {} ms", d.as_millis())
+            }
+        };
+        println!();
+        println!("| figure | ours | HAProxy | direct | ours / HAProxy | target | met? |");
+        println!("|---|---|---|---|---|---|---|");
+        println!(
+            "| one-stream throughput (iperf3, Gbit/s) | {t_ours:.2} | {t_ha:.2} | {t_direct:.2} | {:.2} | ≥ 0.9 | {} |",
+            t_ours / t_ha,
+            met(t_ours >= 0.9 * t_ha)
+        );
+        println!(
+            "| same, ours with `copy_bidirectional` instead of splice | {t_copy:.2} | | | {:.2} | (info) | |",
+            t_copy / t_ha
+        );
+        println!(
+            "| new connections/s ({RATE_CONCURRENCY} clients, request + answer each) | {r_ours:.0} | {r_ha:.0} | {r_direct:.0} | {:.2} | ≥ 1.0 | {} |",
+            r_ours / r_ha,
+            met(r_ours >= r_ha)
+        );
+        println!(
+            "| same, ours with `copy_bidirectional` | {r_copy:.0} | | | {:.2} | (info) | |",
+            r_copy / r_ha
+        );
+        println!(
+            "| added latency p50 (64 B round trip, µs) | {a50_ours:.1} | {a50_ha:.1} | 0 ({p50_direct:.1} total) | {:.2} | (info) | |",
+            a50_ours / a50_ha
+        );
+        println!(
+            "| added latency p99 (µs; median of {} per-round p99s of {PING_ROUND} round trips) | {a99_ours:.1} | {a99_ha:.1} | 0 ({p99_direct:.1} total) | {:.2} | ≤ 1.0 | {} |",
+            PINGS / PING_ROUND - 1,
+            a99_ours / a99_ha,
+            met(a99_ours <= a99_ha)
+        );
+        println!(
+            "| same, p99 over all {} round trips (µs) | {:.1} | {:.1} | 0 ({all_direct:.1} total) | {:.2} | (info) | |",
+            PINGS - PING_ROUND,
+            all_ours - all_direct,
+            all_ha - all_direct,
+            (all_ours - all_direct) / (all_ha - all_direct)
+        );
+        println!(
+            "| added latency p50 / p99, ours with `copy_bidirectional` (µs) | {:.1} / {:.1} | | | | (info) | |",
+            p50_copy - p50_direct,
+            p99_copy - p99_direct
+        );
+        println!(
+            "| failover, first to last failed connection | {} | {} | | | sub-second, no failed connection | {} |",
+            span(f_ours, s_ours),
+            span(f_ha, s_ha),
+            met(f_ours == 0 || s_ours < Duration::from_secs(1))
+        );
+        println!(
+            "| RSS with {IDLE_CONNECTIONS} idle proxied connections (MiB, extrapolated from {IDLE_STEPS:?}) | {m_ours:.1} | {m_ha:.1} | | {:.2} | ≤ 64 MiB | {} |",
+            m_ours / m_ha,
+            met(m_ours <= 64.0)
+        );
+    }
+}
+
+fn which(tool: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(tool))
+        .find(|p| p.exists())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn spawn(cmd: &mut Command) -> Result<Child> {
+    cmd.kill_on_drop(true)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))
+}
+
+async fn wait_listening(addr: SocketAddr) -> Result<()> {
+    let started = Instant::now();
+    while TcpStream::connect(addr).await.is_err() {
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("nothing listens on {addr}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Starts our balancer process; returns it (stdin held: it exits when dropped), its
+/// address and pid.
+async fn start_ours(upstreams: &[String], copy: bool) -> Result<(Child, SocketAddr, u32)> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubeprism-bench-lb"));
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    if copy {
+        cmd.arg("--copy");
+    }
+    for u in upstreams {
+        cmd.args(["--upstream", u]);
+    }
+    let mut child = cmd
+        .kill_on_drop(true)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting kubeprism-bench-lb")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).await?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .with_context(|| format!("unexpected output {line:?}"))?
+        .parse()?;
+    let pid = child.id().context("pid")?;
+    Ok((child, addr, pid))
+}
+
+/// Starts HAProxy with its default checks (`check`: every 2 s, down after 3 failures,
+/// up after 2) in front of the backends, and a second frontend for iperf3.
+async fn start_haproxy(
+    upstreams: &[String],
+    iperf: SocketAddr,
+) -> Result<(Child, tempfile::TempDir, SocketAddr, SocketAddr, u32)> {
+    let (http, iperf_front) = (free_port()?, free_port()?);
+    let servers: String = upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| format!("    server s{i} {u} check\n"))
+        .collect();
+    let config = format!(
+        "global\n    maxconn 9900\n\ndefaults\n    mode tcp\n    maxconn 9900\n    timeout connect 5s\n    timeout client 10m\n    timeout server 10m\n\n\
+         frontend api\n    bind 127.0.0.1:{http}\n    default_backend apiservers\n\n\
+         backend apiservers\n    balance leastconn\n{servers}\n\
+         frontend iperf\n    bind 127.0.0.1:{iperf_front}\n    default_backend iperf\n\n\
+         backend iperf\n    server iperf {iperf}\n"
+    );
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, config)?;
+    let log = dir.path().join("haproxy.log");
+    let child = Command::new("haproxy")
+        .arg("-f")
+        .arg(&path)
+        .arg("-db")
+        .kill_on_drop(true)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("starting haproxy")?;
+    let http = SocketAddr::from(([127, 0, 0, 1], http));
+    let iperf_front = SocketAddr::from(([127, 0, 0, 1], iperf_front));
+    if let Err(e) = wait_listening(http).await {
+        bail!("{e}; haproxy says: {}", std::fs::read_to_string(&log)?);
+    }
+    let pid = child.id().context("pid")?;
+    Ok((child, dir, http, iperf_front, pid))
+}
+
+async fn iperf(addr: SocketAddr) -> Result<f64> {
+    let out = Command::new("iperf3")
+        .args(["-c", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-t", &IPERF_SECONDS.to_string(), "-J"])
+        .output()
+        .await?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let bps = json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("iperf3 result: {}", json["error"]))?;
+    // The server serves one test at a time: let it settle.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(bps / 1e9)
+}
+
+/// Short connections (connect, `GET /name`, answer, close) completed in [`RATE_WINDOW`].
+async fn connection_rate(addrs: &[SocketAddr]) -> Result<u64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + RATE_WINDOW;
+    let mut tasks = Vec::new();
+    for i in 0..RATE_CONCURRENCY {
+        let (done, errors, addrs) = (Arc::clone(&done), Arc::clone(&errors), addrs.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let mut n = i;
+            while Instant::now() < deadline {
+                n += 1;
+                match get(addrs[n % addrs.len()], "/name").await {
+                    Ok((200, _)) => done.fetch_add(1, Ordering::Relaxed),
+                    _ => errors.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let errors = errors.load(Ordering::Relaxed);
+    if errors > 0 {
+        println!("  ({errors} failed connections)");
+    }
+    Ok(done.load(Ordering::Relaxed))
+}
+
+fn quantile(samples: &mut [f64], q: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[((samples.len().max(1) - 1) as f64 * q) as usize]
+}
+
+/// `n` round trips of 64 bytes on an established stream, in microseconds.
+async fn ping(s: &mut TcpStream, n: usize) -> Result<Vec<f64>> {
+    let payload = [7u8; 64];
+    let mut back = [0u8; 64];
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        s.write_all(&payload).await?;
+        s.read_exact(&mut back).await?;
+        samples.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(samples)
+}
+
+/// Kills `victim` under a load of short connections; returns the failed connections
+/// and the time from the first failure to the last. Revives it afterwards.
+async fn failover(addr: SocketAddr, victim: &TestBackend) -> Result<(usize, Duration)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (stop, failures) = (Arc::clone(&stop), Arc::clone(&failures));
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if !matches!(get(addr, "/name").await, Ok((200, _))) {
+                    failures.lock().unwrap().push(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    victim.kill().await;
+    // HAProxy's default checks need 3 × 2 s to take a server out.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await?;
+    }
+    victim.revive().await?;
+    // Back in every proxy's rotation (HAProxy: 2 checks 2 s apart) before the next run.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let failures = failures.lock().unwrap();
+    let span = match (failures.first(), failures.last()) {
+        (Some(first), Some(last)) => *last - *first,
+        _ => Duration::ZERO,
+    };
+    Ok((failures.len(), span))
+}
+
+/// RSS of `pid` with each of [`IDLE_STEPS`] idle connections proxied through `addr`,
+/// in MiB, and the figure extrapolated to [`IDLE_CONNECTIONS`].
+async fn idle_memory(
+    addr: SocketAddr,
+    pid: u32,
+    backends: &[TestBackend],
+) -> Result<([f64; 2], f64)> {
+    let served = || backends.iter().map(TestBackend::connections).sum::<u64>();
+    let before = served();
+    let mut conns = Vec::with_capacity(IDLE_STEPS[1]);
+    let mut measured = [0.0; 2];
+    for (step, &n) in IDLE_STEPS.iter().enumerate() {
+        while conns.len() < n {
+            // Small batches, each served before the next: the backends share the bench's
+            // two cores, and an overflowing accept queue would drop connections.
+            let batch = (n - conns.len()).min(100);
+            let batch: Vec<_> = (0..batch).map(|_| TcpStream::connect(addr)).collect();
+            for c in futures::future::join_all(batch).await {
+                conns.push(c?);
+            }
+            let started = Instant::now();
+            while served() < before + conns.len() as u64 {
+                if started.elapsed() > Duration::from_secs(10) {
+                    bail!(
+                        "only {} of {} connections reached a backend",
+                        served() - before,
+                        conns.len()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        measured[step] = rss_mib(pid)?;
+    }
+    drop(conns);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let per_connection = (measured[1] - measured[0]) / (IDLE_STEPS[1] - IDLE_STEPS[0]) as f64;
+    let extrapolated = measured[1] + per_connection * (IDLE_CONNECTIONS - IDLE_STEPS[1]) as f64;
+    Ok((measured, extrapolated))
+}
+
+fn rss_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")?;
+    Ok(kib / 1024.0)
+}

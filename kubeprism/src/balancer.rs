@@ -1,0 +1,261 @@
+//! The balancer handle: binds the listener, holds the upstream set, reconfigures it and
+//! reports status.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BalancerConfig;
+use crate::status::{BalancerStatus, Problem};
+use crate::upstream::Upstream;
+use crate::{check, listener, resolve, Error};
+
+/// Clients waiting to be accepted; the kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A recent refusal keeps the connection-limit problem in the status this long.
+const LIMIT_REPORT_FOR: Duration = Duration::from_secs(10);
+
+/// State shared by the handle, the accept loop and the connections.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: BalancerConfig,
+    /// The set new connections choose from; swapped whole on reconfiguration, so a
+    /// connection being dialed keeps the snapshot it started with.
+    upstreams: RwLock<Arc<Vec<Arc<Upstream>>>>,
+    /// Removed upstreams whose connections are still open.
+    draining: Mutex<Vec<Arc<Upstream>>>,
+    /// Problems found in the last upstream list.
+    config_problems: Mutex<Vec<Problem>>,
+    pub limit: Arc<Semaphore>,
+    pub accepted: AtomicU64,
+    pub refused: AtomicU64,
+    pub failed: AtomicU64,
+    pub accept_errors: AtomicU64,
+    last_refusal: Mutex<Option<Instant>>,
+    pub seed: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every lock here guards plain data that stays valid after a panic.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    pub fn upstreams(&self) -> Arc<Vec<Arc<Upstream>>> {
+        Arc::clone(
+            &self
+                .upstreams
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    pub fn note_refusal(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.last_refusal) = Some(Instant::now());
+    }
+}
+
+/// A running balancer. Dropping it stops the listener and the health checks;
+/// established connections run until either side closes them.
+#[derive(Debug)]
+pub struct Balancer {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    stop: CancellationToken,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Balancer {
+    /// Binds `listen` and starts accepting, with no upstreams yet.
+    pub async fn bind(listen: SocketAddr, config: BalancerConfig) -> Result<Self, Error> {
+        let bind_err = |source| Error::Bind {
+            addr: listen,
+            source,
+        };
+        let socket = listener(listen).map_err(bind_err)?;
+        let local_addr = socket.local_addr().map_err(bind_err)?;
+        let shared = Arc::new(Shared {
+            limit: Arc::new(Semaphore::new(config.max_connections)),
+            config,
+            upstreams: RwLock::new(Arc::new(Vec::new())),
+            draining: Mutex::new(Vec::new()),
+            config_problems: Mutex::new(vec![Problem::NoUpstreams]),
+            accepted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+            last_refusal: Mutex::new(None),
+            seed: AtomicU64::new(seed()),
+        });
+        let stop = CancellationToken::new();
+        let accept = tokio::spawn(listener::accept_loop(
+            socket,
+            Arc::clone(&shared),
+            stop.clone(),
+        ));
+        tracing::info!(%local_addr, "kubeprism listening");
+        Ok(Balancer {
+            shared,
+            local_addr,
+            stop,
+            accept: Some(accept),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Replaces the upstream list (`host:port` each). Upstreams that stay keep their
+    /// health and counters; new ones start checks; removed ones stop taking new
+    /// connections and drain. Returns the problems found in the list (also in status).
+    pub async fn set_upstreams(&self, names: &[String]) -> Vec<Problem> {
+        let (names, mut problems) = resolve::dedupe(names);
+        let resolved =
+            resolve::resolve(names, self.shared.config.resolve_timeout, &mut problems).await;
+
+        let old = self.shared.upstreams();
+        let mut draining = lock(&self.shared.draining);
+        let mut next = Vec::with_capacity(resolved.len());
+        for (name, addr) in resolved {
+            let same = |u: &&Arc<Upstream>| u.name == name && u.addr == addr;
+            if let Some(u) = old.iter().find(same) {
+                next.push(Arc::clone(u));
+            } else if let Some(pos) = draining.iter().position(|u| same(&u)) {
+                // Back before it finished draining: keep its counters, check it again.
+                let u = draining.swap_remove(pos);
+                u.set_draining(false);
+                self.spawn_checks(&u);
+                next.push(u);
+            } else {
+                let u = Upstream::new(name, addr, self.shared.config.health.thresholds);
+                self.spawn_checks(&u);
+                next.push(u);
+            }
+        }
+        for u in old.iter() {
+            if !next.iter().any(|n| Arc::ptr_eq(n, u)) {
+                tracing::info!(upstream = %u.name, active = u.counters.active.load(Ordering::Relaxed), "upstream removed, draining");
+                u.set_draining(true);
+                // Ends its checks: a draining upstream takes no new connections.
+                u.next_epoch();
+                draining.push(Arc::clone(u));
+            }
+        }
+        *self
+            .shared
+            .upstreams
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        drop(draining);
+        for p in &problems {
+            tracing::warn!(problem = %p, "upstream list");
+        }
+        *lock(&self.shared.config_problems) = problems.clone();
+        problems
+    }
+
+    /// Starts the health checks of an upstream; checks started earlier for it end.
+    fn spawn_checks(&self, upstream: &Arc<Upstream>) {
+        let epoch = upstream.next_epoch();
+        let stop = self.stop.clone();
+        let config = self.shared.config.health.clone();
+        let upstream = Arc::clone(upstream);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = check::run(upstream, config, epoch) => {}
+            }
+        });
+    }
+
+    /// A snapshot of the balancer's state; drops drained upstreams as a side effect.
+    pub fn status(&self) -> BalancerStatus {
+        let shared = &self.shared;
+        let current = shared.upstreams();
+        let mut draining = lock(&shared.draining);
+        draining.retain(|u| u.counters.active.load(Ordering::Relaxed) > 0);
+        let upstreams: Vec<_> = current
+            .iter()
+            .chain(draining.iter())
+            .map(|u| u.status())
+            .collect();
+        drop(draining);
+
+        let mut problems = lock(&shared.config_problems).clone();
+        let refused = shared.refused.load(Ordering::Relaxed);
+        let failed = shared.failed.load(Ordering::Relaxed);
+        if !current.is_empty()
+            && upstreams
+                .iter()
+                .take(current.len())
+                .all(|u| u.state == crate::UpstreamState::Down)
+        {
+            problems.push(Problem::AllDown);
+        }
+        if lock(&shared.last_refusal).is_some_and(|t| t.elapsed() < LIMIT_REPORT_FOR) {
+            problems.push(Problem::ConnectionLimit {
+                max: shared.config.max_connections,
+                refused,
+            });
+        }
+        if failed > 0 && !current.is_empty() {
+            problems.push(Problem::NoUpstreamReachable { failed });
+        }
+        BalancerStatus {
+            listen: self.local_addr,
+            upstreams,
+            problems,
+            max_connections: shared.config.max_connections,
+            active_connections: (shared.config.max_connections - shared.limit.available_permits())
+                as u64,
+            accepted: shared.accepted.load(Ordering::Relaxed),
+            refused,
+            failed,
+            accept_errors: shared.accept_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops accepting and checking, and waits for the listener to close (so the port
+    /// can be bound again at once). Established connections are left to finish.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.await;
+        }
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The listening socket. `TCP_NODELAY` is set here because accepted sockets inherit it
+/// (Linux): one `setsockopt` less per client.
+fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+fn seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
+}

@@ -1,0 +1,46 @@
+//! The balancer alone in its own process, for `make bench` (which measures its memory
+//! and compares it with HAProxy): `kubeprism-bench-lb --listen IP:PORT [--copy]
+//! --upstream HOST:PORT...`. Prints `listening IP:PORT`, runs until stdin closes.
+
+#![allow(clippy::print_stdout)]
+
+use std::net::SocketAddr;
+
+use anyhow::{bail, Context};
+use basalt_kubeprism::{Balancer, BalancerConfig, ProxyMode};
+use tokio::io::AsyncReadExt;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let mut listen: SocketAddr = "127.0.0.1:7445".parse()?;
+    let mut upstreams = Vec::new();
+    let mut config = BalancerConfig {
+        max_connections: 20_000,
+        ..BalancerConfig::default()
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--listen" => listen = args.next().context("--listen IP:PORT")?.parse()?,
+            "--upstream" => upstreams.push(args.next().context("--upstream HOST:PORT")?),
+            "--copy" => config.proxy = ProxyMode::Copy,
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    let balancer = Balancer::bind(listen, config).await?;
+    let problems = balancer.set_upstreams(&upstreams).await;
+    if !problems.is_empty() {
+        bail!("upstreams: {problems:?}");
+    }
+    println!("listening {}", balancer.local_addr());
+    // The parent holds our stdin: when it goes (even killed), so do we.
+    let mut sink = [0u8; 64];
+    let mut stdin = tokio::io::stdin();
+    while stdin.read(&mut sink).await? > 0 {}
+    balancer.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! Accepting clients and giving each one an upstream: dial with retries on other
+//! upstreams (invisible to the client, which has not sent or received a byte yet), then
+//! proxy.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use crate::balance::{choose, Rng};
+use crate::balancer::Shared;
+use crate::proxy::proxy;
+use crate::upstream::{ActiveGuard, Upstream};
+
+/// After an accept error (e.g. out of file descriptors), wait this long: retrying at
+/// once would spin on the same error.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((client, _peer)) => {
+                shared.accepted.fetch_add(1, Ordering::Relaxed);
+                match Arc::clone(&shared.limit).try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(serve(client, Arc::clone(&shared), permit));
+                    }
+                    Err(_) => {
+                        // Over the limit: close at once (with a reset, so the client does
+                        // not wait) rather than queue; the client retries.
+                        shared.note_refusal();
+                        let _ = client.set_zero_linger();
+                    }
+                }
+            }
+            Err(e) => {
+                shared.accept_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
+        }
+    }
+}
+
+async fn serve(client: TcpStream, shared: Arc<Shared>, _permit: OwnedSemaphorePermit) {
+    let Some((upstream, stream)) = dial(&shared).await else {
+        shared.failed.fetch_add(1, Ordering::Relaxed);
+        let _ = client.set_zero_linger();
+        return;
+    };
+    let guard = ActiveGuard::new(upstream);
+    // The client socket has TCP_NODELAY from the listener already.
+    let _ = stream.set_nodelay(true);
+    let mode = shared.config.proxy;
+    if let Err(e) = proxy(mode, client, stream, &guard.0.counters).await {
+        // Resets are the normal end of many connections; nothing to report.
+        tracing::debug!(upstream = %guard.0.name, error = %e, "connection ended");
+    }
+}
+
+/// Dials upstreams until one answers, within the attempt and time budget.
+async fn dial(shared: &Shared) -> Option<(Arc<Upstream>, TcpStream)> {
+    let set = shared.upstreams();
+    let config = &shared.config;
+    let mut rng = Rng::new(
+        shared
+            .seed
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed),
+    );
+    let mut tried = vec![false; set.len()];
+    let started = Instant::now();
+    for _ in 0..config.dial_attempts {
+        let candidates: Vec<_> = set
+            .iter()
+            .zip(&tried)
+            .map(|(u, &t)| u.candidate(t))
+            .collect();
+        let i = choose(&candidates, &mut rng)?;
+        tried[i] = true;
+        let upstream = &set[i];
+        let left = config.dial_budget.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return None;
+        }
+        let attempt = Instant::now();
+        let result = tokio::time::timeout(
+            config.dial_timeout.min(left),
+            TcpStream::connect(upstream.addr),
+        )
+        .await;
+        match result {
+            Ok(Ok(stream)) => {
+                upstream.on_dial_success(attempt.elapsed());
+                return Some((Arc::clone(upstream), stream));
+            }
+            Ok(Err(e)) => upstream.on_dial_failure(&e.to_string()),
+            Err(_) => {
+                upstream.on_dial_failure(&io::Error::from(io::ErrorKind::TimedOut).to_string())
+            }
+        }
+    }
+    None
+}

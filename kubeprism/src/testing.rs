@@ -1,0 +1,354 @@
+//! A stand-in for kube-apiserver, for tests and benchmarks: an HTTP server on loopback
+//! that speaks TLS or plain text on the same port (told apart by the first byte), with
+//! `/readyz`, and that a test can make slow, unready, hung or dead.
+//!
+//! Paths: `/readyz` (200 `ok`, or 503 when unready), `/name` (200, body = the backend's
+//! name), `/echo` (200 with an `x-backend` header, then echoes every byte until the
+//! client closes: a long-lived stream). Every answer except `/echo` closes the
+//! connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+
+/// How a backend behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Ready,
+    /// The port is open and serves, but `/readyz` answers 503.
+    Unready,
+    /// Every answer waits this long first.
+    Slow(Duration),
+    /// Accepts connections and never answers (nor reads).
+    Hang,
+}
+
+/// A certificate authority for test backends; its PEM goes into an
+/// [`crate::HttpsCheck`].
+#[derive(Debug)]
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl TestCa {
+    pub fn new() -> Result<Self, Error> {
+        let tls = |e: rcgen::Error| Error::Tls(e.to_string());
+        let key = KeyPair::generate().map_err(tls)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).map_err(tls)?;
+        Ok(TestCa {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// A server configuration for `127.0.0.1` and `localhost`.
+    fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, Error> {
+        let tls = |e: rcgen::Error| Error::Tls(e.to_string());
+        let key = KeyPair::generate().map_err(tls)?;
+        let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .map_err(tls)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(tls)?;
+        let chain = vec![CertificateDer::from(cert.der().to_vec())];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| Error::Tls(e.to_string()))?;
+        Ok(Arc::new(config))
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    name: String,
+    mode: watch::Sender<Mode>,
+    tls: Arc<rustls::ServerConfig>,
+    /// Connections accepted (all paths).
+    connections: AtomicU64,
+}
+
+/// A running backend on `127.0.0.1`. Dropping it kills it.
+#[derive(Debug)]
+pub struct TestBackend {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    running: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
+}
+
+impl TestBackend {
+    /// Starts a backend on a free loopback port.
+    pub async fn start(name: &str, ca: &TestCa) -> Result<Self, Error> {
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            source,
+        })?;
+        let backend = TestBackend {
+            addr,
+            shared: Arc::new(Shared {
+                name: name.to_string(),
+                mode: watch::Sender::new(Mode::Ready),
+                tls: ca.server_config()?,
+                connections: AtomicU64::new(0),
+            }),
+            running: Mutex::new(None),
+        };
+        backend.serve(listener);
+        Ok(backend)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `127.0.0.1:PORT`, as an upstream name.
+    pub fn upstream(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.shared.mode.send_replace(mode);
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Closes the listener and resets every connection; when it returns, the port
+    /// refuses connections.
+    pub async fn kill(&self) {
+        let running = self.running().take();
+        if let Some((token, task)) = running {
+            token.cancel();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn revive(&self) -> Result<(), Error> {
+        self.kill().await;
+        // The old listener closes when its task sees the cancellation; retry briefly.
+        let mut tries = 0;
+        let listener = loop {
+            match bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) if tries >= 100 => return Err(e),
+                Err(_) => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        self.serve(listener);
+        Ok(())
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, Option<(CancellationToken, JoinHandle<()>)>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        let shared = Arc::clone(&self.shared);
+        let task = tokio::spawn(async move {
+            // Dropping the set aborts every connection task: a killed backend resets.
+            let mut conns = JoinSet::new();
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    accepted = listener.accept() => {
+                        if let Ok((stream, _)) = accepted {
+                            shared.connections.fetch_add(1, Ordering::Relaxed);
+                            conns.spawn(connection(stream, Arc::clone(&shared)));
+                        }
+                    }
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        });
+        *self.running() = Some((token, task));
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        if let Some((token, _)) = self.running().take() {
+            token.cancel();
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+async fn connection(stream: TcpStream, shared: Arc<Shared>) {
+    if *shared.mode.borrow() == Mode::Hang {
+        std::future::pending::<()>().await;
+    }
+    let mut first = [0u8; 1];
+    let tls = matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 0x16);
+    let result = if tls {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&shared.tls));
+        match acceptor.accept(stream).await {
+            Ok(tls) => serve_http(tls, &shared).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        serve_http(stream, &shared).await
+    };
+    if let Err(e) = result {
+        tracing::debug!(backend = %shared.name, error = %e, "test backend connection");
+    }
+}
+
+async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    shared: &Shared,
+) -> io::Result<()> {
+    let mut head = Vec::with_capacity(256);
+    let mut byte = [0u8; 256];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 8192 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "head too long"));
+        }
+        // Clients send one request and wait for the answer (an echo client waits for
+        // the head), so nothing past the head is read here.
+        let n = s.read(&mut byte).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&byte[..n]);
+    }
+    let mode = *shared.mode.borrow();
+    match mode {
+        Mode::Slow(d) => tokio::time::sleep(d).await,
+        Mode::Hang => std::future::pending::<()>().await,
+        Mode::Ready | Mode::Unready => {}
+    }
+    let path = head
+        .split(|&b| b == b' ')
+        .nth(1)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    match path.as_str() {
+        "/readyz" if mode == Mode::Unready => {
+            respond(&mut s, "503 Service Unavailable", "not ready").await
+        }
+        "/readyz" => respond(&mut s, "200 OK", "ok").await,
+        "/name" => respond(&mut s, "200 OK", &shared.name).await,
+        "/echo" => {
+            let header = format!("HTTP/1.1 200 OK\r\nx-backend: {}\r\n\r\n", shared.name);
+            s.write_all(header.as_bytes()).await?;
+            s.flush().await?;
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = s.read(&mut buf).await?;
+                if n == 0 {
+                    return s.shutdown().await;
+                }
+                s.write_all(&buf[..n]).await?;
+                s.flush().await?;
+            }
+        }
+        _ => respond(&mut s, "404 Not Found", "not found").await,
+    }
+}
+
+async fn respond<S: AsyncWrite + Unpin>(s: &mut S, status: &str, body: &str) -> io::Result<()> {
+    let answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(answer.as_bytes()).await?;
+    s.shutdown().await
+}
+
+/// A client of the test backend: `GET path` over plain TCP to `addr`; returns the
+/// status code and body.
+pub async fn get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").as_bytes())
+        .await?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await?;
+    parse_answer(&answer)
+}
+
+fn parse_answer(answer: &[u8]) -> io::Result<(u16, String)> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "bad answer");
+    let code = crate::http::parse_status(answer)
+        .map_err(|_| bad())?
+        .ok_or_else(bad)?;
+    let text = String::from_utf8_lossy(answer);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .ok_or_else(bad)?;
+    Ok((code, body.to_string()))
+}
+
+/// Opens an `/echo` stream; returns the stream and the backend's name.
+pub async fn echo_stream(addr: SocketAddr) -> io::Result<(TcpStream, String)> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(b"GET /echo HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    // Byte by byte: the echo must not be read ahead of the head.
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 4096 || s.read(&mut byte).await? == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "bad echo head"));
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let name = text
+        .lines()
+        .find_map(|l| l.strip_prefix("x-backend: "))
+        .unwrap_or_default()
+        .to_string();
+    Ok((s, name))
+}
+
+/// Sends `payload` on an echo stream and reads it back.
+pub async fn echo_round_trip(s: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
+    s.write_all(payload).await?;
+    let mut back = vec![0u8; payload.len()];
+    s.read_exact(&mut back).await?;
+    if back != payload {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "echo differs"));
+    }
+    Ok(())
+}
