@@ -144,21 +144,13 @@ where
             };
             // An error before the handler produced anything (a malformed or oversized
             // message, a failed handler) comes back as a status in the headers.
-            let result = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok())
-                .map(tonic::Code::from_i32)
-                .unwrap_or(tonic::Code::Ok);
-            if result != tonic::Code::Ok {
-                let message = response
-                    .headers()
-                    .get("grpc-message")
-                    .map(|v| percent_decode(v.as_bytes()))
-                    .unwrap_or_default();
-                tracing::info!(who = %caller.who(), method = %path, code = ?result, reason = %message, "call failed");
-            }
+            let result = match Status::from_header_map(response.headers()) {
+                Some(status) if status.code() != tonic::Code::Ok => {
+                    tracing::info!(who = %caller.who(), method = %path, code = ?status.code(), reason = %status.message(), "call failed");
+                    status.code()
+                }
+                _ => tonic::Code::Ok,
+            };
             if rule.is_some_and(|r| r.mutating) {
                 shared.audit(&caller, &path, result);
             }
@@ -170,30 +162,6 @@ where
             }))
         })
     }
-}
-
-/// `grpc-message` is percent-encoded (gRPC over HTTP/2, "Responses").
-fn percent_decode(value: &[u8]) -> String {
-    let mut out = Vec::with_capacity(value.len());
-    let mut i = 0;
-    while i < value.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            value[i],
-            value.get(i + 1).copied().and_then(hex),
-            value.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn forward(
