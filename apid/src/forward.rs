@@ -125,6 +125,42 @@ fn malformed(node: &str, e: &dyn std::fmt::Display) -> Status {
     Status::internal(format!("node {node} sent a malformed response: {e}"))
 }
 
+/// Room kept in a merged answer for each node's error item (its node name and message).
+const ERROR_ITEM_ROOM: usize = 512;
+
+/// Labels and concatenates the nodes' answers into one response of at most `max` bytes:
+/// the merged answer is one message under the same limit as any other, so a node whose
+/// answer does not fit becomes that node's error rather than failing the whole call.
+fn merge<'a>(
+    answers: impl ExactSizeIterator<Item = (&'a String, Result<Bytes, Status>)>,
+    max: usize,
+) -> Bytes {
+    let budget = max.saturating_sub(answers.len() * ERROR_ITEM_ROOM);
+    let mut out = BytesMut::new();
+    for (node, answer) in answers {
+        let labelled = answer.and_then(|bytes| {
+            let mut items = BytesMut::new();
+            label_items(&bytes, node, &mut items)?;
+            if out.len() + items.len() > budget {
+                return Err(Status::resource_exhausted(format!(
+                    "node {node}: its answer ({} bytes) does not fit in the merged answer \
+                     (at most {max} bytes in all); ask this node on its own",
+                    items.len()
+                )));
+            }
+            Ok(items)
+        });
+        match labelled {
+            Ok(items) => out.extend_from_slice(&items),
+            Err(status) => {
+                tracing::info!(node, error = %status.message(), "forwarded call failed");
+                put_item(&mut out, &[&metadata_field(node, Some(&status))]);
+            }
+        }
+    }
+    out.freeze()
+}
+
 /// Walks `message` field by field, without decoding the values. A message another node
 /// sent is checked before a label is appended to it: a truncated last field would swallow
 /// the label (and could leave a node label of the sender's choosing).
@@ -242,21 +278,7 @@ impl Forwarder {
     pub async fn unary(&self, nodes: &[String], call: Call) -> Bytes {
         let answers =
             futures::future::join_all(nodes.iter().map(|node| self.unary_one(node, &call))).await;
-        let mut out = BytesMut::new();
-        for (node, answer) in nodes.iter().zip(answers) {
-            let labelled = answer.and_then(|bytes| {
-                let mut items = BytesMut::new();
-                label_items(&bytes, node, &mut items).map(|()| items)
-            });
-            match labelled {
-                Ok(items) => out.extend_from_slice(&items),
-                Err(status) => {
-                    tracing::info!(node, error = %status.message(), "forwarded call failed");
-                    put_item(&mut out, &[&metadata_field(node, Some(&status))]);
-                }
-            }
-        }
-        out.freeze()
+        merge(nodes.iter().zip(answers), self.max_message_bytes)
     }
 
     async fn stream_one(
@@ -389,6 +411,48 @@ mod tests {
                     tonic::Code::Unavailable as i32,
                     "".into()
                 ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_node_answer_too_large_to_merge_is_that_nodes_error() {
+        let answer = |tag: &str| {
+            Bytes::from(
+                VersionResponse {
+                    messages: vec![VersionResult {
+                        tag: tag.into(),
+                        ..Default::default()
+                    }],
+                }
+                .encode_to_vec(),
+            )
+        };
+        let nodes: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let max = 3 * ERROR_ITEM_ROOM + 3000;
+        let answers = vec![
+            Ok(answer(&"x".repeat(1000))),
+            Ok(answer(&"y".repeat(2500))),
+            Ok(answer("small")),
+        ];
+        let merged = merge(nodes.iter().zip(answers), max);
+        assert!(merged.len() <= max, "{} bytes", merged.len());
+        let merged = VersionResponse::decode(merged).unwrap();
+        let got: Vec<_> = merged
+            .messages
+            .iter()
+            .map(|m| {
+                let md = m.metadata.clone().unwrap();
+                (md.node, md.code, m.tag.len())
+            })
+            .collect();
+        let exhausted = tonic::Code::ResourceExhausted as i32;
+        assert_eq!(
+            got,
+            [
+                ("a".into(), 0, 1000),
+                ("b".into(), exhausted, 0),
+                ("c".into(), 0, 5)
             ]
         );
     }
