@@ -197,3 +197,39 @@ async fn forwarded_calls_keep_the_callers_roles() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn a_forwarded_stream_ends_on_the_target_when_the_client_leaves() {
+    let cluster = Cluster::new();
+    let a = cluster.start("127.0.0.31").await;
+    let b = cluster.start("127.0.0.32").await;
+    let target = vec![b.local_addr().to_string()];
+    let admin = channel(a.local_addr(), &cluster.tls(&[Role::Admin])).await;
+    let mut watch = ResourceServiceClient::new(admin)
+        .watch(to_nodes(
+            rapi::WatchRequest {
+                r#type: "machinestatuses".into(),
+                bootstrap: true,
+                ..Default::default()
+            },
+            &target,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().expect("the bootstrap event");
+    assert_eq!(node_of(&first.metadata).0, target[0]);
+    assert_eq!(b.open_streams(), 1);
+
+    drop(watch);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.open_streams() > 0 || a.open_streams() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "streams still open: entry {}, target {}",
+            a.open_streams(),
+            b.open_streams()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
