@@ -34,6 +34,7 @@ pub fn register_all(engine: &mut Engine, sources: &Sources) -> Result<(), Regist
         sources.cmdline.clone(),
     ))?;
     engine.register(network::HostnameController)?;
+    engine.register(k8s::KubePrismConfigController)?;
     engine.register(k8s::KubePrismEndpointsController)?;
     engine.register(k8s::KubePrismController::new(sources.kubeprism_listen))?;
     Ok(())

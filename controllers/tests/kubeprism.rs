@@ -3,8 +3,13 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use basalt_controller_runtime::testing::Harness;
-use basalt_controllers::k8s::{KubePrismController, KubePrismEndpointsController};
+use basalt_controllers::k8s::{
+    KubePrismConfigController, KubePrismController, KubePrismEndpointsController,
+};
 use basalt_kubeprism::testing::{get, Mode, TestBackend, TestCa};
+use basalt_machine_config::generate::{generate, GenerateOptions};
+use basalt_machine_config::KubePrismConfig;
+use basalt_resource::config::MachineConfigSpec;
 use basalt_resource::k8s::{
     ControlPlaneEndpointSpec, ControlPlaneMemberSpec, KubePrismConfigSpec, KubePrismEndpointsSpec,
     KubePrismState, KubePrismStatusSpec, KubePrismUpstreamSpec,
@@ -163,6 +168,84 @@ async fn a_port_that_cannot_be_bound_is_reported_and_retried() {
     drop(taken);
     h.assert_resource::<KubePrismStatusSpec>(KubePrismStatusSpec::ID, |r| {
         r.spec.state == KubePrismState::Running && r.spec.problems == ["no upstreams configured"]
+    })
+    .await;
+    h.stop().await;
+}
+
+/// A generated control-plane config whose endpoint is `endpoint` and whose Kubernetes CA
+/// is `ca` (the test backends' CA), with KubePrism as `kubeprism` says.
+fn machine_config(endpoint: &str, ca: &TestCa, kubeprism: KubePrismConfig) -> MachineConfigSpec {
+    let bundle = basalt_pki::SecretsBundle::generate().unwrap();
+    let options = GenerateOptions {
+        cluster_name: "test".into(),
+        endpoint: endpoint.into(),
+        install_disk: None,
+        admin_validity: std::time::Duration::from_secs(3600),
+    };
+    let mut config = generate(&bundle, &options).unwrap().controlplane;
+    config.cluster.as_mut().unwrap().ca.as_mut().unwrap().crt = ca.pem().to_string();
+    config.kubeprism = Some(kubeprism);
+    MachineConfigSpec {
+        yaml: config.to_yaml().unwrap(),
+        digest: config.digest().unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_machine_config_turns_kubeprism_on_and_off() {
+    let ca = TestCa::new().unwrap();
+    let backend = TestBackend::start("b0", &ca).await.unwrap();
+    let h = Harness::builder()
+        .with(KubePrismConfigController)
+        .unwrap()
+        .with(KubePrismEndpointsController)
+        .unwrap()
+        .with(KubePrismController::new(IpAddr::V4(Ipv4Addr::LOCALHOST)))
+        .unwrap()
+        .start();
+    let endpoint = format!("https://127.0.0.1:{}", backend.addr().port());
+    let on = KubePrismConfig {
+        enabled: true,
+        port: 0,
+        ..Default::default()
+    };
+    put(
+        h.state(),
+        MachineConfigSpec::ACTIVE,
+        machine_config(&endpoint, &ca, on.clone()),
+    )
+    .await;
+    // The endpoint from ClusterConfig, checked over HTTPS against its CA.
+    h.assert_resource::<KubePrismEndpointsSpec>(KubePrismEndpointsSpec::ID, |r| {
+        r.spec.endpoints == [backend.upstream()]
+    })
+    .await;
+    let config = h
+        .assert_resource::<KubePrismConfigSpec>(KubePrismConfigSpec::ID, |r| r.spec.enabled)
+        .await;
+    assert_eq!(config.spec.ca.as_deref(), Some(ca.pem()));
+    let status = h
+        .assert_resource::<KubePrismStatusSpec>(KubePrismStatusSpec::ID, |r| {
+            r.spec.state == KubePrismState::Running && r.spec.healthy == 1
+        })
+        .await;
+    let listen: SocketAddr = status.spec.listen.parse().unwrap();
+    assert_eq!(get(listen, "/name").await.unwrap().0, 200);
+
+    // Turned off in the config: the balancer stops.
+    let off = KubePrismConfig {
+        enabled: false,
+        ..on
+    };
+    put(
+        h.state(),
+        MachineConfigSpec::ACTIVE,
+        machine_config(&endpoint, &ca, off),
+    )
+    .await;
+    h.assert_resource::<KubePrismStatusSpec>(KubePrismStatusSpec::ID, |r| {
+        r.spec.state == KubePrismState::Disabled
     })
     .await;
     h.stop().await;
