@@ -19,8 +19,10 @@ use crate::{check, listener, resolve, Error};
 /// Clients waiting to be accepted; the kernel caps it at `net.core.somaxconn`.
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// A recent refusal keeps the connection-limit problem in the status this long.
-const LIMIT_REPORT_FOR: Duration = Duration::from_secs(10);
+/// A recent refusal or failed client keeps its problem in the status this long: the
+/// status says what is wrong now, not that something once went wrong (the counters
+/// keep the history).
+const REPORT_FOR: Duration = Duration::from_secs(10);
 
 /// State shared by the handle, the accept loop and the connections.
 #[derive(Debug)]
@@ -39,6 +41,7 @@ pub(crate) struct Shared {
     pub failed: AtomicU64,
     pub accept_errors: AtomicU64,
     last_refusal: Mutex<Option<Instant>>,
+    last_failure: Mutex<Option<Instant>>,
     pub seed: AtomicU64,
 }
 
@@ -60,6 +63,12 @@ impl Shared {
     pub fn note_refusal(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);
         *lock(&self.last_refusal) = Some(Instant::now());
+    }
+
+    /// A client no upstream could be found for.
+    pub fn note_failure(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.last_failure) = Some(Instant::now());
     }
 }
 
@@ -93,6 +102,7 @@ impl Balancer {
             failed: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
             last_refusal: Mutex::new(None),
+            last_failure: Mutex::new(None),
             seed: AtomicU64::new(seed()),
         });
         let stop = CancellationToken::new();
@@ -201,13 +211,15 @@ impl Balancer {
         {
             problems.push(Problem::AllDown);
         }
-        if lock(&shared.last_refusal).is_some_and(|t| t.elapsed() < LIMIT_REPORT_FOR) {
+        if lock(&shared.last_refusal).is_some_and(|t| t.elapsed() < REPORT_FOR) {
             problems.push(Problem::ConnectionLimit {
                 max: shared.config.max_connections,
                 refused,
             });
         }
-        if failed > 0 && !current.is_empty() {
+        if !current.is_empty()
+            && lock(&shared.last_failure).is_some_and(|t| t.elapsed() < REPORT_FOR)
+        {
             problems.push(Problem::NoUpstreamReachable { failed });
         }
         BalancerStatus {

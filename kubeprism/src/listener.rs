@@ -56,7 +56,7 @@ pub(crate) async fn accept_loop(
 
 async fn serve(client: TcpStream, shared: Arc<Shared>, _permit: OwnedSemaphorePermit) {
     let Some((upstream, stream)) = dial(&shared).await else {
-        shared.failed.fetch_add(1, Ordering::Relaxed);
+        shared.note_failure();
         let _ = client.set_zero_linger();
         return;
     };
