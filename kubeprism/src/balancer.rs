@@ -151,6 +151,13 @@ impl Balancer {
                 next.push(u);
             }
         }
+        // A name that does not resolve now (a DNS blip) keeps the addresses it had: the
+        // problem is reported, but a working upstream is not drained for it.
+        for p in &problems {
+            if let Problem::Unresolvable { name, .. } = p {
+                next.extend(old.iter().filter(|u| &u.name == name).cloned());
+            }
+        }
         for u in old.iter() {
             if !next.iter().any(|n| Arc::ptr_eq(n, u)) {
                 tracing::info!(upstream = %u.name, active = u.counters.active.load(Ordering::Relaxed), "upstream removed, draining");

@@ -1,10 +1,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use basalt_controller_runtime::{Action, Controller, ControllerError, Input, Output, Runtime};
-use basalt_kubeprism::{Balancer, BalancerConfig, BalancerStatus, Check, HttpsCheck};
+use basalt_kubeprism::{Balancer, BalancerConfig, BalancerStatus, Check, HttpsCheck, Problem};
 use basalt_resource::k8s::{
     KubePrismConfigSpec, KubePrismEndpointsSpec, KubePrismState, KubePrismStatusSpec,
     KubePrismUpstreamSpec,
@@ -13,6 +13,10 @@ use basalt_resource::k8s::{
 /// How often the status is refreshed while the balancer runs (counters move without
 /// any input changing).
 const STATUS_PERIOD: Duration = Duration::from_secs(1);
+/// Upstream names are resolved again this often (DNS answers change)...
+const RESOLVE_EVERY: Duration = Duration::from_secs(30);
+/// ...and this often while one of them does not resolve (DNS may come up after us).
+const RESOLVE_RETRY: Duration = Duration::from_secs(2);
 
 /// Runs the KubePrism balancer as `KubePrismConfig` says, keeps its upstreams equal to
 /// `KubePrismEndpoints`, and publishes its status and one resource per upstream.
@@ -28,6 +32,8 @@ struct Running {
     config: KubePrismConfigSpec,
     balancer: Balancer,
     endpoints: Option<Vec<String>>,
+    /// When the endpoints were last resolved, and whether one of them failed to.
+    resolved: Option<(Instant, bool)>,
 }
 
 impl KubePrismController {
@@ -114,6 +120,7 @@ impl Controller for KubePrismController {
                     config,
                     balancer,
                     endpoints: None,
+                    resolved: None,
                 }),
                 Err(problem) => {
                     tracing::warn!(%problem, "kubeprism cannot start");
@@ -132,8 +139,15 @@ impl Controller for KubePrismController {
             .await?
             .map(|r| r.spec.endpoints)
             .unwrap_or_default();
-        if running.endpoints.as_ref() != Some(&endpoints) {
-            running.balancer.set_upstreams(&endpoints).await;
+        let resolve_due = running.resolved.is_none_or(|(at, failed)| {
+            at.elapsed() >= if failed { RESOLVE_RETRY } else { RESOLVE_EVERY }
+        });
+        if running.endpoints.as_ref() != Some(&endpoints) || resolve_due {
+            let problems = running.balancer.set_upstreams(&endpoints).await;
+            let failed = problems
+                .iter()
+                .any(|p| matches!(p, Problem::Unresolvable { .. }));
+            running.resolved = Some((Instant::now(), failed));
             running.endpoints = Some(endpoints);
         }
 
