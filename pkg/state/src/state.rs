@@ -308,9 +308,7 @@ impl State {
         resource: AnyResource,
         owner: &str,
     ) -> Result<Arc<AnyResource>, StateError> {
-        check_spec_type(&resource)?;
-        let key = resource.metadata.key();
-        validate_key(&key)?;
+        let key = new_key(&resource)?;
         let resource = fresh(resource, owner);
         self.write_existing(&key, |current| match current {
             Some(_) => Err(StateError::AlreadyExists(key.clone())),
@@ -328,9 +326,7 @@ impl State {
         resource: AnyResource,
         owner: &str,
     ) -> Result<Arc<AnyResource>, StateError> {
-        check_spec_type(&resource)?;
-        let key = resource.metadata.key();
-        validate_key(&key)?;
+        let key = new_key(&resource)?;
         let stored = self
             .write_existing(&key, |current| {
                 let Some(current) = current else {
@@ -561,6 +557,15 @@ fn validate_key(key: &ResourceKey) -> Result<(), StateError> {
 }
 
 /// A resource's metadata must name the type its spec is.
+/// The key of a resource about to be stored for the first time, checked: its spec is of
+/// its type and the key is well formed.
+fn new_key(resource: &AnyResource) -> Result<ResourceKey, StateError> {
+    check_spec_type(resource)?;
+    let key = resource.metadata.key();
+    validate_key(&key)?;
+    Ok(key)
+}
+
 /// `resource` as it is first stored: owned by `owner`, running, and without finalizers
 /// (they are added by their holders, never brought along).
 fn fresh(mut resource: AnyResource, owner: &str) -> AnyResource {
