@@ -132,10 +132,18 @@ async fn run() -> Result<()> {
     // Rounds alternate between the targets, so that load from outside the bench (the
     // cores are shared) falls on all of them alike.
     let mut done = vec![0u64; targets.len()];
+    let cpu_before = [cpu_ticks(ours_pid)?, cpu_ticks(haproxy_pid)?];
     for _ in 0..RATE_ROUNDS {
         for (t, done) in targets.iter().zip(&mut done) {
             *done += connection_rate(&t.http).await?;
         }
+    }
+    let cpu_after = [cpu_ticks(ours_pid)?, cpu_ticks(haproxy_pid)?];
+    for i in 0..2 {
+        let ticks = cpu_after[i] - cpu_before[i];
+        results
+            .cpu_per_connection
+            .push(ticks as f64 * 1e6 / ticks_per_second() / done[i] as f64);
     }
     for (t, done) in targets.iter().zip(&done) {
         let rate = *done as f64 / (RATE_WINDOW.as_secs_f64() * f64::from(RATE_ROUNDS));
@@ -199,6 +207,8 @@ struct Results {
     /// ours, haproxy, direct, ours with copy
     throughput: Vec<f64>,
     rate: Vec<f64>,
+    /// ours, haproxy: CPU time (user + system) per connection in the rate test, µs
+    cpu_per_connection: Vec<f64>,
     /// p50, p99 (median of the per-round p99s), p99 over all samples
     latency: Vec<(f64, f64, f64)>,
     /// ours, haproxy
@@ -213,6 +223,9 @@ impl Results {
             return;
         };
         let [r_ours, r_ha, r_direct, r_copy] = self.rate[..] else {
+            return;
+        };
+        let [c_ours, c_ha] = self.cpu_per_connection[..] else {
             return;
         };
         let [(p50_ours, p99_ours, all_ours), (p50_ha, p99_ha, all_ha), (p50_direct, p99_direct, all_direct), (p50_copy, p99_copy, _)] =
@@ -255,6 +268,10 @@ impl Results {
         println!(
             "| same, ours with `copy_bidirectional` | {r_copy:.0} | | | {:.2} | (info) | |",
             r_copy / r_ha
+        );
+        println!(
+            "| proxy CPU time (user + system) per connection in that test (µs) | {c_ours:.1} | {c_ha:.1} | | {:.2} | (info) | |",
+            c_ours / c_ha
         );
         println!(
             "| added latency p50 (64 B round trip, µs) | {a50_ours:.1} | {a50_ha:.1} | 0 ({p50_direct:.1} total) | {:.2} | (info) | |",
@@ -537,6 +554,26 @@ async fn idle_memory(
     let per_connection = (measured[1] - measured[0]) / (IDLE_STEPS[1] - IDLE_STEPS[0]) as f64;
     let extrapolated = measured[1] + per_connection * (IDLE_CONNECTIONS - IDLE_STEPS[1]) as f64;
     Ok((measured, extrapolated))
+}
+
+/// CPU time (user + system, all threads) `pid` has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces), from field 3 (state) on.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("/proc/PID/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| -> Result<u64> {
+        Ok(fields.get(n - 3).context("/proc/PID/stat field")?.parse()?)
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+fn ticks_per_second() -> f64 {
+    rustix::param::clock_ticks_per_second() as f64
 }
 
 fn rss_mib(pid: u32) -> Result<f64> {

@@ -11,6 +11,8 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("starting the connection-serving threads: {0}")]
+    Workers(#[source] io::Error),
     #[error("TLS configuration for health checks: {0}")]
     Tls(String),
     #[error("reading PEM {what}: {reason}")]

@@ -11,6 +11,8 @@
 //!   every 500 ms while it is up, with rise/fall hysteresis ([`health`]).
 //! - **Selection**: power of two choices weighted by outstanding connections and dial
 //!   latency ([`balance`]).
+//! - **Threads**: one per core, each with its own runtime and `SO_REUSEPORT` listener,
+//!   serving the connections it accepts to the end ([`Balancer`]).
 //! - **Proxying**: `splice(2)` through a lazily made pipe on Linux (zero-copy), or
 //!   `copy_bidirectional`; half-close is carried through.
 //! - **Reconfiguration** swaps the upstream set atomically; established connections keep

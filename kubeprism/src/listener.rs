@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::balance::{choose, Rng};
 use crate::balancer::Shared;
@@ -20,10 +21,13 @@ use crate::upstream::{ActiveGuard, Upstream};
 /// once would spin on the same error.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
+/// Accepts until `stop`; each connection is spawned (on the current thread's runtime)
+/// into `connections`.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+    connections: &TaskTracker,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -35,7 +39,7 @@ pub(crate) async fn accept_loop(
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
                 match Arc::clone(&shared.limit).try_acquire_owned() {
                     Ok(permit) => {
-                        tokio::spawn(serve(client, Arc::clone(&shared), permit));
+                        connections.spawn(serve(client, Arc::clone(shared), permit));
                     }
                     Err(_) => {
                         // Over the limit: close at once (with a reset, so the client does

@@ -10,7 +10,9 @@ use anyhow::{bail, Context};
 use basalt_kubeprism::{Balancer, BalancerConfig, ProxyMode};
 use tokio::io::AsyncReadExt;
 
-#[tokio::main]
+// The balancer serves connections on threads of its own; this runtime only runs the
+// health checks.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
