@@ -52,8 +52,13 @@ pub(crate) struct Shared {
     pub refused: AtomicU64,
     pub failed: AtomicU64,
     pub accept_errors: AtomicU64,
+    /// Clients lost because this node ran out of something (`error::is_local`).
+    local_failures: AtomicU64,
     last_refusal: Mutex<Option<Instant>>,
     last_failure: Mutex<Option<Instant>>,
+    last_local: Mutex<Option<(Instant, String)>>,
+    /// Serializes reconfigurations: each reads the set the one before it wrote.
+    reconfiguring: tokio::sync::Mutex<()>,
     pub seed: AtomicU64,
 }
 
@@ -81,6 +86,13 @@ impl Shared {
     pub fn note_failure(&self) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         *lock(&self.last_failure) = Some(Instant::now());
+    }
+
+    /// A client lost because this node ran out of descriptors, ports or memory while
+    /// accepting (`what` = "accept") or dialing it: not the upstreams' fault.
+    pub fn note_local(&self, what: &str, error: &io::Error) {
+        self.local_failures.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.last_local) = Some((Instant::now(), format!("{what}: {error}")));
     }
 }
 
@@ -113,6 +125,8 @@ impl Balancer {
         for _ in 1..threads {
             listeners.push(listener(local_addr).map_err(bind_err)?);
         }
+        let mut config = config;
+        config.max_connections = connection_budget(config.max_connections);
         let shared = Arc::new(Shared {
             limit: Arc::new(Semaphore::new(config.max_connections)),
             config,
@@ -123,8 +137,11 @@ impl Balancer {
             refused: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
+            local_failures: AtomicU64::new(0),
             last_refusal: Mutex::new(None),
             last_failure: Mutex::new(None),
+            last_local: Mutex::new(None),
+            reconfiguring: tokio::sync::Mutex::new(()),
             seed: AtomicU64::new(seed()),
         });
         let stop = CancellationToken::new();
@@ -167,6 +184,7 @@ impl Balancer {
     /// health and counters; new ones start checks; removed ones stop taking new
     /// connections and drain. Returns the problems found in the list (also in status).
     pub async fn set_upstreams(&self, names: &[String]) -> Vec<Problem> {
+        let _serial = self.shared.reconfiguring.lock().await;
         let (names, mut problems) = resolve::dedupe(names);
         let resolved =
             resolve::resolve(names, self.shared.config.resolve_timeout, &mut problems).await;
@@ -268,6 +286,14 @@ impl Balancer {
         {
             problems.push(Problem::NoUpstreamReachable { failed });
         }
+        if let Some((at, error)) = lock(&shared.last_local).as_ref() {
+            if at.elapsed() < REPORT_FOR {
+                problems.push(Problem::OutOfResources {
+                    error: error.clone(),
+                    lost: shared.local_failures.load(Ordering::Relaxed),
+                });
+            }
+        }
         BalancerStatus {
             listen: self.local_addr,
             upstreams,
@@ -361,7 +387,54 @@ fn listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-fn seed() -> u64 {
+/// Descriptors kept for everything but proxied connections (listeners, health checks,
+/// pooled pipes), at most.
+const RESERVED_FDS: u64 = 1024;
+
+/// `wanted` connections, or as many as the descriptor limit allows. Each proxied
+/// connection holds two descriptors; the soft `RLIMIT_NOFILE` is raised as far as the
+/// hard one allows (as HAProxy does), and if that is not enough the connection limit is
+/// lowered, so that a client flood meets the connection limit (refused at once, and
+/// reported) before the process runs out of descriptors (which fails accepts, dials and
+/// checks alike).
+fn connection_budget(wanted: usize) -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let need = (wanted as u64)
+        .saturating_mul(2)
+        .saturating_add(RESERVED_FDS);
+    let soft = limit.current.unwrap_or(u64::MAX);
+    if soft >= need {
+        return wanted;
+    }
+    let raised = limit.maximum.map_or(need, |hard| hard.min(need));
+    let soft = match setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(raised),
+            maximum: limit.maximum,
+        },
+    ) {
+        Ok(()) => raised,
+        Err(e) => {
+            tracing::warn!(error = %e, "raising RLIMIT_NOFILE");
+            soft
+        }
+    };
+    let reserve = (soft / 8).clamp(32, RESERVED_FDS);
+    let allowed = usize::try_from(soft.saturating_sub(reserve) / 2).unwrap_or(usize::MAX);
+    if allowed < wanted {
+        tracing::warn!(
+            wanted,
+            allowed,
+            nofile = soft,
+            "the descriptor limit lowers the connection limit"
+        );
+    }
+    allowed.min(wanted)
+}
+
+pub(crate) fn seed() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)

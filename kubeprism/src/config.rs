@@ -14,7 +14,7 @@ use crate::Error;
 pub enum ProxyMode {
     /// `splice(2)` through a pipe: the bytes never enter user space (Linux only).
     Splice,
-    /// `tokio::io::copy_bidirectional` through user-space buffers.
+    /// `tokio::io::copy` through user-space buffers, each direction on its own.
     Copy,
 }
 
@@ -79,10 +79,21 @@ impl Default for HealthConfig {
 }
 
 impl HealthConfig {
+    /// The defaults for `check`. An HTTPS check runs every second while the upstream is
+    /// up, not every half second: each is a request that the API server answers for
+    /// every node, and the kept-alive connection sees a dead server at once anyway. Its
+    /// timeout is 2 s: a loaded API server may answer slowly without being down.
     pub fn with_check(check: Check) -> Self {
-        HealthConfig {
-            check,
-            ..HealthConfig::default()
+        match check {
+            Check::Tcp => HealthConfig::default(),
+            Check::Https(_) => HealthConfig {
+                check,
+                thresholds: Thresholds {
+                    interval_up: Duration::from_secs(1),
+                    ..Thresholds::default()
+                },
+                timeout: Duration::from_secs(2),
+            },
         }
     }
 }
@@ -97,7 +108,10 @@ pub enum Check {
     Https(Arc<HttpsCheck>),
 }
 
-/// The TLS side of an HTTPS check.
+/// The TLS side of an HTTPS check. An answer of 200 is ready; 401 or 403 (anonymous
+/// access to `/readyz` refused) counts as up, since the server answered over TLS
+/// verified against the CA, though its readiness cannot be seen without a client
+/// certificate; any other status is not ready.
 #[derive(Debug)]
 pub struct HttpsCheck {
     pub tls: Arc<rustls::ClientConfig>,

@@ -79,6 +79,10 @@ impl Health {
         self.state
     }
 
+    pub fn thresholds(&self) -> &Thresholds {
+        &self.thresholds
+    }
+
     /// Applies an active check result; returns whether the state changed.
     pub fn on_check(&mut self, ok: bool) -> bool {
         let before = self.state;

@@ -7,14 +7,15 @@
 //!   same client connection is dialed again on another upstream (bounded attempts and
 //!   time) before a byte moves, so the client never sees the dead one.
 //! - **Active health**: a task per upstream checks it (TCP connect, or HTTPS
-//!   `GET /readyz` with the CA verified) every 200 ms while it is down or suspect and
-//!   every 500 ms while it is up, with rise/fall hysteresis ([`health`]).
+//!   `GET /readyz` with the CA verified, on a kept-alive connection) every 200 ms while
+//!   it is down or suspect and every 500 ms (TCP) or 1 s (HTTPS) while it is up, with
+//!   rise/fall hysteresis ([`health`]).
 //! - **Selection**: power of two choices weighted by outstanding connections and dial
 //!   latency ([`balance`]).
 //! - **Threads**: one per core, each with its own runtime and `SO_REUSEPORT` listener,
 //!   serving the connections it accepts to the end ([`Balancer`]).
 //! - **Proxying**: `splice(2)` through a lazily made pipe on Linux (zero-copy), or
-//!   `copy_bidirectional`; half-close is carried through.
+//!   a copy through user space; half-close is carried through.
 //! - **Reconfiguration** swaps the upstream set atomically; established connections keep
 //!   their upstream, and removed upstreams drain.
 //!
@@ -25,7 +26,6 @@ mod balancer;
 mod check;
 mod config;
 mod error;
-mod http;
 mod listener;
 mod proxy;
 mod resolve;
@@ -36,6 +36,7 @@ mod upstream;
 
 pub mod balance;
 pub mod health;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use balancer::Balancer;

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::balance::{choose, Rng};
 use crate::balancer::Shared;
+use crate::error::is_local;
 use crate::proxy::proxy;
 use crate::upstream::{ActiveGuard, Upstream};
 
@@ -51,6 +52,9 @@ pub(crate) async fn accept_loop(
             }
             Err(e) => {
                 shared.accept_errors.fetch_add(1, Ordering::Relaxed);
+                if is_local(&e) {
+                    shared.note_local("accept", &e);
+                }
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
             }
@@ -59,10 +63,16 @@ pub(crate) async fn accept_loop(
 }
 
 async fn serve(client: TcpStream, shared: Arc<Shared>, _permit: OwnedSemaphorePermit) {
-    let Some((upstream, stream)) = dial(&shared).await else {
-        shared.note_failure();
-        let _ = client.set_zero_linger();
-        return;
+    let (upstream, stream) = match dial(&shared).await {
+        Ok(dialed) => dialed,
+        Err(failure) => {
+            match failure {
+                DialFailure::NoUpstream => shared.note_failure(),
+                DialFailure::Local(e) => shared.note_local("dial", &e),
+            }
+            let _ = client.set_zero_linger();
+            return;
+        }
     };
     let guard = ActiveGuard::new(upstream);
     // The client socket has TCP_NODELAY from the listener already.
@@ -74,8 +84,16 @@ async fn serve(client: TcpStream, shared: Arc<Shared>, _permit: OwnedSemaphorePe
     }
 }
 
+enum DialFailure {
+    /// No upstream answered within the attempts and time allowed.
+    NoUpstream,
+    /// This node is out of descriptors, ports or memory: another upstream would fail
+    /// the same way, and this one is not to blame.
+    Local(io::Error),
+}
+
 /// Dials upstreams until one answers, within the attempt and time budget.
-async fn dial(shared: &Shared) -> Option<(Arc<Upstream>, TcpStream)> {
+async fn dial(shared: &Shared) -> Result<(Arc<Upstream>, TcpStream), DialFailure> {
     let set = shared.upstreams();
     let config = &shared.config;
     let mut rng = Rng::new(
@@ -91,12 +109,12 @@ async fn dial(shared: &Shared) -> Option<(Arc<Upstream>, TcpStream)> {
             .zip(&tried)
             .map(|(u, &t)| u.candidate(t))
             .collect();
-        let i = choose(&candidates, &mut rng)?;
+        let i = choose(&candidates, &mut rng).ok_or(DialFailure::NoUpstream)?;
         tried[i] = true;
         let upstream = &set[i];
         let left = config.dial_budget.saturating_sub(started.elapsed());
         if left.is_zero() {
-            return None;
+            return Err(DialFailure::NoUpstream);
         }
         let attempt = Instant::now();
         let result = tokio::time::timeout(
@@ -107,13 +125,14 @@ async fn dial(shared: &Shared) -> Option<(Arc<Upstream>, TcpStream)> {
         match result {
             Ok(Ok(stream)) => {
                 upstream.on_dial_success(attempt.elapsed());
-                return Some((Arc::clone(upstream), stream));
+                return Ok((Arc::clone(upstream), stream));
             }
+            Ok(Err(e)) if is_local(&e) => return Err(DialFailure::Local(e)),
             Ok(Err(e)) => upstream.on_dial_failure(&e.to_string()),
             Err(_) => {
                 upstream.on_dial_failure(&io::Error::from(io::ErrorKind::TimedOut).to_string())
             }
         }
     }
-    None
+    Err(DialFailure::NoUpstream)
 }

@@ -82,10 +82,14 @@ pub(crate) async fn pump(
     let mut bulk = false;
     loop {
         from.readable().await?;
-        let step = if bulk {
-            splice_once(from, to, counter).await?
-        } else {
-            copy_small(from, to, counter)?
+        let step = match bulk.then(take_pipe) {
+            Some(Ok(pipe)) => splice_once(from, to, pipe, counter).await?,
+            Some(Err(e)) => {
+                // Out of descriptors for a pipe: this step goes through user space.
+                tracing::debug!(error = %e, "no pipe, copying");
+                copy_small(from, to, counter)?
+            }
+            None => copy_small(from, to, counter)?,
         };
         match step {
             Step::Eof => break,
@@ -174,10 +178,14 @@ async fn write_all(to: &TcpStream, mut bytes: &[u8], counter: &AtomicU64) -> io:
     Ok(())
 }
 
-/// Splices what is queued on `from` into a pipe and all of it on to `to`.
-async fn splice_once(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> io::Result<Step> {
+/// Splices what is queued on `from` into `pipe` (empty) and all of it on to `to`.
+async fn splice_once(
+    from: &TcpStream,
+    to: &TcpStream,
+    pipe: Pipe,
+    counter: &AtomicU64,
+) -> io::Result<Step> {
     let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
-    let pipe = take_pipe()?;
     let (pipe_out, pipe_in) = (&pipe.0, &pipe.1);
     // Unlike a short read, a short splice does not mean the socket is drained (the
     // pipe has only so many slots), so the readiness is left for `EAGAIN` to clear.

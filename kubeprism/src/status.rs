@@ -85,6 +85,9 @@ pub enum Problem {
     ConnectionLimit { max: usize, refused: u64 },
     /// Client connections were closed because no upstream could be dialed.
     NoUpstreamReachable { failed: u64 },
+    /// This node ran out of descriptors, local ports or memory while accepting or
+    /// dialing (the upstreams are not blamed for it); `lost` clients so far.
+    OutOfResources { error: String, lost: u64 },
 }
 
 impl fmt::Display for Problem {
@@ -106,6 +109,10 @@ impl fmt::Display for Problem {
             Problem::NoUpstreamReachable { failed } => write!(
                 f,
                 "{failed} client connections closed: no upstream could be dialed"
+            ),
+            Problem::OutOfResources { error, lost } => write!(
+                f,
+                "out of local resources ({error}): {lost} client connections lost"
             ),
         }
     }

@@ -33,6 +33,9 @@ pub enum Mode {
     Slow(Duration),
     /// Accepts connections and never answers (nor reads).
     Hang,
+    /// `/readyz` answers 403, as kube-apiserver does when anonymous requests may not
+    /// read it.
+    Forbidden,
 }
 
 /// A certificate authority for test backends; its PEM goes into an
@@ -185,12 +188,14 @@ impl TestBackend {
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    accepted = listener.accept() => {
-                        if let Ok((stream, _)) = accepted {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => {
                             shared.connections.fetch_add(1, Ordering::Relaxed);
                             conns.spawn(connection(stream, Arc::clone(&shared)));
                         }
-                    }
+                        // Out of descriptors, say: the next accept would fail at once.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    },
                     Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 }
             }
@@ -233,74 +238,81 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     }
 }
 
+/// Serves requests on one connection until the client closes it or asks to close it
+/// (`connection: close`), as kube-apiserver does with HTTP/1.1 keep-alive.
 async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     shared: &Shared,
 ) -> io::Result<()> {
-    let mut head = Vec::with_capacity(256);
-    let mut byte = [0u8; 256];
-    while !head.ends_with(b"\r\n\r\n") {
-        if head.len() > 8192 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "head too long"));
-        }
-        // Clients send one request and wait for the answer (an echo client waits for
-        // the head), so nothing past the head is read here.
-        let n = s.read(&mut byte).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&byte[..n]);
-    }
-    let mode = *shared.mode.borrow();
-    match mode {
-        Mode::Slow(d) => tokio::time::sleep(d).await,
-        Mode::Hang => std::future::pending::<()>().await,
-        Mode::Ready | Mode::Unready => {}
-    }
-    let path = head
-        .split(|&b| b == b' ')
-        .nth(1)
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
-    match path.as_str() {
-        "/readyz" if mode == Mode::Unready => {
-            respond(&mut s, "503 Service Unavailable", "not ready").await
-        }
-        "/readyz" => respond(&mut s, "200 OK", "ok").await,
-        "/name" => respond(&mut s, "200 OK", &shared.name).await,
-        "/echo" => {
-            let header = format!("HTTP/1.1 200 OK\r\nx-backend: {}\r\n\r\n", shared.name);
-            s.write_all(header.as_bytes()).await?;
-            s.flush().await?;
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                let n = s.read(&mut buf).await?;
-                if n == 0 {
-                    return s.shutdown().await;
-                }
-                s.write_all(&buf[..n]).await?;
-                s.flush().await?;
+    loop {
+        let mut head = Vec::with_capacity(256);
+        let mut byte = [0u8; 256];
+        while !head.ends_with(b"\r\n\r\n") {
+            if head.len() > 8192 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "head too long"));
             }
+            // Clients send one request and wait for the answer (an echo client waits for
+            // the head), so nothing past the head is read here.
+            let n = s.read(&mut byte).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            head.extend_from_slice(&byte[..n]);
         }
-        _ => respond(&mut s, "404 Not Found", "not found").await,
+        let mode = *shared.mode.borrow();
+        match mode {
+            Mode::Slow(d) => tokio::time::sleep(d).await,
+            Mode::Hang => std::future::pending::<()>().await,
+            Mode::Ready | Mode::Unready | Mode::Forbidden => {}
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let path = head.split(' ').nth(1).unwrap_or_default().to_string();
+        let close = head.contains("\r\nconnection: close\r\n");
+        let (status, body) = match path.as_str() {
+            "/readyz" if mode == Mode::Unready => ("503 Service Unavailable", "not ready"),
+            "/readyz" if mode == Mode::Forbidden => ("403 Forbidden", "forbidden"),
+            "/readyz" => ("200 OK", "ok"),
+            "/name" => ("200 OK", shared.name.as_str()),
+            "/echo" => return echo(s, &shared.name).await,
+            _ => ("404 Not Found", "not found"),
+        };
+        let connection = if close { "close" } else { "keep-alive" };
+        let answer = format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: {connection}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(answer.as_bytes()).await?;
+        if close {
+            return s.shutdown().await;
+        }
+        s.flush().await?;
     }
 }
 
-async fn respond<S: AsyncWrite + Unpin>(s: &mut S, status: &str, body: &str) -> io::Result<()> {
-    let answer = format!(
-        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(answer.as_bytes()).await?;
-    s.shutdown().await
+/// Answers `/echo`: a head, then every byte back until the client closes.
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, name: &str) -> io::Result<()> {
+    let header = format!("HTTP/1.1 200 OK\r\nx-backend: {name}\r\n\r\n");
+    s.write_all(header.as_bytes()).await?;
+    s.flush().await?;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return s.shutdown().await;
+        }
+        s.write_all(&buf[..n]).await?;
+        s.flush().await?;
+    }
 }
 
 /// A client of the test backend: `GET path` over plain TCP to `addr`; returns the
 /// status code and body.
 pub async fn get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut answer = Vec::new();
     s.read_to_end(&mut answer).await?;
     parse_answer(&answer)
@@ -308,13 +320,12 @@ pub async fn get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
 
 fn parse_answer(answer: &[u8]) -> io::Result<(u16, String)> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "bad answer");
-    let code = crate::http::parse_status(answer)
-        .map_err(|_| bad())?
-        .ok_or_else(bad)?;
     let text = String::from_utf8_lossy(answer);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
+    let code = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
         .ok_or_else(bad)?;
     Ok((code, body.to_string()))
 }

@@ -153,6 +153,12 @@ impl Upstream {
     /// Records a check result; returns how long to wait for the next one.
     pub fn on_check(&self, result: Result<(), CheckError>, latency: Duration) -> Duration {
         let mut checked = self.checked();
+        if let Err(e @ CheckError::Local(_)) = &result {
+            // Nothing learned about the upstream: its state stays, the check is retried
+            // soon.
+            checked.last_error = Some(format!("check: {e}"));
+            return checked.health.thresholds().interval_down;
+        }
         checked.last_latency = Some(latency);
         let ok = result.is_ok();
         if let Err(e) = &result {
@@ -237,6 +243,22 @@ mod tests {
         u.on_check(Err(CheckError::Refused("refused".into())), Duration::ZERO);
         assert_eq!(u.state(), HealthState::Suspect);
         assert_eq!(u.status().check_failures, 1);
+    }
+
+    #[test]
+    fn a_check_that_failed_for_local_reasons_changes_nothing() {
+        let u = upstream();
+        for _ in 0..5 {
+            let wait = u.on_check(
+                Err(CheckError::Local("too many open files".into())),
+                Duration::ZERO,
+            );
+            assert_eq!(wait, Thresholds::default().interval_down);
+        }
+        let status = u.status();
+        assert_eq!(status.state, UpstreamState::Healthy);
+        assert_eq!(status.check_failures, 0);
+        assert!(status.last_error.unwrap().contains("local"));
     }
 
     #[test]

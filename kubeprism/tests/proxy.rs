@@ -1,5 +1,5 @@
-//! Bytes go through intact both ways, large and small, with half-close, in both proxy
-//! modes; and they are counted.
+//! Bytes go through intact both ways, large and small, with half-close from either side
+//! and a reset after an answer, in both proxy modes; and they are counted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,9 +8,10 @@ mod common;
 use std::time::Duration;
 
 use basalt_kubeprism::testing::{echo_stream, TestCa};
-use basalt_kubeprism::{BalancerConfig, ProxyMode};
+use basalt_kubeprism::{Balancer, BalancerConfig, ProxyMode};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 const BULK: usize = 4 << 20;
 
@@ -68,4 +69,116 @@ async fn splice_mode_moves_large_and_small_writes_intact_with_half_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_mode_moves_large_and_small_writes_intact_with_half_close() {
     round_trip(ProxyMode::Copy).await;
+}
+
+/// A plain TCP upstream for the tests below, and the one connection the balancer proxies
+/// to it (told from the health checks' connections by the client's first bytes).
+async fn proxied_pair(mode: ProxyMode) -> (Balancer, TcpStream, TcpStream) {
+    let upstream = TcpListener::bind(loopback()).await.unwrap();
+    let config = BalancerConfig {
+        proxy: mode,
+        ..BalancerConfig::default()
+    };
+    let lb = balancer(config, &[upstream.local_addr().unwrap().to_string()]).await;
+    // A small receive buffer: what the client does not read yet stays in the balancer.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(lb.local_addr()).await.unwrap();
+    client.write_all(b"hello").await.unwrap();
+    loop {
+        let (mut server, _) = upstream.accept().await.unwrap();
+        let mut hello = [0u8; 5];
+        // A check's connection closes without a byte.
+        if server.read_exact(&mut hello).await.is_ok() && &hello == b"hello" {
+            return (lb, client, server);
+        }
+    }
+}
+
+async fn upstream_half_closes_first(mode: ProxyMode) {
+    let (_lb, mut client, mut server) = proxied_pair(mode).await;
+    server.write_all(b"answer").await.unwrap();
+    server.shutdown().await.unwrap();
+    // The client sees the answer and the end of it...
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
+        .await
+        .expect("the upstream's end reaches the client")
+        .unwrap();
+    assert_eq!(answer, b"answer");
+    // ...and what it sends afterwards still reaches the upstream.
+    client.write_all(b"and more").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), server.read_to_end(&mut rest))
+        .await
+        .expect("the client's end reaches the upstream")
+        .unwrap();
+    assert_eq!(rest, b"and more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splice_mode_carries_on_after_the_upstream_half_closes() {
+    upstream_half_closes_first(ProxyMode::Splice).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_mode_carries_on_after_the_upstream_half_closes() {
+    upstream_half_closes_first(ProxyMode::Copy).await;
+}
+
+/// The upstream sends its last answer and resets the connection while the client is
+/// still sending (an API server refusing an upload, say): the answer, queued in the
+/// balancer because the client reads slowly, is still delivered.
+async fn answer_then_reset(mode: ProxyMode) {
+    // Small enough to sit in the balancer's receive buffer whole.
+    const ANSWER: usize = 48 * 1024;
+    let (_lb, client, server) = proxied_pair(mode).await;
+    let (mut read, mut write) = client.into_split();
+    let answer: Vec<u8> = (0..ANSWER).map(|i| (i % 241) as u8).collect();
+    let mut server = server;
+    tokio::time::timeout(Duration::from_secs(5), server.write_all(&answer))
+        .await
+        .expect("the answer fits in the balancer's buffers")
+        .unwrap();
+    // The client keeps sending and reads nothing yet.
+    let sending = tokio::spawn(async move {
+        let chunk = [1u8; 1024];
+        for _ in 0..2000 {
+            if write.write_all(&chunk).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Closed with the client's bytes unread: a reset.
+    server.set_zero_linger().unwrap();
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), read.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the client was left hanging after {} bytes", got.len()),
+        }
+    }
+    sending.abort();
+    assert!(
+        got == answer,
+        "{} bytes of the {ANSWER}-byte answer",
+        got.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splice_mode_delivers_the_answer_of_an_upstream_that_resets() {
+    answer_then_reset(ProxyMode::Splice).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_mode_delivers_the_answer_of_an_upstream_that_resets() {
+    answer_then_reset(ProxyMode::Copy).await;
 }

@@ -1,0 +1,81 @@
+//! Running out of file descriptors is this node's problem, not the upstreams': a client
+//! flood that exhausts them is reported as such, no upstream is marked down for it, and
+//! clients are served again once the flood is gone. The connection limit follows the
+//! descriptor limit.
+//!
+//! Alone in its file: it lowers the limit of the whole test process for good.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use basalt_kubeprism::testing::{get, TestCa};
+use basalt_kubeprism::{BalancerConfig, Problem, UpstreamState};
+use common::*;
+use rustix::process::{setrlimit, Resource, Rlimit};
+use tokio::net::TcpStream;
+
+const NOFILE: u64 = 256;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_that_exhausts_descriptors_is_reported_and_blames_no_upstream() {
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(NOFILE),
+            maximum: Some(NOFILE),
+        },
+    )
+    .unwrap();
+    let ca = TestCa::new().unwrap();
+    let b = backends(2, &ca).await;
+    let lb = balancer(BalancerConfig::default(), &names(&[&b[0], &b[1]])).await;
+    // Two descriptors a connection, some kept back: well under 20,000.
+    let max = lb.status().max_connections;
+    assert!(
+        max > 0 && (max as u64) < NOFILE / 2,
+        "max_connections {max}"
+    );
+
+    // Every client holds four descriptors of this process (its own, the balancer's two,
+    // the backend's): the process runs out long before the connection limit.
+    let mut flood = Vec::new();
+    while flood.len() < 1000 {
+        match TcpStream::connect(lb.local_addr()).await {
+            Ok(c) => flood.push(c),
+            Err(_) => break,
+        }
+    }
+    println!("{} clients connected before running out", flood.len());
+    wait_for(
+        &lb,
+        Duration::from_secs(5),
+        "out of resources reported",
+        |s| {
+            s.problems
+                .iter()
+                .any(|p| matches!(p, Problem::OutOfResources { .. }))
+        },
+    )
+    .await;
+    let status = lb.status();
+    for u in &status.upstreams {
+        assert_eq!(u.state, UpstreamState::Healthy, "{u:#?}");
+        assert_eq!(u.dial_failures, 0, "{u:#?}");
+    }
+
+    drop(flood);
+    wait_for(&lb, Duration::from_secs(5), "connections closed", |s| {
+        s.active_connections == 0
+    })
+    .await;
+    let (code, _) = get(lb.local_addr(), "/name").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(lb
+        .status()
+        .upstreams
+        .iter()
+        .all(|u| u.state == UpstreamState::Healthy));
+}
