@@ -13,13 +13,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use rustix::net::{sockopt, AddressFamily, SocketFlags, SocketType};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -47,7 +47,8 @@ pub(crate) struct Shared {
     draining: Mutex<Vec<Arc<Upstream>>>,
     /// Problems found in the last upstream list.
     config_problems: Mutex<Vec<Problem>>,
-    pub limit: Arc<Semaphore>,
+    /// Client connections open now (at most `config.max_connections`).
+    active: AtomicUsize,
     pub accepted: AtomicU64,
     pub refused: AtomicU64,
     pub failed: AtomicU64,
@@ -59,7 +60,6 @@ pub(crate) struct Shared {
     last_local: Mutex<Option<(Instant, String)>>,
     /// Serializes reconfigurations: each reads the set the one before it wrote.
     reconfiguring: tokio::sync::Mutex<()>,
-    pub seed: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -96,6 +96,34 @@ impl Shared {
     }
 }
 
+/// One client connection, counted against `max_connections` until dropped. A plain
+/// counter, not a semaphore: nothing ever waits for a slot (a client over the limit is
+/// refused at once), and releasing a tokio semaphore's permit takes a lock that every
+/// serving thread would contend for on every connection.
+pub(crate) struct Slot(Arc<Shared>);
+
+impl Slot {
+    pub fn take(shared: &Arc<Shared>) -> Option<Slot> {
+        // Relaxed: the count only bounds how many connections run at once.
+        if shared.active.fetch_add(1, Ordering::Relaxed) < shared.config.max_connections {
+            Some(Slot(Arc::clone(shared)))
+        } else {
+            shared.active.fetch_sub(1, Ordering::Relaxed);
+            None
+        }
+    }
+
+    pub fn shared(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A running balancer. Dropping it stops the listeners and the health checks;
 /// established connections run until either side closes them (each serving thread
 /// ends after its last one).
@@ -128,7 +156,7 @@ impl Balancer {
         let mut config = config;
         config.max_connections = connection_budget(config.max_connections);
         let shared = Arc::new(Shared {
-            limit: Arc::new(Semaphore::new(config.max_connections)),
+            active: AtomicUsize::new(0),
             config,
             upstreams: RwLock::new(Arc::new(Vec::new())),
             draining: Mutex::new(Vec::new()),
@@ -142,7 +170,6 @@ impl Balancer {
             last_failure: Mutex::new(None),
             last_local: Mutex::new(None),
             reconfiguring: tokio::sync::Mutex::new(()),
-            seed: AtomicU64::new(seed()),
         });
         let stop = CancellationToken::new();
         // Threads started before a failure stop again when this goes out of scope.
@@ -299,8 +326,7 @@ impl Balancer {
             upstreams,
             problems,
             max_connections: shared.config.max_connections,
-            active_connections: (shared.config.max_connections - shared.limit.available_permits())
-                as u64,
+            active_connections: shared.active.load(Ordering::Relaxed) as u64,
             accepted: shared.accepted.load(Ordering::Relaxed),
             refused,
             failed,

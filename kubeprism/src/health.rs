@@ -17,6 +17,7 @@ use serde::Serialize;
 /// Where an upstream stands for selection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[repr(u8)]
 pub enum HealthState {
     /// In rotation.
     Healthy,
@@ -24,6 +25,17 @@ pub enum HealthState {
     Suspect,
     /// Confirmed down: used only when nothing better is left.
     Down,
+}
+
+impl HealthState {
+    /// The inverse of `state as u8`.
+    pub(crate) fn from_u8(n: u8) -> Self {
+        match n {
+            0 => HealthState::Healthy,
+            1 => HealthState::Suspect,
+            _ => HealthState::Down,
+        }
+    }
 }
 
 /// Thresholds and intervals of the state machine.
@@ -181,6 +193,13 @@ mod tests {
         assert_eq!(h.state(), Down);
         // Dial failures while down change nothing.
         assert!(!h.on_hard_failure());
+    }
+
+    #[test]
+    fn states_round_trip_through_u8() {
+        for state in [Healthy, Suspect, Down] {
+            assert_eq!(HealthState::from_u8(state as u8), state);
+        }
     }
 
     #[test]

@@ -2,18 +2,18 @@
 //! upstreams (invisible to the client, which has not sent or received a byte yet), then
 //! proxy.
 
+use std::cell::RefCell;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::balance::{choose, Rng};
-use crate::balancer::Shared;
+use crate::balancer::{Shared, Slot};
 use crate::error::is_local;
 use crate::proxy::proxy;
 use crate::upstream::{ActiveGuard, Upstream};
@@ -38,11 +38,11 @@ pub(crate) async fn accept_loop(
         match accepted {
             Ok((client, _peer)) => {
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
-                match Arc::clone(&shared.limit).try_acquire_owned() {
-                    Ok(permit) => {
-                        connections.spawn(serve(client, Arc::clone(shared), permit));
+                match Slot::take(shared) {
+                    Some(slot) => {
+                        connections.spawn(serve(client, slot));
                     }
-                    Err(_) => {
+                    None => {
                         // Over the limit: close at once (with a reset, so the client does
                         // not wait) rather than queue; the client retries.
                         shared.note_refusal();
@@ -62,8 +62,9 @@ pub(crate) async fn accept_loop(
     }
 }
 
-async fn serve(client: TcpStream, shared: Arc<Shared>, _permit: OwnedSemaphorePermit) {
-    let (upstream, stream) = match dial(&shared).await {
+async fn serve(client: TcpStream, slot: Slot) {
+    let shared = slot.shared();
+    let (upstream, stream) = match dial(shared).await {
         Ok(dialed) => dialed,
         Err(failure) => {
             match failure {
@@ -92,15 +93,16 @@ enum DialFailure {
     Local(io::Error),
 }
 
+thread_local! {
+    /// Per serving thread: choosing an upstream writes no memory another thread writes.
+    static RNG: RefCell<Rng> = RefCell::new(Rng::new(crate::balancer::seed()));
+}
+
 /// Dials upstreams until one answers, within the attempt and time budget.
 async fn dial(shared: &Shared) -> Result<(Arc<Upstream>, TcpStream), DialFailure> {
     let set = shared.upstreams();
     let config = &shared.config;
-    let mut rng = Rng::new(
-        shared
-            .seed
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed),
-    );
+    let mut rng = Rng::new(RNG.with(|rng| rng.borrow_mut().next_u64()));
     let mut tried = vec![false; set.len()];
     let started = Instant::now();
     for _ in 0..config.dial_attempts {

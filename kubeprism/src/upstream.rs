@@ -2,7 +2,7 @@
 //! it and by its health-check task.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,9 @@ pub(crate) struct Upstream {
     pub addr: SocketAddr,
     pub counters: Counters,
     checked: Mutex<Checked>,
+    /// `checked.health.state()`, for selection to read on every new connection without
+    /// taking the lock (which the serving threads would contend for).
+    state: AtomicU8,
     draining: AtomicBool,
     /// Wakes the health task early (after a failed dial, or to end it).
     pub kick: Notify,
@@ -66,6 +69,7 @@ impl Upstream {
                 last_error: None,
                 since: Instant::now(),
             }),
+            state: AtomicU8::new(HealthState::Healthy as u8),
             draining: AtomicBool::new(false),
             kick: Notify::new(),
             epoch: AtomicU64::new(0),
@@ -78,7 +82,12 @@ impl Upstream {
     }
 
     pub fn state(&self) -> HealthState {
-        self.checked().health.state()
+        HealthState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Publishes a new state (called with `checked` locked, so stores stay in order).
+    fn publish(&self, state: HealthState) {
+        self.state.store(state as u8, Ordering::Relaxed);
     }
 
     fn now_ms(&self) -> u64 {
@@ -142,6 +151,7 @@ impl Upstream {
         checked.last_error = Some(format!("dial: {error}"));
         if checked.health.on_hard_failure() {
             checked.since = Instant::now();
+            self.publish(checked.health.state());
             tracing::warn!(upstream = %self.name, state = ?checked.health.state(), %error, "dial failed");
             drop(checked);
             // Confirm or clear the suspicion now rather than at the next interval (only
@@ -172,6 +182,7 @@ impl Upstream {
         if changed {
             checked.since = Instant::now();
             let state = checked.health.state();
+            self.publish(state);
             match &result {
                 Ok(()) => tracing::info!(upstream = %self.name, ?state, "upstream state changed"),
                 Err(e) => {
