@@ -351,6 +351,10 @@ async fn start_ours(upstreams: &[String], copy: bool) -> Result<(Child, SocketAd
     if copy {
         cmd.arg("--copy");
     }
+    // Serving threads: one per core unless KUBEPRISM_BENCH_THREADS says otherwise.
+    if let Ok(threads) = std::env::var("KUBEPRISM_BENCH_THREADS") {
+        cmd.args(["--threads", &threads]);
+    }
     for u in upstreams {
         cmd.args(["--upstream", u]);
     }

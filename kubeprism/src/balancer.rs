@@ -143,8 +143,11 @@ impl Balancer {
             addr: listen,
             source,
         };
-        // As many serving threads as cores, like HAProxy's default `nbthread`.
-        let threads = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        let threads = match config.threads {
+            // As many serving threads as cores, like HAProxy's default `nbthread`.
+            0 => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+            n => n,
+        };
         let mut listeners = Vec::with_capacity(threads);
         let first = listener(listen).map_err(bind_err)?;
         // With port 0 the first socket picks the port; the others join it there.

@@ -41,6 +41,8 @@ pub struct BalancerConfig {
     pub dial_budget: Duration,
     pub proxy: ProxyMode,
     pub health: HealthConfig,
+    /// Threads serving connections, each with its own listening socket; 0: one per core.
+    pub threads: usize,
     /// Resolving one upstream name gives up after this long.
     pub resolve_timeout: Duration,
 }
@@ -54,6 +56,7 @@ impl Default for BalancerConfig {
             dial_budget: Duration::from_secs(2),
             proxy: ProxyMode::default(),
             health: HealthConfig::default(),
+            threads: 0,
             resolve_timeout: Duration::from_secs(2),
         }
     }

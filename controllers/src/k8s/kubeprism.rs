@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use basalt_controller_runtime::{Action, Controller, ControllerError, Input, Output, Runtime};
-use basalt_kubeprism::{Balancer, BalancerConfig, BalancerStatus, Check, HttpsCheck, Problem};
+use basalt_kubeprism::{
+    Balancer, BalancerConfig, BalancerStatus, Check, HealthConfig, HttpsCheck, Problem,
+};
 use basalt_resource::k8s::{
     KubePrismConfigSpec, KubePrismEndpointsSpec, KubePrismState, KubePrismStatusSpec,
     KubePrismUpstreamSpec,
@@ -63,7 +65,8 @@ impl KubePrismController {
         let mut balancer_config = self.base.clone();
         if let Some(ca) = &config.ca {
             let check = HttpsCheck::new(ca.as_bytes(), None).map_err(|e| e.to_string())?;
-            balancer_config.health.check = Check::Https(Arc::new(check));
+            // HTTPS checks come with their own intervals and timeout (see HealthConfig).
+            balancer_config.health = HealthConfig::with_check(Check::Https(Arc::new(check)));
         }
         Balancer::bind(
             SocketAddr::new(self.listen_ip, config.port),

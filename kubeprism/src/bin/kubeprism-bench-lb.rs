@@ -30,6 +30,7 @@ async fn main() -> anyhow::Result<()> {
             "--listen" => listen = args.next().context("--listen IP:PORT")?.parse()?,
             "--upstream" => upstreams.push(args.next().context("--upstream HOST:PORT")?),
             "--copy" => config.proxy = ProxyMode::Copy,
+            "--threads" => config.threads = args.next().context("--threads N")?.parse()?,
             other => bail!("unknown argument {other:?}"),
         }
     }
