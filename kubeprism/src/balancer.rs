@@ -92,7 +92,13 @@ impl Shared {
     /// accepting (`what` = "accept") or dialing it: not the upstreams' fault.
     pub fn note_local(&self, what: &str, error: &io::Error) {
         self.local_failures.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.last_local) = Some((Instant::now(), format!("{what}: {error}")));
+        self.note_short_of_resources(format!("{what}: {error}"));
+    }
+
+    /// This node ran out of descriptors, ports or memory (for a client, or for a health
+    /// check that could not run): reported as `Problem::OutOfResources` for a while.
+    pub fn note_short_of_resources(&self, error: String) {
+        *lock(&self.last_local) = Some((Instant::now(), error));
     }
 }
 
@@ -271,12 +277,12 @@ impl Balancer {
     fn spawn_checks(&self, upstream: &Arc<Upstream>) {
         let epoch = upstream.next_epoch();
         let stop = self.stop.clone();
-        let config = self.shared.config.health.clone();
+        let shared = Arc::clone(&self.shared);
         let upstream = Arc::clone(upstream);
         tokio::spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => {}
-                () = check::run(upstream, config, epoch) => {}
+                () = check::run(upstream, &shared, epoch) => {}
             }
         });
     }

@@ -20,7 +20,8 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::balance::Rng;
-use crate::config::{Check, HealthConfig, HttpsCheck};
+use crate::balancer::Shared;
+use crate::config::{Check, HttpsCheck};
 use crate::error::is_local;
 use crate::upstream::Upstream;
 use crate::CheckError;
@@ -31,9 +32,10 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// Runs checks until the upstream moves past `epoch` (it was removed, or another task
 /// took over).
-pub(crate) async fn run(upstream: Arc<Upstream>, config: HealthConfig, epoch: u64) {
+pub(crate) async fn run(upstream: Arc<Upstream>, shared: &Shared, epoch: u64) {
+    let config = &shared.config.health;
     let mut prober = Prober {
-        check: config.check,
+        check: config.check.clone(),
         kept: None,
     };
     let mut rng = Rng::new(crate::balancer::seed() ^ u64::from(upstream.addr.port()));
@@ -47,6 +49,9 @@ pub(crate) async fn run(upstream: Arc<Upstream>, config: HealthConfig, epoch: u6
         };
         if upstream.epoch() != epoch {
             return;
+        }
+        if let Err(e @ CheckError::Local(_)) = &result {
+            shared.note_short_of_resources(format!("check of {}: {e}", upstream.name));
         }
         let wait = jitter(upstream.on_check(result, started.elapsed()), &mut rng);
         tokio::select! {

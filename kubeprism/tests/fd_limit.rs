@@ -1,7 +1,7 @@
 //! Running out of file descriptors is this node's problem, not the upstreams': a client
 //! flood that exhausts them is reported as such, no upstream is marked down for it, and
-//! clients are served again once the flood is gone. The connection limit follows the
-//! descriptor limit.
+//! clients are served again once the flood is gone. Health checks that cannot open a
+//! socket are reported the same way. The connection limit follows the descriptor limit.
 //!
 //! Alone in its file: it lowers the limit of the whole test process for good.
 
@@ -78,4 +78,40 @@ async fn a_flood_that_exhausts_descriptors_is_reported_and_blames_no_upstream() 
         .upstreams
         .iter()
         .all(|u| u.state == UpstreamState::Healthy));
+
+    // Descriptors taken by something else on the node, with no client at all: the health
+    // checks cannot open a socket. That is reported too, and blames no upstream.
+    let checks_before: Vec<u64> = lb
+        .status()
+        .upstreams
+        .iter()
+        .map(|u| u.check_failures)
+        .collect();
+    // Taken again and again: the backends close the flood's last connections meanwhile.
+    let mut hog = Vec::new();
+    let started = std::time::Instant::now();
+    loop {
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            hog.push(f);
+        }
+        let reported = lb.status().problems.iter().any(
+            |p| matches!(p, Problem::OutOfResources { error, .. } if error.starts_with("check of")),
+        );
+        if reported {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no check short of descriptors reported: {:#?}",
+            lb.status()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = lb.status();
+    for (u, before) in status.upstreams.iter().zip(checks_before) {
+        assert_eq!(u.state, UpstreamState::Healthy, "{u:#?}");
+        assert_eq!(u.check_failures, before, "{u:#?}");
+    }
+    drop(hog);
 }
