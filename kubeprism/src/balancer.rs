@@ -2,13 +2,18 @@
 //! holds the upstream set, reconfigures it and reports status.
 //!
 //! Connections are served thread per core: each thread runs its own single-threaded
-//! tokio runtime with its own `SO_REUSEPORT` listener, and serves every connection it
-//! accepts to the end. A connection never moves between threads, so no wakeup crosses a
-//! thread (no futex or eventfd write per event, no work stealing): in `make bench` this
-//! cut the added round-trip latency (p50 and p99) by about a tenth. The price: a thread
-//! that the kernel does not schedule holds up the connections hashed to it, where a
-//! shared runtime would let another thread take them. The caller's runtime runs the
-//! health checks and reconfiguration.
+//! tokio runtime, and serves every connection it accepts to the end. A connection never
+//! moves between threads, so no wakeup crosses a thread (no futex or eventfd write per
+//! event, no work stealing): in `make bench` this cut the added round-trip latency (p50
+//! and p99) by about a tenth.
+//!
+//! All threads accept from one listening socket (each has a duplicate of its descriptor
+//! in its own epoll set), as HAProxy's threads do: whichever thread is free takes the
+//! next client. With one socket per thread (`SO_REUSEPORT`) the kernel hashed clients to
+//! threads blindly, and one thread sat idle while the other had a queue: a fifth more
+//! context switches a connection, and 5–10 % fewer connections a second in `make bench`.
+//! The price of sharing is a few accepts that find nothing (two threads woken for one
+//! client). The caller's runtime runs the health checks and reconfiguration.
 
 use std::io;
 use std::net::SocketAddr;
@@ -156,12 +161,11 @@ impl Balancer {
         };
         let mut listeners = Vec::with_capacity(threads);
         let first = listener(listen).map_err(bind_err)?;
-        // With port 0 the first socket picks the port; the others join it there.
         let local_addr = first.local_addr().map_err(bind_err)?;
-        listeners.push(first);
         for _ in 1..threads {
-            listeners.push(listener(local_addr).map_err(bind_err)?);
+            listeners.push(first.try_clone().map_err(bind_err)?);
         }
+        listeners.push(first);
         let mut config = config;
         config.max_connections = connection_budget(config.max_connections);
         let shared = Arc::new(Shared {
@@ -392,7 +396,11 @@ fn serve_thread(
             return;
         }
     };
-    runtime.block_on(async move {
+    // Spawned, not run as the `block_on` future itself: waking that future always
+    // writes to the runtime's eventfd (a syscall, and a needless turn of the event loop),
+    // while waking a spawned task from its own thread only queues it. The accept loop is
+    // woken for every burst of new clients.
+    let serving = runtime.spawn(async move {
         let connections = TaskTracker::new();
         listener::accept_loop(listener, &shared, &stop, &connections).await;
         // The listener was moved into the loop and is closed now.
@@ -400,12 +408,13 @@ fn serve_thread(
         connections.close();
         connections.wait().await;
     });
+    if let Err(e) = runtime.block_on(serving) {
+        tracing::error!(error = %e, "a serving thread failed");
+    }
 }
 
-/// A listening socket (non-blocking). `SO_REUSEPORT` lets each serving thread have its
-/// own socket on the same port, the kernel spreading new connections among them (only
-/// sockets of the same user can join the port). `TCP_NODELAY` is set here because
-/// accepted sockets inherit it (Linux): one `setsockopt` less per client.
+/// The listening socket (non-blocking). `TCP_NODELAY` is set here because accepted
+/// sockets inherit it (Linux): one `setsockopt` less per client.
 fn listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let family = if addr.is_ipv4() {
         AddressFamily::INET
@@ -415,7 +424,6 @@ fn listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
     let socket = rustix::net::socket_with(family, SocketType::STREAM, flags, None)?;
     sockopt::set_socket_reuseaddr(&socket, true)?;
-    sockopt::set_socket_reuseport(&socket, true)?;
     sockopt::set_tcp_nodelay(&socket, true)?;
     rustix::net::bind(&socket, &addr)?;
     rustix::net::listen(&socket, LISTEN_BACKLOG)?;

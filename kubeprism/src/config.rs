@@ -41,7 +41,7 @@ pub struct BalancerConfig {
     pub dial_budget: Duration,
     pub proxy: ProxyMode,
     pub health: HealthConfig,
-    /// Threads serving connections, each with its own listening socket; 0: one per core.
+    /// Threads serving connections (all accepting from one socket); 0: one per core.
     pub threads: usize,
     /// Resolving one upstream name gives up after this long.
     pub resolve_timeout: Duration,

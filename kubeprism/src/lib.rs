@@ -12,8 +12,8 @@
 //!   rise/fall hysteresis ([`health`]).
 //! - **Selection**: power of two choices weighted by outstanding connections and dial
 //!   latency ([`balance`]).
-//! - **Threads**: one per core, each with its own runtime and `SO_REUSEPORT` listener,
-//!   serving the connections it accepts to the end ([`Balancer`]).
+//! - **Threads**: one per core, each with its own runtime, accepting from one shared
+//!   listening socket and serving the connections it accepts to the end ([`Balancer`]).
 //! - **Proxying**: `splice(2)` through a lazily made pipe on Linux (zero-copy), or
 //!   a copy through user space; half-close is carried through.
 //! - **Reconfiguration** swaps the upstream set atomically; established connections keep

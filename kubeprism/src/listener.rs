@@ -4,8 +4,10 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -119,12 +121,7 @@ async fn dial(shared: &Shared) -> Result<(Arc<Upstream>, TcpStream), DialFailure
             return Err(DialFailure::NoUpstream);
         }
         let attempt = Instant::now();
-        let result = tokio::time::timeout(
-            config.dial_timeout.min(left),
-            TcpStream::connect(upstream.addr),
-        )
-        .await;
-        match result {
+        match connect(upstream.addr, config.dial_timeout.min(left)).await {
             Ok(Ok(stream)) => {
                 upstream.on_dial_success(attempt.elapsed());
                 return Ok((Arc::clone(upstream), stream));
@@ -137,4 +134,24 @@ async fn dial(shared: &Shared) -> Result<(Arc<Upstream>, TcpStream), DialFailure
         }
     }
     Err(DialFailure::NoUpstream)
+}
+
+/// Connects within `limit`. The timer is armed only for a dial not done by the next turn
+/// of the event loop: on loopback or a LAN most dials (and every refused one) are, and
+/// arming a timer costs the thread a wake-up of its own event loop (tokio unparks its
+/// driver, a syscall, whenever a timer is armed before any other pending one, which is
+/// nearly always the case on a serving thread, whose dials finish in microseconds).
+async fn connect(
+    addr: std::net::SocketAddr,
+    limit: Duration,
+) -> Result<io::Result<TcpStream>, tokio::time::error::Elapsed> {
+    let mut connecting = pin!(TcpStream::connect(addr));
+    for _ in 0..2 {
+        if let Poll::Ready(done) = futures::poll!(connecting.as_mut()) {
+            return Ok(done);
+        }
+        // Polled again once this thread's runtime has turned its event loop.
+        tokio::task::yield_now().await;
+    }
+    tokio::time::timeout(limit, connecting).await
 }
