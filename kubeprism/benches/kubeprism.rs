@@ -331,6 +331,11 @@ async fn start_ours(upstreams: &[String], copy: bool) -> Result<(Child, SocketAd
     if let Ok(threads) = std::env::var("KUBEPRISM_BENCH_THREADS") {
         cmd.args(["--threads", &threads]);
     }
+    // Spinning after activity: the default unless KUBEPRISM_BENCH_SPIN_US says otherwise
+    // (0 turns it off).
+    if let Ok(micros) = std::env::var("KUBEPRISM_BENCH_SPIN_US") {
+        cmd.args(["--spin-us", &micros]);
+    }
     for u in upstreams {
         cmd.args(["--upstream", u]);
     }

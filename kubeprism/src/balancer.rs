@@ -400,6 +400,8 @@ fn serve_thread(
     // writes to the runtime's eventfd (a syscall, and a needless turn of the event loop),
     // while waking a spawned task from its own thread only queues it. The accept loop is
     // woken for every burst of new clients.
+    let spin = shared.config.spin;
+    let spinner = (!spin.is_zero()).then(|| runtime.spawn(crate::spin::spinner(spin)));
     let serving = runtime.spawn(async move {
         let connections = TaskTracker::new();
         listener::accept_loop(listener, &shared, &stop, &connections).await;
@@ -408,7 +410,11 @@ fn serve_thread(
         connections.close();
         connections.wait().await;
     });
-    if let Err(e) = runtime.block_on(serving) {
+    let served = runtime.block_on(serving);
+    if let Some(spinner) = spinner {
+        spinner.abort();
+    }
+    if let Err(e) = served {
         tracing::error!(error = %e, "a serving thread failed");
     }
 }

@@ -43,6 +43,9 @@ pub struct BalancerConfig {
     pub health: HealthConfig,
     /// Threads serving connections (all accepting from one socket); 0: one per core.
     pub threads: usize,
+    /// A serving thread keeps polling for this long after it last served a connection
+    /// before it sleeps (see the `spin` module); zero: it sleeps at once.
+    pub spin: Duration,
     /// Resolving one upstream name gives up after this long.
     pub resolve_timeout: Duration,
 }
@@ -57,6 +60,7 @@ impl Default for BalancerConfig {
             proxy: ProxyMode::default(),
             health: HealthConfig::default(),
             threads: 0,
+            spin: Duration::from_micros(50),
             resolve_timeout: Duration::from_secs(2),
         }
     }

@@ -18,6 +18,7 @@ use crate::balance::{choose, Rng};
 use crate::balancer::{Shared, Slot};
 use crate::error::is_local;
 use crate::proxy::proxy;
+use crate::spin;
 use crate::upstream::{ActiveGuard, Upstream};
 
 /// After an accept error (e.g. out of file descriptors), wait this long: retrying at
@@ -42,7 +43,7 @@ pub(crate) async fn accept_loop(
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
                 match Slot::take(shared) {
                     Some(slot) => {
-                        connections.spawn(serve(client, slot));
+                        connections.spawn(spin::active(serve(client, slot)));
                     }
                     None => {
                         // Over the limit: close at once (with a reset, so the client does

@@ -1,6 +1,6 @@
 //! The balancer alone in its own process, for `make bench` (which measures its memory
 //! and compares it with HAProxy): `kubeprism-bench-lb --listen IP:PORT [--copy]
-//! --upstream HOST:PORT...`. Prints `listening IP:PORT`, runs until stdin closes.
+//! [--threads N] [--spin-us MICROSECONDS] --upstream HOST:PORT...`. Prints `listening IP:PORT`, runs until stdin closes.
 
 #![allow(clippy::print_stdout)]
 
@@ -31,6 +31,10 @@ async fn main() -> anyhow::Result<()> {
             "--upstream" => upstreams.push(args.next().context("--upstream HOST:PORT")?),
             "--copy" => config.proxy = ProxyMode::Copy,
             "--threads" => config.threads = args.next().context("--threads N")?.parse()?,
+            "--spin-us" => {
+                let micros = args.next().context("--spin-us MICROSECONDS")?.parse()?;
+                config.spin = std::time::Duration::from_micros(micros);
+            }
             other => bail!("unknown argument {other:?}"),
         }
     }
