@@ -1,12 +1,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use basalt_controller_runtime::testing::Harness;
 use basalt_controllers::k8s::{
     KubePrismConfigController, KubePrismController, KubePrismEndpointsController,
 };
-use basalt_kubeprism::testing::{get, Mode, TestBackend, TestCa};
+use basalt_kubeprism::testing::{echo_stream, get, Mode, TestBackend, TestCa, TestDns};
+use basalt_kubeprism::BalancerConfig;
 use basalt_machine_config::generate::{generate, GenerateOptions};
 use basalt_machine_config::KubePrismConfig;
 use basalt_resource::config::MachineConfigSpec;
@@ -25,11 +27,19 @@ async fn put<S: ResourceSpec>(state: &State, id: &str, spec: S) {
         .unwrap();
 }
 
-fn harness() -> Harness {
+/// The KubePrism controllers, looking names up in `dns` (no lookup leaves the machine)
+/// and again every 300 ms.
+fn harness(dns: &TestDns) -> Harness {
+    let config = BalancerConfig {
+        resolver: dns.resolver(),
+        ..BalancerConfig::default()
+    };
+    let kubeprism = KubePrismController::with_config(IpAddr::V4(Ipv4Addr::LOCALHOST), config)
+        .resolving_every(Duration::from_millis(300));
     Harness::builder()
         .with(KubePrismEndpointsController)
         .unwrap()
-        .with(KubePrismController::new(IpAddr::V4(Ipv4Addr::LOCALHOST)))
+        .with(kubeprism)
         .unwrap()
         .start()
 }
@@ -39,7 +49,7 @@ async fn kubeprism_runs_follows_the_endpoints_and_reports_its_upstreams() {
     let ca = TestCa::new().unwrap();
     let b0 = TestBackend::start("b0", &ca).await.unwrap();
     let b1 = TestBackend::start("b1", &ca).await.unwrap();
-    let h = harness();
+    let h = harness(&TestDns::default());
     h.assert_resource::<KubePrismStatusSpec>(KubePrismStatusSpec::ID, |r| {
         r.spec.state == KubePrismState::Disabled
     })
@@ -150,7 +160,7 @@ async fn kubeprism_runs_follows_the_endpoints_and_reports_its_upstreams() {
 async fn a_port_that_cannot_be_bound_is_reported_and_retried() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let h = harness();
+    let h = harness(&TestDns::default());
     put(
         h.state(),
         KubePrismConfigSpec::ID,
@@ -170,6 +180,72 @@ async fn a_port_that_cannot_be_bound_is_reported_and_retried() {
         r.spec.state == KubePrismState::Running && r.spec.problems == ["no upstreams configured"]
     })
     .await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_names_are_resolved_again() {
+    let ca = TestCa::new().unwrap();
+    let b0 = TestBackend::start("b0", &ca).await.unwrap();
+    let b1 = TestBackend::start("b1", &ca).await.unwrap();
+    let dns = TestDns::default();
+    let h = harness(&dns);
+    let name = "api.cluster.test:6443";
+    put(
+        h.state(),
+        ControlPlaneEndpointSpec::ID,
+        ControlPlaneEndpointSpec {
+            endpoint: format!("https://{name}"),
+        },
+    )
+    .await;
+    put(
+        h.state(),
+        KubePrismConfigSpec::ID,
+        KubePrismConfigSpec {
+            enabled: true,
+            port: 0,
+            ca: Some(ca.pem().to_string()),
+        },
+    )
+    .await;
+    // Not known yet (DNS not up): reported, and looked up again until it is.
+    h.assert_resource::<KubePrismStatusSpec>(KubePrismStatusSpec::ID, |r| {
+        r.spec.state == KubePrismState::Running
+            && r.spec
+                .problems
+                .iter()
+                .any(|p| p.contains("does not resolve"))
+    })
+    .await;
+    dns.set(name, Some(b0.addr()));
+    let status = h
+        .assert_resource::<KubePrismStatusSpec>(KubePrismStatusSpec::ID, |r| {
+            r.spec.healthy == 1 && r.spec.problems.is_empty()
+        })
+        .await;
+    let listen: SocketAddr = status.spec.listen.parse().unwrap();
+    assert_eq!(get(listen, "/name").await.unwrap(), (200, "b0".into()));
+    let (_held, on) = echo_stream(listen).await.unwrap();
+    assert_eq!(on, "b0");
+
+    // The name moves to another address: so does the upstream, with no input changed
+    // (the old address drains under the connection still held).
+    dns.set(name, Some(b1.addr()));
+    h.assert_resource::<KubePrismUpstreamSpec>(name, |r| {
+        r.spec.address == b1.addr().to_string() && r.spec.state == "healthy"
+    })
+    .await;
+    assert_eq!(get(listen, "/name").await.unwrap(), (200, "b1".into()));
+    // It stays on the new address while the old one drains (through a few status
+    // refreshes).
+    let key = ResourceKey::of::<KubePrismUpstreamSpec>(name);
+    for _ in 0..75 {
+        let r = h.state().get(&key).await.unwrap();
+        let r = Resource::<KubePrismUpstreamSpec>::try_from(r.as_ref()).unwrap();
+        assert_eq!(r.spec.address, b1.addr().to_string());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     h.stop().await;
 }
 

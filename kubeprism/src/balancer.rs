@@ -226,8 +226,14 @@ impl Balancer {
     pub async fn set_upstreams(&self, names: &[String]) -> Vec<Problem> {
         let _serial = self.shared.reconfiguring.lock().await;
         let (names, mut problems) = resolve::dedupe(names);
-        let resolved =
-            resolve::resolve(names, self.shared.config.resolve_timeout, &mut problems).await;
+        let config = &self.shared.config;
+        let resolved = resolve::resolve(
+            &config.resolver,
+            names,
+            config.resolve_timeout,
+            &mut problems,
+        )
+        .await;
 
         let old = self.shared.upstreams();
         let mut draining = lock(&self.shared.draining);
@@ -254,6 +260,9 @@ impl Balancer {
             if let Problem::Unresolvable { name, .. } = p {
                 next.extend(old.iter().filter(|u| &u.name == name).cloned());
             }
+        }
+        if next.is_empty() && !problems.contains(&Problem::NoUpstreams) {
+            problems.push(Problem::NoUpstreams);
         }
         for u in old.iter() {
             if !next.iter().any(|n| Arc::ptr_eq(n, u)) {

@@ -7,6 +7,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::health::Thresholds;
+use crate::resolve::Resolver;
 use crate::Error;
 
 /// How bytes move between a client and its upstream.
@@ -46,6 +47,8 @@ pub struct BalancerConfig {
     /// A serving thread keeps polling for this long after it last served a connection
     /// before it sleeps (see the `spin` module); zero: it sleeps at once.
     pub spin: Duration,
+    /// Resolves upstream names.
+    pub resolver: Resolver,
     /// Resolving one upstream name gives up after this long.
     pub resolve_timeout: Duration,
 }
@@ -61,6 +64,7 @@ impl Default for BalancerConfig {
             health: HealthConfig::default(),
             threads: 0,
             spin: Duration::from_micros(50),
+            resolver: Resolver::system(),
             resolve_timeout: Duration::from_secs(2),
         }
     }

@@ -44,5 +44,5 @@ pub use balancer::Balancer;
 pub use config::{BalancerConfig, Check, HealthConfig, HttpsCheck, ProxyMode};
 pub use error::{CheckError, Error};
 pub use health::{HealthState, Thresholds};
-pub use resolve::parse as parse_upstream;
+pub use resolve::{parse as parse_upstream, Resolver};
 pub use status::{BalancerStatus, Problem, UpstreamState, UpstreamStatus};

@@ -7,6 +7,7 @@
 //! client closes: a long-lived stream). Every answer except `/echo` closes the
 //! connection.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +22,39 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::Error;
+use crate::{Error, Resolver};
+
+/// Names for tests, so that no lookup leaves the machine: `host:port` → an address,
+/// changeable while a balancer uses it. Other names fail to resolve.
+#[derive(Debug, Clone, Default)]
+pub struct TestDns(Arc<Mutex<HashMap<String, SocketAddr>>>);
+
+impl TestDns {
+    /// Makes `name` resolve to `addr`, or (`None`) to nothing.
+    pub fn set(&self, name: &str, addr: Option<SocketAddr>) {
+        let mut names = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match addr {
+            Some(addr) => names.insert(name.to_string(), addr),
+            None => names.remove(name),
+        };
+    }
+
+    pub fn resolver(&self) -> Resolver {
+        let names = Arc::clone(&self.0);
+        Resolver::new(move |name| {
+            let found = names
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&name)
+                .copied();
+            Box::pin(async move {
+                found.map(|addr| vec![addr]).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, format!("{name}: unknown name"))
+                })
+            })
+        })
+    }
+}
 
 /// How a backend behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use basalt_kubeprism::testing::{get, TestCa};
+use basalt_kubeprism::testing::{get, TestCa, TestDns};
 use basalt_kubeprism::{Balancer, BalancerConfig, Problem, UpstreamState};
 use common::*;
 use tokio::io::AsyncReadExt;
@@ -47,9 +47,13 @@ async fn duplicates_invalid_and_unresolvable_names_are_reported_and_skipped() {
     let ca = TestCa::new().unwrap();
     let b = backends(1, &ca).await;
     let port = b[0].addr().port();
-    let lb = Balancer::bind(loopback(), BalancerConfig::default())
-        .await
-        .unwrap();
+    let dns = TestDns::default();
+    dns.set(&format!("localhost:{port}"), Some(b[0].addr()));
+    let config = BalancerConfig {
+        resolver: dns.resolver(),
+        ..BalancerConfig::default()
+    };
+    let lb = Balancer::bind(loopback(), config).await.unwrap();
     let list: Vec<String> = [
         format!("127.0.0.1:{port}"),
         format!("127.0.0.1:{port}"),

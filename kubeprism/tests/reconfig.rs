@@ -7,8 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use basalt_kubeprism::testing::{echo_round_trip, echo_stream, get, TestCa};
-use basalt_kubeprism::{BalancerConfig, UpstreamState};
+use basalt_kubeprism::testing::{echo_round_trip, echo_stream, get, TestCa, TestDns};
+use basalt_kubeprism::{BalancerConfig, Problem, UpstreamState};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,4 +65,61 @@ async fn reconfiguring_drops_no_connection_and_removed_upstreams_drain() {
     // Adding it back brings it into rotation.
     lb.set_upstreams(&names(&[&b[0], &b[1], &b[2]])).await;
     assert_eq!(lb.status().upstreams.len(), 3);
+}
+
+/// Names are resolved each time the list is set: a name whose address changed moves to
+/// the new one (its connections to the old one drain), and a name that stops resolving
+/// (a DNS blip) keeps the address it had, with the problem reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_follows_its_address_and_survives_a_dns_blip() {
+    let ca = TestCa::new().unwrap();
+    let b = backends(2, &ca).await;
+    let dns = TestDns::default();
+    let name = "api.cluster.test:6443".to_string();
+    dns.set(&name, Some(b[0].addr()));
+    let config = BalancerConfig {
+        resolver: dns.resolver(),
+        ..BalancerConfig::default()
+    };
+    let lb = balancer(config, std::slice::from_ref(&name)).await;
+    let addr = lb.local_addr();
+    assert_eq!(get(addr, "/name").await.unwrap(), (200, "b0".into()));
+    let (mut stream, on) = echo_stream(addr).await.unwrap();
+    assert_eq!(on, "b0");
+
+    dns.set(&name, Some(b[1].addr()));
+    assert!(lb
+        .set_upstreams(std::slice::from_ref(&name))
+        .await
+        .is_empty());
+    wait_for(
+        &lb,
+        Duration::from_secs(5),
+        "the name on its new address",
+        |s| {
+            s.upstreams
+                .iter()
+                .any(|u| u.address == b[1].addr() && u.state == UpstreamState::Healthy)
+        },
+    )
+    .await;
+    assert_eq!(get(addr, "/name").await.unwrap(), (200, "b1".into()));
+    // The stream to the old address is untouched; the old address drains.
+    echo_round_trip(&mut stream, b"still there").await.unwrap();
+    let old = lb.status();
+    let old = old
+        .upstreams
+        .iter()
+        .find(|u| u.address == b[0].addr())
+        .unwrap();
+    assert_eq!(old.state, UpstreamState::Draining);
+
+    dns.set(&name, None);
+    let problems = lb.set_upstreams(std::slice::from_ref(&name)).await;
+    assert!(
+        matches!(&problems[..], [Problem::Unresolvable { name: n, .. }] if *n == name),
+        "{problems:?}"
+    );
+    assert_eq!(get(addr, "/name").await.unwrap(), (200, "b1".into()));
+    assert!(lb.status().problems.contains(&problems[0]));
 }

@@ -15,9 +15,10 @@ use basalt_resource::k8s::{
 /// How often the status is refreshed while the balancer runs (counters move without
 /// any input changing).
 const STATUS_PERIOD: Duration = Duration::from_secs(1);
-/// Upstream names are resolved again this often (DNS answers change)...
+/// Upstream names are resolved again this often by default (DNS answers change)...
 const RESOLVE_EVERY: Duration = Duration::from_secs(30);
-/// ...and this often while one of them does not resolve (DNS may come up after us).
+/// ...and at most this long apart while one of them does not resolve (DNS may come up
+/// after us).
 const RESOLVE_RETRY: Duration = Duration::from_secs(2);
 
 /// Runs the KubePrism balancer as `KubePrismConfig` says, keeps its upstreams equal to
@@ -26,6 +27,7 @@ const RESOLVE_RETRY: Duration = Duration::from_secs(2);
 pub struct KubePrismController {
     listen_ip: IpAddr,
     base: BalancerConfig,
+    resolve_every: Duration,
     running: Option<Running>,
 }
 
@@ -50,8 +52,15 @@ impl KubePrismController {
         KubePrismController {
             listen_ip,
             base,
+            resolve_every: RESOLVE_EVERY,
             running: None,
         }
+    }
+
+    /// Resolves the upstream names again every `every` (30 s by default).
+    pub fn resolving_every(mut self, every: Duration) -> Self {
+        self.resolve_every = every;
+        self
     }
 
     async fn stop(&mut self) {
@@ -142,8 +151,14 @@ impl Controller for KubePrismController {
             .await?
             .map(|r| r.spec.endpoints)
             .unwrap_or_default();
+        let every = self.resolve_every;
         let resolve_due = running.resolved.is_none_or(|(at, failed)| {
-            at.elapsed() >= if failed { RESOLVE_RETRY } else { RESOLVE_EVERY }
+            at.elapsed()
+                >= if failed {
+                    every.min(RESOLVE_RETRY)
+                } else {
+                    every
+                }
         });
         if running.endpoints.as_ref() != Some(&endpoints) || resolve_due {
             let problems = running.balancer.set_upstreams(&endpoints).await;
@@ -155,7 +170,15 @@ impl Controller for KubePrismController {
         }
 
         let status = running.balancer.status();
-        for upstream in &status.upstreams {
+        for (i, upstream) in status.upstreams.iter().enumerate() {
+            // A name whose address changed is listed twice while its old address drains:
+            // its resource shows the current one (listed first).
+            if status.upstreams[..i]
+                .iter()
+                .any(|u| u.name == upstream.name)
+            {
+                continue;
+            }
             rt.put_spec(&upstream.name, upstream_spec(upstream)).await?;
         }
         rt.put_spec(KubePrismStatusSpec::ID, status_spec(&status))
