@@ -127,14 +127,7 @@ async fn kubeprism_runs_follows_the_endpoints_and_reports_its_upstreams() {
         },
     )
     .await;
-    h.assert_resource::<KubePrismStatusSpec>(KubePrismStatusSpec::ID, |r| {
-        r.spec.state == KubePrismState::Running
-            && r.spec
-                .problems
-                .iter()
-                .any(|p| p.contains("does not resolve"))
-    })
-    .await;
+    running_with_an_unresolvable_name(&h).await;
 
     // Disabled: no listener, no upstreams.
     put(
@@ -210,14 +203,7 @@ async fn endpoint_names_are_resolved_again() {
     )
     .await;
     // Not known yet (DNS not up): reported, and looked up again until it is.
-    h.assert_resource::<KubePrismStatusSpec>(KubePrismStatusSpec::ID, |r| {
-        r.spec.state == KubePrismState::Running
-            && r.spec
-                .problems
-                .iter()
-                .any(|p| p.contains("does not resolve"))
-    })
-    .await;
+    running_with_an_unresolvable_name(&h).await;
     dns.set(name, Some(b0.addr()));
     let status = h
         .assert_resource::<KubePrismStatusSpec>(KubePrismStatusSpec::ID, |r| {
@@ -247,6 +233,18 @@ async fn endpoint_names_are_resolved_again() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     h.stop().await;
+}
+
+/// Waits until the balancer runs and reports a name that does not resolve.
+async fn running_with_an_unresolvable_name(h: &Harness) {
+    h.assert_resource::<KubePrismStatusSpec>(KubePrismStatusSpec::ID, |r| {
+        r.spec.state == KubePrismState::Running
+            && r.spec
+                .problems
+                .iter()
+                .any(|p| p.contains("does not resolve"))
+    })
+    .await;
 }
 
 /// A generated control-plane config whose endpoint is `endpoint` and whose Kubernetes CA

@@ -374,8 +374,9 @@ impl Drop for Balancer {
 }
 
 /// One serving thread: reports on `started` whether its runtime is up, then accepts on
-/// its own listener and serves what it accepts until `stop`; then closes the listener,
-/// reports that on `closed`, and lets its established connections finish.
+/// its descriptor of the shared listening socket and serves what it accepts until
+/// `stop`; then closes that descriptor, reports that on `closed`, and lets its
+/// established connections finish.
 fn serve_thread(
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
@@ -405,12 +406,15 @@ fn serve_thread(
             return;
         }
     };
+    let spin = shared.config.spin;
+    if !spin.is_zero() {
+        // Ends with the runtime.
+        runtime.spawn(crate::spin::spinner(spin));
+    }
     // Spawned, not run as the `block_on` future itself: waking that future always
     // writes to the runtime's eventfd (a syscall, and a needless turn of the event loop),
     // while waking a spawned task from its own thread only queues it. The accept loop is
     // woken for every burst of new clients.
-    let spin = shared.config.spin;
-    let spinner = (!spin.is_zero()).then(|| runtime.spawn(crate::spin::spinner(spin)));
     let serving = runtime.spawn(async move {
         let connections = TaskTracker::new();
         listener::accept_loop(listener, &shared, &stop, &connections).await;
@@ -419,11 +423,7 @@ fn serve_thread(
         connections.close();
         connections.wait().await;
     });
-    let served = runtime.block_on(serving);
-    if let Some(spinner) = spinner {
-        spinner.abort();
-    }
-    if let Err(e) = served {
+    if let Err(e) = runtime.block_on(serving) {
         tracing::error!(error = %e, "a serving thread failed");
     }
 }

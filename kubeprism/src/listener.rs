@@ -43,7 +43,11 @@ pub(crate) async fn accept_loop(
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
                 match Slot::take(shared) {
                     Some(slot) => {
-                        connections.spawn(spin::active(serve(client, slot)));
+                        if shared.config.spin.is_zero() {
+                            connections.spawn(serve(client, slot));
+                        } else {
+                            connections.spawn(spin::active(serve(client, slot)));
+                        }
                     }
                     None => {
                         // Over the limit: close at once (with a reset, so the client does
@@ -137,7 +141,7 @@ async fn dial(shared: &Shared) -> Result<(Arc<Upstream>, TcpStream), DialFailure
     Err(DialFailure::NoUpstream)
 }
 
-/// Connects within `limit`. The timer is armed only for a dial not done by the next turn
+/// Connects within `limit`. The timer is armed only for a dial not done after two turns
 /// of the event loop: on loopback or a LAN most dials (and every refused one) are, and
 /// arming a timer costs the thread a wake-up of its own event loop (tokio unparks its
 /// driver, a syscall, whenever a timer is armed before any other pending one, which is

@@ -85,8 +85,9 @@ pub enum Problem {
     ConnectionLimit { max: usize, refused: u64 },
     /// Client connections were closed because no upstream could be dialed.
     NoUpstreamReachable { failed: u64 },
-    /// This node ran out of descriptors, local ports or memory while accepting or
-    /// dialing (the upstreams are not blamed for it); `lost` clients so far.
+    /// This node ran out of descriptors, local ports or memory while accepting, dialing
+    /// or checking an upstream (the upstreams are not blamed for it); `lost` clients so
+    /// far (a check that could not run loses none).
     OutOfResources { error: String, lost: u64 },
 }
 
@@ -112,7 +113,7 @@ impl fmt::Display for Problem {
             ),
             Problem::OutOfResources { error, lost } => write!(
                 f,
-                "out of local resources ({error}): {lost} client connections lost"
+                "out of local resources ({error}); {lost} client connections lost so far"
             ),
         }
     }

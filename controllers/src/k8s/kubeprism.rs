@@ -1,3 +1,4 @@
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -170,20 +171,17 @@ impl Controller for KubePrismController {
         }
 
         let status = running.balancer.status();
-        for (i, upstream) in status.upstreams.iter().enumerate() {
+        let mut shown = HashSet::new();
+        for upstream in &status.upstreams {
             // A name whose address changed is listed twice while its old address drains:
             // its resource shows the current one (listed first).
-            if status.upstreams[..i]
-                .iter()
-                .any(|u| u.name == upstream.name)
-            {
-                continue;
+            if shown.insert(&upstream.name) {
+                rt.put_spec(&upstream.name, upstream_spec(upstream)).await?;
             }
-            rt.put_spec(&upstream.name, upstream_spec(upstream)).await?;
         }
         rt.put_spec(KubePrismStatusSpec::ID, status_spec(&status))
             .await?;
-        Ok(Action::RequeueAfter(STATUS_PERIOD))
+        Ok(Action::RequeueAfter(STATUS_PERIOD.min(self.resolve_every)))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The balancer alone in its own process, for `make bench` (which measures its memory
-//! and compares it with HAProxy): `kubeprism-bench-lb --listen IP:PORT [--copy]
-//! [--threads N] [--spin-us MICROSECONDS] --upstream HOST:PORT...`. Prints `listening IP:PORT`, runs until stdin closes.
+//! and compares it with HAProxy):
+//! `kubeprism-bench-lb --listen IP:PORT [--copy] [--threads N] [--spin-us MICROSECONDS]
+//! --upstream HOST:PORT...`. Prints `listening IP:PORT`, runs until stdin closes.
 
 #![allow(clippy::print_stdout)]
 
