@@ -588,7 +588,7 @@ async fn ping(s: &mut TcpStream, n: usize) -> Result<Vec<f64>> {
 /// What became of the clients when a backend died under them.
 #[derive(Clone, Copy)]
 struct Failover {
-    /// Requests already sent to the backend when it died: they die with it.
+    /// Requests started before the backend was dead: those it had taken die with it.
     in_flight: usize,
     /// Connections started after the kill that failed.
     failed: usize,
@@ -616,8 +616,10 @@ async fn failover(addr: SocketAddr, victim: &TestBackend) -> Result<Failover> {
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let killed = Instant::now();
     victim.kill().await;
+    // Dead from here on (listener closed, connections dropped): a connection started
+    // while it was dying may have reached it, and counts as in flight.
+    let killed = Instant::now();
     // HAProxy's default checks need 3 × 2 s to take a server out.
     tokio::time::sleep(Duration::from_secs(9)).await;
     stop.store(true, Ordering::Relaxed);
