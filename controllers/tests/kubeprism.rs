@@ -78,16 +78,7 @@ async fn kubeprism_runs_follows_the_endpoints_and_reports_its_upstreams() {
     })
     .await;
 
-    put(
-        state,
-        KubePrismConfigSpec::ID,
-        KubePrismConfigSpec {
-            enabled: true,
-            port: 0,
-            ca: Some(ca.pem().to_string()),
-        },
-    )
-    .await;
+    enable_with_ca(state, &ca).await;
     let status = h
         .assert_resource::<KubePrismStatusSpec>(KubePrismStatusSpec::ID, |r| {
             r.spec.state == KubePrismState::Running && r.spec.healthy == 2
@@ -192,16 +183,7 @@ async fn endpoint_names_are_resolved_again() {
         },
     )
     .await;
-    put(
-        h.state(),
-        KubePrismConfigSpec::ID,
-        KubePrismConfigSpec {
-            enabled: true,
-            port: 0,
-            ca: Some(ca.pem().to_string()),
-        },
-    )
-    .await;
+    enable_with_ca(h.state(), &ca).await;
     // Not known yet (DNS not up): reported, and looked up again until it is.
     running_with_an_unresolvable_name(&h).await;
     dns.set(name, Some(b0.addr()));
@@ -233,6 +215,20 @@ async fn endpoint_names_are_resolved_again() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     h.stop().await;
+}
+
+/// Turns KubePrism on, on any free port, checking upstreams over HTTPS against `ca`.
+async fn enable_with_ca(state: &State, ca: &TestCa) {
+    put(
+        state,
+        KubePrismConfigSpec::ID,
+        KubePrismConfigSpec {
+            enabled: true,
+            port: 0,
+            ca: Some(ca.pem().to_string()),
+        },
+    )
+    .await;
 }
 
 /// Waits until the balancer runs and reports a name that does not resolve.
