@@ -153,14 +153,10 @@ impl Controller for KubePrismController {
             .map(|r| r.spec.endpoints)
             .unwrap_or_default();
         let every = self.resolve_every;
-        let resolve_due = running.resolved.is_none_or(|(at, failed)| {
-            at.elapsed()
-                >= if failed {
-                    every.min(RESOLVE_RETRY)
-                } else {
-                    every
-                }
-        });
+        let retry = every.min(RESOLVE_RETRY);
+        let resolve_due = running
+            .resolved
+            .is_none_or(|(at, failed)| at.elapsed() >= if failed { retry } else { every });
         if running.endpoints.as_ref() != Some(&endpoints) || resolve_due {
             let problems = running.balancer.set_upstreams(&endpoints).await;
             let failed = problems
