@@ -1,21 +1,21 @@
 //! Applying a machine configuration: validate, diff against the one in effect, decide
-//! whether it needs a reboot, store it, and — the first time, in maintenance mode —
-//! switch the API to the cluster PKI the config carries.
+//! whether it needs a reboot, and store it. The node's controllers take it from there;
+//! the first time, in maintenance mode, this waits until the API serves the
+//! certificates they issue from the config's OS CA.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use basalt_api::machine::v1::{ApplyConfigurationRequest, ApplyConfigurationResult, ApplyMode};
 use basalt_machine_config::{Change, Config};
+use basalt_pki::{issue_node_certs, CertAndKey};
 use basalt_resource::config::MachineConfigSpec;
-use basalt_resource::runtime::MachineStage;
 use basalt_resource::{Resource, ResourceKey};
 use basalt_state::{State, StateError};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::authz::Caller;
-use crate::identity::NodeIdentity;
 use crate::resources::{here, state_status};
 use crate::server::{Shared, OWNER};
 use crate::ApidError;
@@ -24,6 +24,8 @@ use crate::ApidError;
 const REBOOT_PATHS: &[&str] = &["MachineConfig.install", "MachineConfig.kernelArgs"];
 const DEFAULT_TRY_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_TRY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// How long an apply waits for the API to serve certificates from a new OS CA.
+const SWITCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A config applied in try mode, waiting to be confirmed or reverted.
 #[derive(Debug, Default)]
@@ -85,6 +87,38 @@ pub async fn store_config(state: &State, yaml: &str) -> Result<(), ApidError> {
         .map_err(|e| ApidError::Config(e.message().to_string()))
 }
 
+/// The PEM of the OS CA the node's API certificates will come from. A config that
+/// cannot give them (no CA, no CA key, names a certificate cannot carry) is refused now,
+/// dry run included, rather than leaving the node without an API.
+fn os_ca(config: &Config) -> Result<String, Status> {
+    let refuse = |why: String| Status::failed_precondition(why);
+    let machine = config
+        .machine
+        .as_ref()
+        .ok_or_else(|| refuse("the config has no MachineConfig".into()))?;
+    let ca = machine
+        .ca
+        .as_ref()
+        .ok_or_else(|| refuse("machine.ca is missing".into()))?;
+    if ca.key.is_empty() {
+        return Err(refuse(
+            "machine.ca has no key: worker nodes need the control plane to issue their API \
+             certificate (trustd), which is not built yet"
+                .into(),
+        ));
+    }
+    let ca = CertAndKey {
+        crt: ca.crt.clone(),
+        key: ca.key.expose().to_string(),
+    };
+    let name = machine.hostname.as_deref().unwrap_or("basalt");
+    let mut sans = machine.cert_sans.clone();
+    sans.push(name.to_string());
+    issue_node_certs(&ca, name, &sans, Duration::from_secs(3600))
+        .map_err(|e| refuse(format!("the node's API certificate cannot be issued: {e}")))?;
+    Ok(ca.crt)
+}
+
 fn needs_reboot(changes: &[Change]) -> Vec<String> {
     changes
         .iter()
@@ -124,11 +158,7 @@ async fn apply_whole(
         .and_then(|d| Duration::try_from(d).ok())
         .unwrap_or(DEFAULT_TRY_TIMEOUT)
         .min(MAX_TRY_TIMEOUT);
-    // The node's certificates come from the config: one that cannot give them (no CA
-    // key, bad names) is refused now, dry run included, rather than breaking the API at
-    // the next start.
-    let identity = NodeIdentity::from_config(&config, &shared.sans)
-        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+    let os_ca = os_ca(&config)?;
 
     let mut pending = shared.apply_lock.lock().await;
     let maintenance = shared.in_maintenance();
@@ -181,7 +211,7 @@ async fn apply_whole(
             format!("applied; reverted in {try_timeout:?} unless confirmed by another apply"),
         ),
     };
-    let result = ApplyConfigurationResult {
+    let mut result = ApplyConfigurationResult {
         metadata: here(),
         mode: mode as i32,
         mode_details: details.clone(),
@@ -211,10 +241,6 @@ async fn apply_whole(
             revert.cancel();
         }
         store(&shared.state, MachineConfigSpec::STAGED, None).await?;
-        // The CA or the names the node is known by may have changed.
-        shared
-            .configure(identity)
-            .map_err(|e| Status::internal(e.to_string()))?;
     }
     shared.events.publish(
         "config",
@@ -222,11 +248,11 @@ async fn apply_whole(
         &[("who", caller.who()), ("mode", format!("{mode:?}"))],
     );
 
-    if maintenance {
-        shared
-            .set_stage(MachineStage::Running, "config applied")
-            .await
-            .map_err(state_status)?;
+    if mode != ApplyMode::Staged && !shared.serving_ca(&os_ca, SWITCH_TIMEOUT).await {
+        result.warnings.push(format!(
+            "the API does not serve certificates from the config's OS CA yet (waited {SWITCH_TIMEOUT:?}); see the secrets.ApiCertificatesController logs"
+        ));
+    } else if maintenance {
         tracing::info!(who = %caller.who(), "config applied: left maintenance mode");
     }
     match (mode, current) {
@@ -267,12 +293,7 @@ async fn revert_after(
             MachineConfigSpec::ACTIVE,
             Some((&spec.yaml, config)),
         )
-        .await?;
-        let identity = NodeIdentity::from_config(config, &shared.sans)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        shared
-            .configure(identity)
-            .map_err(|e| Status::internal(e.to_string()))
+        .await
     };
     match restored.await {
         Ok(()) => {

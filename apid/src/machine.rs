@@ -8,14 +8,17 @@ use basalt_api::machine::v1 as api;
 use basalt_api::machine::v1::machine_service_server::MachineService;
 use basalt_machine_config::client::{ClientConfig, Context};
 use basalt_machine_config::Secret;
-use basalt_pki::{issue_client_cert, Role};
+use basalt_pki::{issue_client_cert, CertAndKey, Role};
+use basalt_resource::secrets::OsRootSpec;
+use basalt_resource::ResourceKey;
+use basalt_state::StateError;
 use futures::stream::{self, BoxStream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
 use crate::apply;
 use crate::node::{ByteStream, ResetOptions};
-use crate::resources::{caller, here};
+use crate::resources::{caller, here, state_status};
 use crate::server::Shared;
 
 const DEFAULT_CLIENT_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -375,15 +378,31 @@ impl MachineService for MachineApi {
         request: Request<api::GenerateClientConfigurationRequest>,
     ) -> Result<Response<api::GenerateClientConfigurationResponse>, Status> {
         let r = request.into_inner();
-        let identity = self
+        // The OS CA key stays in the node's secrets: read for this call only.
+        let root = match self
             .shared
-            .identity()
-            .ok_or_else(|| Status::failed_precondition("the node has no config yet"))?;
-        let ca = identity.ca_with_key.as_ref().ok_or_else(|| {
-            Status::failed_precondition(
+            .state
+            .get(&ResourceKey::of::<OsRootSpec>(OsRootSpec::ID))
+            .await
+        {
+            Ok(root) => root,
+            Err(StateError::NotFound(_)) => {
+                return Err(Status::failed_precondition("the node has no config yet"))
+            }
+            Err(e) => return Err(state_status(e)),
+        };
+        let root = root
+            .spec_as::<OsRootSpec>()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if root.ca_key.is_empty() {
+            return Err(Status::failed_precondition(
                 "this node does not hold the OS CA key (not a control-plane node)",
-            )
-        })?;
+            ));
+        }
+        let ca = CertAndKey {
+            crt: root.ca.clone(),
+            key: root.ca_key.clone(),
+        };
         let roles = r
             .roles
             .iter()
@@ -407,14 +426,14 @@ impl MachineService for MachineApi {
             .map(|r| r.as_str())
             .collect::<Vec<_>>()
             .join("+");
-        let cert = issue_client_cert(ca, &name, &roles, ttl)
+        let cert = issue_client_cert(&ca, &name, &roles, ttl)
             .map_err(|e| Status::internal(e.to_string()))?;
         let osconfig = ClientConfig::single(
             "basalt",
             Context {
                 endpoints: Vec::new(),
                 nodes: Vec::new(),
-                ca: identity.ca.clone(),
+                ca: ca.crt.clone(),
                 crt: cert.crt.clone(),
                 key: Secret::new(cert.key.clone()),
             },
@@ -424,7 +443,7 @@ impl MachineService for MachineApi {
         Ok(Response::new(api::GenerateClientConfigurationResponse {
             messages: vec![api::GenerateClientConfigurationResult {
                 metadata: here(),
-                ca: identity.ca.clone().into_bytes(),
+                ca: ca.crt.clone().into_bytes(),
                 crt: cert.crt.into_bytes(),
                 key: cert.key.into_bytes(),
                 osconfig: osconfig.into_bytes(),

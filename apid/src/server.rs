@@ -6,11 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use basalt_api::machine::v1::machine_service_server::MachineServiceServer;
 use basalt_api::resource::v1::resource_service_server::ResourceServiceServer;
-use basalt_machine_config::{Config, Mode as ValidationMode};
-use basalt_resource::config::MachineConfigSpec;
-use basalt_resource::runtime::{MachineStage, MachineStatusSpec};
-use basalt_resource::{Registry, Resource, ResourceKey};
-use basalt_state::{State, StateError};
+use basalt_machine_config::Mode as ValidationMode;
+use basalt_resource::secrets::ApiCertificatesSpec;
+use basalt_resource::{Registry, ResourceKey};
+use basalt_state::{Event, State, StateError};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -43,12 +42,8 @@ pub struct ApidOptions {
     pub peer_port: u16,
     /// How applied configs are validated.
     pub validation_mode: ValidationMode,
-    /// Names and addresses the node is reached by, for its certificates (besides the
-    /// config's `certSANs` and hostname).
+    /// Names and addresses the node is reached by, for the maintenance certificate.
     pub sans: Vec<String>,
-    /// Serve with this identity from the start. Without it, apid uses the config in the
-    /// state, or else starts in maintenance mode.
-    pub identity: Option<NodeIdentity>,
 }
 
 /// Maintenance mode, or configured with the cluster PKI.
@@ -66,7 +61,6 @@ pub(crate) struct Shared {
     pub limits: Limits,
     pub limiter: Limiter,
     pub validation_mode: ValidationMode,
-    pub sans: Vec<String>,
     peer_port: u16,
     mode: Mutex<(Mode, Option<Arc<Forwarder>>)>,
     tls: watch::Sender<Arc<ServerConfig>>,
@@ -99,8 +93,8 @@ impl Shared {
 
     /// Serves with `identity` from now on: new connections need a client certificate from
     /// its CA, and anonymous connections still open from maintenance mode are closed.
-    /// Applied again when a config changes the CA or the names the node is known by.
-    pub fn configure(&self, identity: NodeIdentity) -> Result<(), ApidError> {
+    /// Applied again whenever the node's API certificates change.
+    fn configure(&self, identity: NodeIdentity) -> Result<(), ApidError> {
         let tls = cluster_config(&identity)?;
         let forwarder = Forwarder::new(identity.peer_tls(), self.peer_port, &self.limits);
         *self.mode() = (
@@ -125,13 +119,21 @@ impl Shared {
         );
     }
 
-    pub async fn set_stage(&self, stage: MachineStage, reason: &str) -> Result<(), StateError> {
-        let spec = MachineStatusSpec {
-            stage,
-            reason: reason.to_string(),
+    /// Waits until apid serves certificates from the OS CA `ca` (PEM), at most `timeout`.
+    /// Returns whether it does.
+    pub async fn serving_ca(&self, ca: &str, timeout: std::time::Duration) -> bool {
+        let mut changes = self.tls.subscribe();
+        let serving = async {
+            loop {
+                if self.identity().is_some_and(|id| id.ca == ca) {
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
         };
-        let status = Resource::new(MachineStatusSpec::ID, spec).into_any();
-        self.state.put(status, OWNER).await.map(|_| ())
+        tokio::time::timeout(timeout, serving).await.is_ok()
     }
 
     /// Counts an open stream until the returned guard is dropped.
@@ -165,28 +167,74 @@ impl std::fmt::Debug for Apid {
     }
 }
 
-/// The config in effect, if the state has one.
-async fn active_config(state: &State) -> Option<Config> {
-    let key = ResourceKey::of::<MachineConfigSpec>(MachineConfigSpec::ACTIVE);
-    let resource = state.get(&key).await.ok()?;
-    let spec = resource.spec_as::<MachineConfigSpec>().ok()?;
-    match Config::parse(&spec.yaml) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::error!(error = %e, "the stored machine config does not parse; starting in maintenance mode");
-            None
+/// Serves the node's API certificates as they change: the first ones end maintenance
+/// mode, later ones (renewed, or for a new CA or new names) are served to new
+/// connections without a restart. Certificates that cannot be served are logged and the
+/// ones before them kept.
+async fn follow_certificates(
+    shared: Arc<Shared>,
+    mut served: Option<ApiCertificatesSpec>,
+    cancel: CancellationToken,
+) {
+    let key = ResourceKey::of::<ApiCertificatesSpec>(ApiCertificatesSpec::ID);
+    'watch: loop {
+        let mut watch = match shared.state.watch(&key).await {
+            Ok(watch) => watch,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch the API certificates");
+                return;
+            }
+        };
+        loop {
+            let event = tokio::select! {
+                _ = cancel.cancelled() => return,
+                event = watch.next() => event,
+            };
+            let resource = match event {
+                None => return,
+                Some(Ok(Event::Created(r) | Event::Updated { new: r, .. })) => r,
+                Some(Ok(Event::Destroyed(_))) => {
+                    tracing::warn!("the API certificates were removed; serving the last ones");
+                    continue;
+                }
+                Some(Ok(Event::Bootstrapped)) => continue,
+                // Fell behind: start over from the current certificates.
+                Some(Err(_)) => continue 'watch,
+            };
+            let spec = match resource.spec_as::<ApiCertificatesSpec>() {
+                Ok(spec) => spec.clone(),
+                Err(e) => {
+                    tracing::error!(error = %e, "unreadable API certificates");
+                    continue;
+                }
+            };
+            if served.as_ref() == Some(&spec) {
+                continue;
+            }
+            match shared.configure(NodeIdentity::from_spec(&spec)) {
+                Ok(()) => {
+                    tracing::info!(not_after = %spec.not_after, "serving the node's API certificates");
+                    served = Some(spec);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serve the new API certificates; keeping the current ones")
+                }
+            }
         }
     }
 }
 
 impl Apid {
     pub async fn start(options: ApidOptions) -> Result<Apid, ApidError> {
-        let identity = match options.identity {
-            Some(id) => Some(id),
-            None => match active_config(&options.state).await {
-                Some(config) => Some(NodeIdentity::from_config(&config, &options.sans)?),
-                None => None,
-            },
+        let key = ResourceKey::of::<ApiCertificatesSpec>(ApiCertificatesSpec::ID);
+        let certificates = match options.state.get(&key).await {
+            Ok(r) => Some(
+                r.spec_as::<ApiCertificatesSpec>()
+                    .map_err(|e| ApidError::Identity(e.to_string()))?
+                    .clone(),
+            ),
+            Err(StateError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
         };
         let maintenance = MaintenanceIdentity::generate(&options.sans)?;
         let tls = watch::Sender::new(maintenance_config(&maintenance)?);
@@ -199,7 +247,6 @@ impl Apid {
             limiter: Limiter::new(options.limits.clone()),
             limits: options.limits,
             validation_mode: options.validation_mode,
-            sans: options.sans,
             peer_port: options.peer_port,
             mode: Mutex::new((Mode::Maintenance(maintenance), None)),
             tls,
@@ -218,23 +265,22 @@ impl Apid {
             addr: options.listen,
             source,
         })?;
-        match identity {
-            Some(identity) => {
-                shared.configure(identity)?;
-                shared
-                    .set_stage(MachineStage::Running, "configured")
-                    .await?;
+        match &certificates {
+            Some(spec) => {
+                shared.configure(NodeIdentity::from_spec(spec))?;
                 tracing::info!(%local_addr, "apid serving with the cluster PKI");
             }
             None => {
-                shared
-                    .set_stage(MachineStage::Maintenance, "no machine config")
-                    .await?;
                 tracing::warn!(%local_addr, %fingerprint, "apid in maintenance mode: apply a config with `osctl apply-config --insecure`; the certificate fingerprint is {fingerprint}");
             }
         }
 
         let cancel = CancellationToken::new();
+        tokio::spawn(follow_certificates(
+            shared.clone(),
+            certificates,
+            cancel.clone(),
+        ));
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(listener::accept(
             listener,

@@ -28,10 +28,9 @@ struct Node {
 /// A node running with the generated control-plane config, and an admin client.
 async fn configured() -> (Cluster, Node) {
     let cluster = Cluster::new();
-    let yaml = controlplane_yaml(&cluster);
-    let options = cluster.options("127.0.0.1", Some(cluster.identity("127.0.0.1")));
+    let options = cluster.configured_options("127.0.0.1").await;
     let state = options.state.clone();
-    apid::store_config(&state, &yaml).await.unwrap();
+    let yaml = config(&state, "active").await.unwrap();
     let apid = apid::Apid::start(options).await.unwrap();
     let machine =
         MachineServiceClient::new(channel(apid.local_addr(), &cluster.tls(&[Role::Admin])).await);

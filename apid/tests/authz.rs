@@ -143,7 +143,7 @@ async fn wrong_ca_expired_and_missing_certificates_are_refused_by_tls() {
 #[tokio::test]
 async fn readers_and_operators_never_see_sensitive_resources() {
     let cluster = Cluster::new();
-    let options = cluster.options("127.0.0.1", Some(cluster.identity("127.0.0.1")));
+    let options = cluster.configured_options("127.0.0.1").await;
     let state = options.state.clone();
     let apid = apid::Apid::start(options).await.unwrap();
     let secret = MachineConfigSpec {
@@ -151,14 +151,14 @@ async fn readers_and_operators_never_see_sensitive_resources() {
         digest: "d".into(),
     };
     state
-        .create(Resource::new("active", secret).into_any(), "")
+        .create(Resource::new("staged", secret).into_any(), "")
         .await
         .unwrap();
 
     let get = rapi::GetRequest {
         namespace: String::new(),
         r#type: "mc".into(),
-        id: "active".into(),
+        id: "staged".into(),
     };
     let list = rapi::ListRequest {
         r#type: "machineconfigs".into(),

@@ -190,7 +190,7 @@ async fn forwarded_calls_keep_the_callers_roles() {
     assert!(metadata.error.contains("sensitive"), "{metadata:?}");
 
     // A node certificate cannot call anything by itself.
-    let node_tls = cluster.identity("127.0.0.21").peer_tls();
+    let node_tls = cluster.peer_tls("127.0.0.21");
     let status = MachineServiceClient::new(channel(b.local_addr(), &node_tls).await)
         .version(mapi::VersionRequest {})
         .await

@@ -16,7 +16,7 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn start(cluster: &Cluster, limits: apid::Limits) -> apid::Apid {
-    let mut options = cluster.options("127.0.0.1", Some(cluster.identity("127.0.0.1")));
+    let mut options = cluster.configured_options("127.0.0.1").await;
     options.limits = limits;
     apid::Apid::start(options).await.unwrap()
 }

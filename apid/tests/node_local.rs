@@ -12,7 +12,7 @@ use apid::node::local::{
 };
 use apid::node::{Files, NodeError, NodeHandles, Power, ResetOptions, Services, System};
 use basalt_api::machine::v1 as api;
-use basalt_resource::runtime::{MachineStage, MachineStatusSpec, ServiceSpec};
+use basalt_resource::runtime::{PowerAction, PowerRequestSpec, ServiceSpec};
 use basalt_state::State;
 use futures::StreamExt;
 
@@ -697,16 +697,16 @@ async fn listing_recurses_to_a_depth_without_following_links() {
 }
 
 #[tokio::test]
-async fn power_records_the_stage_and_refuses_a_second_request() {
+async fn power_records_the_request_and_refuses_a_second_one() {
     let state = State::new();
     let power = StatePower::new(state.clone());
     let mut requests = power.subscribe();
     assert!(requests.borrow().is_none());
 
     power.reboot(api::RebootMode::Default).await.unwrap();
-    let status = state.get_as::<MachineStatusSpec>("machine").await.unwrap();
-    assert_eq!(status.spec.stage, MachineStage::Rebooting);
-    assert!(status.spec.reason.contains("reboot"), "{:?}", status.spec);
+    let request = state.get_as::<PowerRequestSpec>("power").await.unwrap();
+    assert_eq!(request.spec.action, PowerAction::Reboot);
+    assert!(request.spec.reason.contains("reboot"), "{:?}", request.spec);
     tokio::time::timeout(PATIENCE, requests.changed())
         .await
         .unwrap()
@@ -723,8 +723,8 @@ async fn power_records_the_stage_and_refuses_a_second_request() {
     assert_eq!(err.to_string(), "the node is already rebooting");
     let err = power.reset(ResetOptions::default()).await.unwrap_err();
     assert!(matches!(err, NodeError::FailedPrecondition(_)), "{err}");
-    let status = state.get_as::<MachineStatusSpec>("machine").await.unwrap();
-    assert_eq!(status.spec.stage, MachineStage::Rebooting);
+    let request = state.get_as::<PowerRequestSpec>("power").await.unwrap();
+    assert_eq!(request.spec.action, PowerAction::Reboot);
 
     let other = StatePower::new(State::new());
     let wipe = ResetOptions {

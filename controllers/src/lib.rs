@@ -1,22 +1,34 @@
 //! Basalt's controllers, one module per domain of the resources they write: a reader
-//! finds a controller by its output's domain.
+//! finds a controller by its output's domain. The `config` domain is the only one that
+//! reads the machine config; the others read the typed resources it publishes.
 
+pub mod config;
 pub mod k8s;
 pub mod network;
 pub mod runtime;
+pub mod secrets;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use basalt_controller_runtime::{Engine, RegistrationError};
 
-/// Where the node-facing controllers read the system from.
+pub use secrets::DEFAULT_API_CERT_VALIDITY;
+
+/// What the node-facing controllers need to know of the node process: where to read the
+/// system from, where to listen, and how it is reached.
 #[derive(Debug, Clone)]
 pub struct Sources {
     /// The kernel command line (`/proc/cmdline`).
     pub cmdline: PathBuf,
     /// Where KubePrism listens (at the configured port).
     pub kubeprism_listen: IpAddr,
+    /// Names and addresses the node's API is reached by, for its certificate (besides
+    /// the hostname and the config's `certSANs`).
+    pub api_sans: Vec<String>,
+    /// How long the API certificates live; renewed at half their life.
+    pub api_cert_validity: Duration,
 }
 
 impl Default for Sources {
@@ -24,17 +36,24 @@ impl Default for Sources {
         Sources {
             cmdline: PathBuf::from("/proc/cmdline"),
             kubeprism_listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            api_sans: Vec::new(),
+            api_cert_validity: DEFAULT_API_CERT_VALIDITY,
         }
     }
 }
 
 /// Registers every controller: the one place that lists them.
 pub fn register_all(engine: &mut Engine, sources: &Sources) -> Result<(), RegistrationError> {
+    engine.register(config::MachineConfigController)?;
     engine.register(runtime::KernelCmdlineController::new(
         sources.cmdline.clone(),
     ))?;
+    engine.register(runtime::MachineStatusController)?;
     engine.register(network::HostnameController)?;
-    engine.register(k8s::KubePrismConfigController)?;
+    engine.register(secrets::ApiCertificatesController::new(
+        sources.api_sans.clone(),
+        sources.api_cert_validity,
+    ))?;
     engine.register(k8s::KubePrismEndpointsController)?;
     engine.register(k8s::KubePrismController::new(sources.kubeprism_listen))?;
     Ok(())

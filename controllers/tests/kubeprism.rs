@@ -4,9 +4,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use basalt_controller_runtime::testing::Harness;
-use basalt_controllers::k8s::{
-    KubePrismConfigController, KubePrismController, KubePrismEndpointsController,
-};
+use basalt_controllers::config::MachineConfigController;
+use basalt_controllers::k8s::{KubePrismController, KubePrismEndpointsController};
 use basalt_kubeprism::testing::{echo_stream, get, Mode, TestBackend, TestCa, TestDns};
 use basalt_kubeprism::BalancerConfig;
 use basalt_machine_config::generate::{generate, GenerateOptions};
@@ -267,7 +266,7 @@ async fn the_machine_config_turns_kubeprism_on_and_off() {
     let ca = TestCa::new().unwrap();
     let backend = TestBackend::start("b0", &ca).await.unwrap();
     let h = Harness::builder()
-        .with(KubePrismConfigController)
+        .with(MachineConfigController)
         .unwrap()
         .with(KubePrismEndpointsController)
         .unwrap()

@@ -92,6 +92,16 @@ impl TestCa {
         })
     }
 
+    /// An existing CA (certificate and key, PEM), e.g. a cluster's Kubernetes CA.
+    pub fn from_pem(crt: &str, key: &str) -> Result<Self, Error> {
+        let tls = |e: rcgen::Error| Error::Tls(e.to_string());
+        let key = KeyPair::from_pem(key).map_err(tls)?;
+        Ok(TestCa {
+            pem: crt.to_string(),
+            issuer: Issuer::from_ca_cert_pem(crt, key).map_err(tls)?,
+        })
+    }
+
     pub fn pem(&self) -> &str {
         &self.pem
     }

@@ -1,21 +1,15 @@
-//! `osctl` against real apid servers on loopback: maintenance mode and the first config,
-//! forwarding to several nodes, resources, services and power, and the resources the
-//! node's controllers publish (KubePrism).
+//! `osctl` against real nodes (machined's, in-process) on loopback: maintenance mode and
+//! the first config, forwarding to several nodes, resources, services and power.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apid::node::local::{LocalNode, RestartPolicy, ServiceDefinition};
-use apid::{Apid, ApidOptions, Limits, NodeIdentity};
-use basalt_controller_runtime::Engine;
-use basalt_kubeprism::testing::{TestBackend, TestCa};
-use basalt_pki::SecretsBundle;
-use basalt_resource::k8s::{ControlPlaneEndpointSpec, KubePrismConfigSpec};
-use basalt_resource::Resource;
-use basalt_state::State;
-use tokio_util::sync::CancellationToken;
+use apid::node::local::{RestartPolicy, ServiceDefinition};
+use apid::Limits;
+use basalt_controllers::Sources;
+use machined::{Node, NodeOptions};
 
 struct Run {
     ok: bool,
@@ -49,10 +43,9 @@ async fn ok(dir: &Path, args: &[&str]) -> String {
 }
 
 /// A directory with a secrets bundle and the configs `osctl gen config` makes from it.
-async fn cluster_dir() -> (tempfile::TempDir, SecretsBundle) {
+async fn cluster_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = SecretsBundle::generate().unwrap();
-    bundle.write_to(dir.path().join("secrets.yaml")).unwrap();
+    ok(dir.path(), &["gen", "secrets", "-o", "secrets.yaml"]).await;
     ok(
         dir.path(),
         &[
@@ -67,58 +60,46 @@ async fn cluster_dir() -> (tempfile::TempDir, SecretsBundle) {
         ],
     )
     .await;
-    (dir, bundle)
+    dir
 }
 
-fn options(
-    ip: &str,
-    state: State,
-    node: &LocalNode,
-    identity: Option<NodeIdentity>,
-) -> ApidOptions {
-    ApidOptions {
-        listen: format!("{ip}:0").parse().unwrap(),
-        state,
-        registry: Arc::new(basalt_resource::meta::builtin_registry().unwrap()),
-        node: node.handles(),
+/// A node on `ip` (its API on a free port, KubePrism on `ip`), with `config` in effect
+/// if given.
+async fn node(ip: &str, config: Option<String>, services: Vec<ServiceDefinition>) -> Node {
+    let address: IpAddr = ip.parse().unwrap();
+    Node::start(NodeOptions {
+        listen: (address, 0).into(),
+        config,
+        validation_mode: basalt_machine_config::Mode::Cloud,
+        file_roots: vec![std::env::temp_dir()],
+        services,
         limits: Limits {
             forward_timeout: Duration::from_secs(2),
             ..Limits::default()
         },
-        peer_port: basalt_api::DEFAULT_PORT,
-        validation_mode: basalt_machine_config::Mode::Cloud,
-        sans: vec![ip.to_string()],
-        identity,
-    }
+        sources: Sources {
+            kubeprism_listen: address,
+            ..Sources::default()
+        },
+        ..NodeOptions::default()
+    })
+    .await
+    .unwrap()
 }
 
-async fn configured(
-    ip: &str,
-    bundle: &SecretsBundle,
-    services: Vec<ServiceDefinition>,
-    state: State,
-) -> (Apid, LocalNode) {
-    let node = LocalNode::new(state.clone(), services, vec![std::env::temp_dir()]).unwrap();
-    let identity = NodeIdentity::issue(&bundle.certs.os, ip, &[ip.to_string()]).unwrap();
-    (
-        Apid::start(options(ip, state, &node, Some(identity)))
-            .await
-            .unwrap(),
-        node,
-    )
+/// A node running the control-plane config of the cluster in `dir`.
+async fn configured(dir: &Path, ip: &str, services: Vec<ServiceDefinition>) -> Node {
+    let config = std::fs::read_to_string(dir.join("controlplane.yaml")).unwrap();
+    node(ip, Some(config), services).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn insecure_apply_config_takes_a_node_out_of_maintenance() {
-    let (dir, _) = cluster_dir().await;
+    let dir = cluster_dir().await;
     let dir = dir.path();
-    let state = State::new();
-    let node = LocalNode::new(state.clone(), Vec::new(), Vec::new()).unwrap();
-    let apid = Apid::start(options("127.0.0.1", state, &node, None))
-        .await
-        .unwrap();
-    let endpoint = apid.local_addr().to_string();
-    let fingerprint = apid.maintenance_fingerprint().unwrap();
+    let node = node("127.0.0.41", None, Vec::new()).await;
+    let endpoint = node.local_addr().to_string();
+    let fingerprint = node.apid().maintenance_fingerprint().unwrap();
 
     let out = ok(dir, &["--insecure", "-e", &endpoint, "version"]).await;
     assert!(out.contains("Maintenance: true"), "{out}");
@@ -225,16 +206,16 @@ async fn insecure_apply_config_takes_a_node_out_of_maintenance() {
     )
     .await;
     assert!(out.contains("stage: running"), "{out}");
-    apid.shutdown().await.unwrap();
+    node.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nodes_flag_fans_out_and_reports_a_stopped_node() {
-    let (dir, bundle) = cluster_dir().await;
+    let dir = cluster_dir().await;
     let dir = dir.path();
-    let (a, _na) = configured("127.0.0.31", &bundle, Vec::new(), State::new()).await;
-    let (b, _nb) = configured("127.0.0.32", &bundle, Vec::new(), State::new()).await;
-    let (c, _nc) = configured("127.0.0.33", &bundle, Vec::new(), State::new()).await;
+    let a = configured(dir, "127.0.0.31", Vec::new()).await;
+    let b = configured(dir, "127.0.0.32", Vec::new()).await;
+    let c = configured(dir, "127.0.0.33", Vec::new()).await;
     let nodes: Vec<String> = [&a, &b, &c]
         .iter()
         .map(|n| n.local_addr().to_string())
@@ -283,7 +264,7 @@ async fn nodes_flag_fans_out_and_reports_a_stopped_node() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn resources_services_logs_and_power_through_osctl() {
-    let (dir, bundle) = cluster_dir().await;
+    let dir = cluster_dir().await;
     let dir = dir.path();
     let ticker = ServiceDefinition {
         id: "ticker".into(),
@@ -295,9 +276,8 @@ async fn resources_services_logs_and_power_through_osctl() {
         env: Default::default(),
         restart: RestartPolicy::Always,
     };
-    let (apid, node) = configured("127.0.0.1", &bundle, vec![ticker], State::new()).await;
-    node.supervisor.start_all().await.unwrap();
-    let e = apid.local_addr().to_string();
+    let node = configured(dir, "127.0.0.42", vec![ticker]).await;
+    let e = node.local_addr().to_string();
 
     let out = ok(dir, &["-e", &e, "get", "rd"]).await;
     assert!(out.contains("Services.runtime.basalt.dev"), "{out}");
@@ -349,56 +329,5 @@ async fn resources_services_logs_and_power_through_osctl() {
     .await;
     assert!(out.contains("reboot requested"), "{out}");
     assert!(out.contains("audit"), "{out}");
-    node.supervisor.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn the_kubeprism_status_published_by_the_controllers_shows_in_osctl_get() {
-    let (dir, bundle) = cluster_dir().await;
-    let dir = dir.path();
-    let state = State::new();
-    let (apid, _node) = configured("127.0.0.1", &bundle, Vec::new(), state.clone()).await;
-    let e = apid.local_addr().to_string();
-    // The node's controllers, as registered in production, on the state apid serves.
-    let mut engine = Engine::new(state.clone());
-    basalt_controllers::register_all(&mut engine, &Default::default()).unwrap();
-    let stop = CancellationToken::new();
-    let controllers = tokio::spawn(engine.run(stop.clone()));
-
-    let ca = TestCa::new().unwrap();
-    let api_server = TestBackend::start("api", &ca).await.unwrap();
-    let endpoint = ControlPlaneEndpointSpec {
-        endpoint: format!("https://{}", api_server.upstream()),
-    };
-    let config = KubePrismConfigSpec {
-        enabled: true,
-        // Any free port: the test must not depend on 7445 being free.
-        port: 0,
-        ca: Some(ca.pem().to_string()),
-    };
-    for resource in [
-        Resource::new(ControlPlaneEndpointSpec::ID, endpoint).into_any(),
-        Resource::new(KubePrismConfigSpec::ID, config).into_any(),
-    ] {
-        state.put(resource, "").await.unwrap();
-    }
-
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let out = loop {
-        let out = ok(dir, &["-e", &e, "get", "kubeprismstatus"]).await;
-        if out.contains("running") && out.contains("127.0.0.1:") {
-            break out;
-        }
-        assert!(Instant::now() < deadline, "never running:\n{out}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(out.contains("kubeprism"), "{out}");
-    let out = ok(dir, &["-e", &e, "get", "kpu", "-o", "json"]).await;
-    let doc: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
-    assert_eq!(doc["metadata"]["id"], api_server.upstream(), "{out}");
-    assert_eq!(doc["spec"]["address"], api_server.upstream(), "{out}");
-    assert_eq!(doc["spec"]["state"], "healthy", "{out}");
-
-    stop.cancel();
-    controllers.await.unwrap();
+    node.shutdown().await.unwrap();
 }

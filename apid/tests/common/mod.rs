@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apid::node::NodeHandles;
-use apid::{Apid, ApidOptions, Limits, NodeIdentity};
+use apid::{Apid, ApidOptions, Limits};
 use basalt_api::client::{self, ClientTls, Target};
+use basalt_controller_runtime::Engine;
+use basalt_controllers::{config, network, runtime, secrets};
 use basalt_machine_config::Mode;
 use basalt_pki::{issue_client_cert, CertAndKey, Role, SecretsBundle};
+use basalt_resource::secrets::ApiCertificatesSpec;
 use basalt_state::State;
 use tonic::transport::Channel;
 
@@ -54,12 +57,23 @@ impl Cluster {
         }
     }
 
-    pub fn identity(&self, ip: &str) -> NodeIdentity {
-        NodeIdentity::issue(self.ca(), ip, &[ip.to_string(), "localhost".into()]).unwrap()
+    /// How another node of the cluster authenticates when it forwards a call.
+    pub fn peer_tls(&self, name: &str) -> ClientTls {
+        let cert = issue_client_cert(self.ca(), name, &[Role::Impersonator], HOUR).unwrap();
+        ClientTls::Mutual {
+            ca: self.ca().crt.clone(),
+            crt: cert.crt,
+            key: cert.key,
+        }
     }
 
-    pub fn options(&self, ip: &str, identity: Option<NodeIdentity>) -> ApidOptions {
+    /// Options for an apid on `ip` over a fresh state, with the node's controllers that
+    /// turn a config into the API's certificates and the machine's status running on it
+    /// (until the test's runtime ends). Without a config: maintenance mode.
+    pub fn options(&self, ip: &str) -> ApidOptions {
         let state = State::new();
+        let sans = vec![ip.to_string(), "localhost".into()];
+        start_controllers(&state, &sans);
         let registry = Arc::new(basalt_resource::meta::builtin_registry().unwrap());
         ApidOptions {
             listen: format!("{ip}:0").parse().unwrap(),
@@ -72,17 +86,51 @@ impl Cluster {
             },
             peer_port: basalt_api::DEFAULT_PORT,
             validation_mode: Mode::Cloud,
-            sans: vec![ip.to_string(), "localhost".into()],
-            identity,
+            sans,
         }
+    }
+
+    /// As [`Cluster::options`], with the generated control-plane config in effect and
+    /// the API certificates the controllers issued from it.
+    pub async fn configured_options(&self, ip: &str) -> ApidOptions {
+        let options = self.options(ip);
+        apid::store_config(&options.state, &controlplane_yaml(self))
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while options
+            .state
+            .get_as::<ApiCertificatesSpec>(ApiCertificatesSpec::ID)
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no API certificates"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        options
     }
 
     /// A configured apid on `ip` (any 127.0.0.0/8 address).
     pub async fn start(&self, ip: &str) -> Apid {
-        Apid::start(self.options(ip, Some(self.identity(ip))))
+        Apid::start(self.configured_options(ip).await)
             .await
             .unwrap()
     }
+}
+
+/// The controllers of the node that apid depends on, as the node registers them.
+fn start_controllers(state: &State, sans: &[String]) {
+    let mut engine = Engine::new(state.clone());
+    engine.register(config::MachineConfigController).unwrap();
+    engine.register(network::HostnameController).unwrap();
+    engine
+        .register(secrets::ApiCertificatesController::new(sans.to_vec(), HOUR))
+        .unwrap();
+    engine.register(runtime::MachineStatusController).unwrap();
+    tokio::spawn(engine.run(Default::default()));
 }
 
 pub fn node(state: &State, root: &std::path::Path) -> NodeHandles {

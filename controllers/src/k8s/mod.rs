@@ -1,9 +1,7 @@
 //! Controllers of the Kubernetes domain.
 
 mod kubeprism;
-mod kubeprism_config;
 mod kubeprism_endpoints;
 
 pub use kubeprism::KubePrismController;
-pub use kubeprism_config::KubePrismConfigController;
 pub use kubeprism_endpoints::{endpoints, KubePrismEndpointsController};

@@ -1,5 +1,7 @@
 //! Controllers of the runtime domain: facts about the running system.
 
 mod kernel_cmdline;
+mod machine_status;
 
 pub use kernel_cmdline::KernelCmdlineController;
+pub use machine_status::MachineStatusController;

@@ -440,3 +440,32 @@ mod tests {
         assert_eq!(lines.last().copied(), Some("-----END CERTIFICATE-----"));
     }
 }
+
+/// The certificates of a node's Machine API: the server certificate it serves, and the
+/// `os:impersonator` client certificate it presents to other nodes when it forwards a
+/// call.
+#[derive(Debug, Clone)]
+pub struct NodeCertificates {
+    pub server: CertAndKey,
+    pub peer: CertAndKey,
+    /// When the server certificate expires.
+    pub not_after: OffsetDateTime,
+}
+
+/// Issues a node's API certificates from the OS CA: `name` is the node's name (the common
+/// name of both), `sans` every name and address it is reached by.
+pub fn issue_node_certs(
+    ca: &CertAndKey,
+    name: &str,
+    sans: &[String],
+    validity: Duration,
+) -> Result<NodeCertificates, PkiError> {
+    let server = issue_server_cert(ca, name, sans, validity)?;
+    let peer = issue_client_cert(ca, name, &[Role::Impersonator], validity)?;
+    let not_after = crate::inspect(&server.crt)?.not_after;
+    Ok(NodeCertificates {
+        server,
+        peer,
+        not_after,
+    })
+}

@@ -22,7 +22,10 @@ pub use bundle::{BootstrapToken, BundleCerts, ClusterSecrets, SecretsBundle};
 pub use error::PkiError;
 pub use file::write_private_file;
 pub use inspect::{inspect, roles_of, verify, CertInfo};
-pub use issue::{issue_client_cert, issue_server_cert, CA_VALIDITY, CLOCK_SKEW_ALLOWANCE};
+pub use issue::{
+    issue_client_cert, issue_node_certs, issue_server_cert, NodeCertificates, CA_VALIDITY,
+    CLOCK_SKEW_ALLOWANCE,
+};
 pub use keys::{CertAndKey, KeyPem};
 pub use role::Role;
 

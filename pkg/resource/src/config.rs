@@ -1,10 +1,12 @@
-//! Config domain: user-owned resources that state what the node should be.
+//! Config domain: what the node should be. The machine config as applied through the API
+//! (user-owned), and what the config controllers publish from it.
 
 use serde::{Deserialize, Serialize};
 
 use crate::{namespaces, Column, ResourceSpec};
 
-/// The hostname the user asked for (id `hostname`); may be a fully qualified name.
+/// The hostname the machine config asks for (id `hostname`); may be a fully qualified
+/// name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostnameConfigSpec {

@@ -7,7 +7,7 @@
 //! [`Registry`], so the API can list types and decode specs it was not compiled with.
 //!
 //! Domain resources live in one module per domain ([`config`], [`network`], [`runtime`],
-//! [`k8s`], [`meta`]), mirrored by controllers of the same domain.
+//! [`secrets`], [`k8s`], [`kubespan`], [`meta`]), mirrored by controllers of the same domain.
 
 mod error;
 mod metadata;
@@ -18,10 +18,12 @@ mod spec;
 
 pub mod config;
 pub mod k8s;
+pub mod kubespan;
 pub mod meta;
 pub mod network;
 pub mod proto;
 pub mod runtime;
+pub mod secrets;
 pub mod yaml;
 
 pub use error::ResourceError;
@@ -34,7 +36,7 @@ pub use spec::{Column, DynSpec, ResourceSpec};
 /// Namespaces every node has; a type names its default one in
 /// [`ResourceSpec::DEFAULT_NAMESPACE`].
 pub mod namespaces {
-    /// User-owned configuration resources.
+    /// What the node should be: the applied machine config and what is published from it.
     pub const CONFIG: &str = "config";
     /// Network state: links, addresses, hostname.
     pub const NETWORK: &str = "network";

@@ -2,7 +2,7 @@
 //! registered.
 
 pub use crate::registry::{PrintColumn, ResourceDefinitionSpec};
-use crate::{config, k8s, network, runtime, Registry, ResourceError};
+use crate::{config, k8s, kubespan, network, runtime, secrets, Registry, ResourceError};
 
 /// A registry with every built-in resource type.
 pub fn builtin_registry() -> Result<Registry, ResourceError> {
@@ -10,9 +10,16 @@ pub fn builtin_registry() -> Result<Registry, ResourceError> {
     registry.register::<config::HostnameConfigSpec>()?;
     registry.register::<config::MachineConfigSpec>()?;
     registry.register::<network::HostnameSpec>()?;
+    registry.register::<network::LinkConfigSpec>()?;
+    registry.register::<network::NetworkServersConfigSpec>()?;
+    registry.register::<kubespan::KubeSpanConfigSpec>()?;
+    registry.register::<runtime::ExtensionServiceConfigSpec>()?;
     registry.register::<runtime::KernelCmdlineSpec>()?;
     registry.register::<runtime::ServiceSpec>()?;
     registry.register::<runtime::MachineStatusSpec>()?;
+    registry.register::<runtime::PowerRequestSpec>()?;
+    registry.register::<secrets::OsRootSpec>()?;
+    registry.register::<secrets::ApiCertificatesSpec>()?;
     registry.register::<k8s::KubePrismConfigSpec>()?;
     registry.register::<k8s::ControlPlaneEndpointSpec>()?;
     registry.register::<k8s::ControlPlaneMemberSpec>()?;

@@ -110,3 +110,73 @@ mod tests {
         }
     }
 }
+
+/// A route of a configured link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Destination CIDR.
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<u32>,
+}
+
+/// A network link as the machine config states it (id: the link name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LinkConfigSpec {
+    pub dhcp: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Static addresses, CIDR notation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
+}
+
+impl ResourceSpec for LinkConfigSpec {
+    const TYPE: &'static str = "LinkConfigs.net.basalt.dev";
+    const DEFAULT_NAMESPACE: &'static str = namespaces::CONFIG;
+    const PRINT_COLUMNS: &'static [Column] = &[
+        Column {
+            name: "DHCP",
+            path: "dhcp",
+        },
+        Column {
+            name: "Addresses",
+            path: "addresses",
+        },
+    ];
+}
+
+/// Name servers and time servers from the machine config (id `network`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkServersConfigSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub time_servers: Vec<String>,
+}
+
+impl ResourceSpec for NetworkServersConfigSpec {
+    const TYPE: &'static str = "NetworkServersConfigs.net.basalt.dev";
+    const DEFAULT_NAMESPACE: &'static str = namespaces::CONFIG;
+    const PRINT_COLUMNS: &'static [Column] = &[
+        Column {
+            name: "Nameservers",
+            path: "nameservers",
+        },
+        Column {
+            name: "TimeServers",
+            path: "timeServers",
+        },
+    ];
+}
+
+impl NetworkServersConfigSpec {
+    pub const ID: &'static str = "network";
+}

@@ -195,3 +195,68 @@ impl ResourceSpec for MachineStatusSpec {
 impl MachineStatusSpec {
     pub const ID: &'static str = "machine";
 }
+
+/// What a power request asks of the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PowerAction {
+    Reboot,
+    Shutdown,
+    Reset,
+}
+
+/// The power request the node accepted (id `power`): the first one wins until the node
+/// goes down. Written by the node's power handler, read by whatever takes the node down
+/// and by the machine status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PowerRequestSpec {
+    pub action: PowerAction,
+    /// Who asked for what, in words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+impl ResourceSpec for PowerRequestSpec {
+    const TYPE: &'static str = "PowerRequests.runtime.basalt.dev";
+    const DEFAULT_NAMESPACE: &'static str = namespaces::RUNTIME;
+    const PRINT_COLUMNS: &'static [Column] = &[
+        Column {
+            name: "Action",
+            path: "action",
+        },
+        Column {
+            name: "Reason",
+            path: "reason",
+        },
+    ];
+}
+
+impl PowerRequestSpec {
+    pub const ID: &'static str = "power";
+}
+
+/// A file handed to an extension service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtensionServiceFile {
+    pub mount_path: String,
+    pub content: String,
+}
+
+/// An extension service's settings from its `ExtensionServiceConfig` document (id: the
+/// service name). Its environment and files may hold secrets, so it is sensitive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtensionServiceConfigSpec {
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub environment: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_files: Vec<ExtensionServiceFile>,
+}
+
+impl ResourceSpec for ExtensionServiceConfigSpec {
+    const TYPE: &'static str = "ExtensionServiceConfigs.runtime.basalt.dev";
+    const DEFAULT_NAMESPACE: &'static str = namespaces::CONFIG;
+    const SENSITIVE: bool = true;
+}

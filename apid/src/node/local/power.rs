@@ -3,16 +3,15 @@
 
 use async_trait::async_trait;
 use basalt_api::machine::v1 as api;
-use basalt_resource::runtime::{MachineStage, MachineStatusSpec};
+use basalt_resource::runtime::{PowerAction, PowerRequestSpec};
 use basalt_state::State;
 use tokio::sync::{watch, Mutex};
 
 use super::put_resource;
 use crate::node::{NodeError, Power, ResetOptions};
 
-/// The default owner of the `MachineStatus` resource this writes. apid writes it too
-/// (maintenance, running): one owner for both.
-pub const POWER_OWNER: &str = crate::server::OWNER;
+/// The owner of the `PowerRequest` resource this writes.
+pub const POWER_OWNER: &str = "power";
 
 /// What the node was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,11 +22,11 @@ pub enum PowerRequest {
 }
 
 impl PowerRequest {
-    fn stage(&self) -> MachineStage {
+    fn action(&self) -> PowerAction {
         match self {
-            PowerRequest::Reboot { .. } => MachineStage::Rebooting,
-            PowerRequest::Shutdown { .. } => MachineStage::ShuttingDown,
-            PowerRequest::Reset(_) => MachineStage::Resetting,
+            PowerRequest::Reboot { .. } => PowerAction::Reboot,
+            PowerRequest::Shutdown { .. } => PowerAction::Shutdown,
+            PowerRequest::Reset(_) => PowerAction::Reset,
         }
     }
 
@@ -46,7 +45,6 @@ impl PowerRequest {
 #[derive(Debug)]
 pub struct StatePower {
     state: State,
-    owner: String,
     /// Makes "is a request pending? then record this one" one step.
     current: Mutex<()>,
     /// `None` until a request is accepted.
@@ -55,15 +53,8 @@ pub struct StatePower {
 
 impl StatePower {
     pub fn new(state: State) -> Self {
-        Self::with_owner(state, POWER_OWNER)
-    }
-
-    /// Writes the `MachineStatus` resource as `owner` (the component that owns it on this
-    /// node, e.g. machined).
-    pub fn with_owner(state: State, owner: impl Into<String>) -> Self {
         StatePower {
             state,
-            owner: owner.into(),
             current: Mutex::new(()),
             requests: watch::channel(None).0,
         }
@@ -83,14 +74,14 @@ impl StatePower {
                 pending.doing()
             )));
         }
-        let spec = MachineStatusSpec {
-            stage: request.stage(),
+        let spec = PowerRequestSpec {
+            action: request.action(),
             reason,
         };
-        put_resource(&self.state, &self.owner, MachineStatusSpec::ID, spec)
+        put_resource(&self.state, POWER_OWNER, PowerRequestSpec::ID, spec)
             .await
             .map_err(|e| {
-                NodeError::Unavailable(format!("could not record the machine stage: {e}"))
+                NodeError::Unavailable(format!("could not record the power request: {e}"))
             })?;
         tracing::info!(?request, "power request accepted");
         self.requests.send_replace(Some(request));

@@ -1,7 +1,7 @@
-//! `make bench` for the Machine API: apid (as its own process) against a bare tonic +
-//! rustls server answering the same Version message over the same TLS, measured in the
-//! same run: unary latency p50/p99 on one connection, calls/s with 64 concurrent
-//! clients, and apid's memory with 1,000 open Watch streams.
+//! `make bench` for the Machine API: the node (machined, its own process) against a bare
+//! tonic + rustls server answering the same Version message over the same TLS, measured
+//! in the same run: unary latency p50/p99 on one connection, calls/s with 64 concurrent
+//! clients, and the node's memory with 1,000 open Watch streams.
 
 #![allow(
     clippy::print_stdout,
@@ -27,7 +27,7 @@ use basalt_api::machine::v1 as api;
 use basalt_api::machine::v1::machine_service_client::MachineServiceClient;
 use basalt_api::resource::v1 as rapi;
 use basalt_api::resource::v1::resource_service_client::ResourceServiceClient;
-use basalt_pki::{issue_client_cert, Role, SecretsBundle};
+use basalt_pki::{issue_client_cert, issue_node_certs, Role, SecretsBundle};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use prost::Message;
@@ -88,7 +88,6 @@ async fn bare_server(dir: &Path) -> Result<()> {
             crt: read("server.crt")?,
             key: read("server.key")?,
         },
-        ca_with_key: None,
     };
     let answer = api::VersionResponse {
         messages: vec![api::VersionResult {
@@ -219,13 +218,13 @@ async fn measure(addr: SocketAddr, tls: &ClientTls) -> Result<Figures> {
     })
 }
 
-async fn watches(apid: &Server, tls: &ClientTls) -> Result<(u64, u64)> {
-    let idle = rss_kib(apid.child.id().context("apid exited")?)?;
+async fn watches(node: &Server, tls: &ClientTls) -> Result<(u64, u64)> {
+    let idle = rss_kib(node.child.id().context("the node exited")?)?;
     let mut streams = Vec::with_capacity(WATCHES);
     // Spread over connections as real clients would be (and under HTTP/2's stream cap).
     let per_connection = 100;
     for _ in 0..WATCHES.div_ceil(per_connection) {
-        let mut client = ResourceServiceClient::new(connect(apid.addr, tls).await?);
+        let mut client = ResourceServiceClient::new(connect(node.addr, tls).await?);
         for _ in 0..per_connection {
             if streams.len() == WATCHES {
                 break;
@@ -241,7 +240,7 @@ async fn watches(apid: &Server, tls: &ClientTls) -> Result<(u64, u64)> {
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let loaded = rss_kib(apid.child.id().context("apid exited")?)?;
+    let loaded = rss_kib(node.child.id().context("the node exited")?)?;
     drop(streams);
     Ok((idle, loaded))
 }
@@ -262,10 +261,15 @@ async fn bench() -> Result<()> {
     let config = basalt_machine_config::generate::generate(&bundle, &options)?.controlplane;
     let config_path: PathBuf = dir.path().join("controlplane.yaml");
     std::fs::write(&config_path, config.to_yaml()?)?;
-    let identity = NodeIdentity::issue(&bundle.certs.os, "bare", &["127.0.0.1".into()])?;
-    std::fs::write(dir.path().join("ca.crt"), &identity.ca)?;
-    std::fs::write(dir.path().join("server.crt"), &identity.server.crt)?;
-    std::fs::write(dir.path().join("server.key"), &identity.server.key)?;
+    let certs = issue_node_certs(
+        &bundle.certs.os,
+        "bare",
+        &["127.0.0.1".into()],
+        Duration::from_secs(3600),
+    )?;
+    std::fs::write(dir.path().join("ca.crt"), &bundle.certs.os.crt)?;
+    std::fs::write(dir.path().join("server.crt"), &certs.server.crt)?;
+    std::fs::write(dir.path().join("server.key"), &certs.server.key)?;
     let admin = issue_client_cert(
         &bundle.certs.os,
         "admin",
@@ -278,8 +282,8 @@ async fn bench() -> Result<()> {
         key: admin.key,
     };
 
-    let mut apid_cmd = Command::new(env!("CARGO_BIN_EXE_apid"));
-    apid_cmd
+    let mut node_cmd = Command::new(env!("CARGO_BIN_EXE_machined"));
+    node_cmd
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -291,8 +295,8 @@ async fn bench() -> Result<()> {
         .arg("--config")
         .arg(&config_path)
         .args(["--max-calls-per-client", "100000", "--rate", "10000000"])
-        .env("RUST_LOG", "warn,apid=info");
-    let apid = spawn(apid_cmd).await?;
+        .env("RUST_LOG", "warn,machined=info");
+    let node = spawn(node_cmd).await?;
     let mut bare_cmd = Command::new(std::env::current_exe()?);
     bare_cmd.env("BASALT_BENCH_BARE", dir.path());
     let bare = spawn(bare_cmd).await?;
@@ -300,12 +304,12 @@ async fn bench() -> Result<()> {
     println!(
         "Machine API: unary Version over mTLS (TLS 1.3, P-256 server key, Ed25519 client key)"
     );
-    let ours = measure(apid.addr, &tls).await?;
+    let ours = measure(node.addr, &tls).await?;
     let theirs = measure(bare.addr, &tls).await?;
-    let (idle, loaded) = watches(&apid, &tls).await?;
+    let (idle, loaded) = watches(&node, &tls).await?;
 
     let ratio = |a: f64, b: f64| a / b;
-    println!("| figure | apid | bare tonic+rustls | ratio | target |");
+    println!("| figure | node (machined) | bare tonic+rustls | ratio | target |");
     println!("|---|---|---|---|---|");
     println!(
         "| latency p50, 1 connection, {LATENCY_CALLS} calls | {} | {} | {:.2}x | <= 1.25x |",
@@ -325,9 +329,9 @@ async fn bench() -> Result<()> {
         theirs.per_second,
         ratio(ours.per_second, theirs.per_second)
     );
-    println!("| apid RSS idle | {:.1} MiB | | | |", idle as f64 / 1024.0);
+    println!("| node RSS idle | {:.1} MiB | | | |", idle as f64 / 1024.0);
     println!(
-        "| apid RSS with {WATCHES} open Watch streams | {:.1} MiB | | | <= 50 MiB |",
+        "| node RSS with {WATCHES} open Watch streams | {:.1} MiB | | | <= 50 MiB |",
         loaded as f64 / 1024.0
     );
     Ok(())

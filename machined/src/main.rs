@@ -1,0 +1,108 @@
+//! machined: the Basalt node. Runs the controllers over the node's state and serves the
+//! Machine API from it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use apid::Limits;
+use basalt_controllers::Sources;
+use basalt_machine_config::Mode;
+use clap::Parser;
+use machined::{Node, NodeOptions};
+
+#[derive(Debug, Parser)]
+#[command(name = "machined", version, about = "The Basalt node")]
+struct Args {
+    /// Where the Machine API listens.
+    #[arg(long, default_value = "0.0.0.0:50000")]
+    listen: SocketAddr,
+    /// Keep the config namespace here (persistent across restarts); in memory without it.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Names and addresses of this node for its certificates (repeatable).
+    #[arg(long = "san")]
+    sans: Vec<String>,
+    /// A directory `osctl read`/`ls` may see (repeatable).
+    #[arg(long = "file-root")]
+    file_roots: Vec<PathBuf>,
+    /// How applied configs are validated: metal, cloud or container.
+    #[arg(long, default_value = "metal")]
+    mode: Mode,
+    /// Start with this machine config (as if applied before); maintenance mode without
+    /// one (unless the state directory holds one).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where KubePrism listens (at the port its config names).
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    kubeprism_listen: IpAddr,
+    /// The kernel command line to read.
+    #[arg(long, default_value = "/proc/cmdline")]
+    cmdline: PathBuf,
+    /// Lifetime of the node's API certificates in seconds; renewed at half of it.
+    #[arg(long, default_value_t = basalt_controllers::DEFAULT_API_CERT_VALIDITY.as_secs())]
+    api_cert_lifetime: u64,
+    /// Calls one client may have in flight, streams included.
+    #[arg(long, default_value_t = Limits::default().max_calls_per_client)]
+    max_calls_per_client: usize,
+    /// Calls per second one client may start (burst: twice as many).
+    #[arg(long, default_value_t = Limits::default().calls_per_second, value_parser = positive_rate)]
+    rate: f64,
+}
+
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a positive number of calls per second"
+        )),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    // Logs go to stderr, plain when it is not a terminal (read by scripts and tests).
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let config = match &args.config {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let node = Node::start(NodeOptions {
+        listen: args.listen,
+        state_dir: args.state_dir,
+        config,
+        validation_mode: args.mode,
+        file_roots: args.file_roots,
+        services: Vec::new(),
+        limits: Limits {
+            max_calls_per_client: args.max_calls_per_client,
+            calls_per_second: args.rate,
+            burst: args.rate * 2.0,
+            ..Limits::default()
+        },
+        sources: Sources {
+            cmdline: args.cmdline,
+            kubeprism_listen: args.kubeprism_listen,
+            api_cert_validity: Duration::from_secs(args.api_cert_lifetime.max(1)),
+            ..Sources::default()
+        },
+        sans: args.sans,
+    })
+    .await?;
+    // Tools (tests, benchmarks) read the address from here when the port was 0.
+    tracing::info!(addr = %node.local_addr(), "listening");
+    tokio::signal::ctrl_c().await?;
+    node.shutdown().await?;
+    Ok(())
+}

@@ -1,0 +1,191 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apid::node::local::{LocalNode, ServiceDefinition};
+use apid::{Apid, ApidOptions, Limits};
+use basalt_controller_runtime::Engine;
+use basalt_controllers::Sources;
+use basalt_machine_config::Mode;
+use basalt_resource::config::MachineConfigSpec;
+use basalt_resource::secrets::ApiCertificatesSpec;
+use basalt_resource::{namespaces, ResourceKey};
+use basalt_state::{Event, State, StateError};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::NodeError;
+
+/// How long a configured node waits for its API certificates before it gives up.
+const CERTIFICATES_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a node is started.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Where the Machine API listens.
+    pub listen: SocketAddr,
+    /// Keep the config namespace here (persistent across restarts); in memory without it.
+    pub state_dir: Option<PathBuf>,
+    /// Start with this machine config (YAML), as if applied before.
+    pub config: Option<String>,
+    /// How applied configs are validated.
+    pub validation_mode: Mode,
+    /// Directories `osctl read`/`ls` may see.
+    pub file_roots: Vec<PathBuf>,
+    /// Services the node supervises.
+    pub services: Vec<ServiceDefinition>,
+    pub limits: Limits,
+    /// What the controllers read the system from. Its `api_sans` gets the names and
+    /// addresses below added.
+    pub sources: Sources,
+    /// Names and addresses the node is reached by (its API certificates carry them).
+    pub sans: Vec<String>,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            listen: SocketAddr::from(([0, 0, 0, 0], basalt_api::DEFAULT_PORT)),
+            state_dir: None,
+            config: None,
+            validation_mode: Mode::Metal,
+            file_roots: Vec::new(),
+            services: Vec::new(),
+            limits: Limits::default(),
+            sources: Sources::default(),
+            sans: Vec::new(),
+        }
+    }
+}
+
+/// A running node: its state, its controllers and its Machine API.
+#[derive(Debug)]
+pub struct Node {
+    state: State,
+    local: LocalNode,
+    apid: Apid,
+    stop: CancellationToken,
+    controllers: JoinHandle<()>,
+}
+
+impl Node {
+    pub async fn start(options: NodeOptions) -> Result<Node, NodeError> {
+        let registry = Arc::new(basalt_resource::meta::builtin_registry()?);
+        let state = match &options.state_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| NodeError::StateDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+                let (state, report) = State::builder()
+                    .persistent(
+                        dir.join("state.redb"),
+                        &[namespaces::CONFIG],
+                        registry.clone(),
+                    )
+                    .open()?;
+                tracing::info!(?report, "state loaded");
+                state
+            }
+            None => State::new(),
+        };
+        if let Some(yaml) = &options.config {
+            apid::store_config(&state, yaml).await?;
+        }
+
+        let mut sans = options.sans.clone();
+        if !options.listen.ip().is_unspecified() {
+            sans.push(options.listen.ip().to_string());
+        }
+        let mut sources = options.sources.clone();
+        sources.api_sans.extend(sans.iter().cloned());
+        let mut engine = Engine::new(state.clone());
+        basalt_controllers::register_all(&mut engine, &sources)?;
+        let stop = CancellationToken::new();
+        let controllers = tokio::spawn(engine.run(stop.clone()));
+
+        // A configured node never serves maintenance mode, not even for the moment its
+        // controllers take to issue the API certificates: anyone may apply a config to
+        // a node in maintenance mode.
+        if has_config(&state).await? {
+            wait_for_certificates(&state, CERTIFICATES_TIMEOUT).await?;
+        }
+
+        let local = LocalNode::new(state.clone(), options.services, options.file_roots)?;
+        local.supervisor.start_all().await?;
+        let apid = Apid::start(ApidOptions {
+            listen: options.listen,
+            state: state.clone(),
+            registry,
+            node: local.handles(),
+            limits: options.limits,
+            peer_port: basalt_api::DEFAULT_PORT,
+            validation_mode: options.validation_mode,
+            sans,
+        })
+        .await?;
+        Ok(Node {
+            state,
+            local,
+            apid,
+            stop,
+            controllers,
+        })
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Where the Machine API listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.apid.local_addr()
+    }
+
+    pub fn apid(&self) -> &Apid {
+        &self.apid
+    }
+
+    /// The node's parts (supervisor, power requests, /proc, files).
+    pub fn local(&self) -> &LocalNode {
+        &self.local
+    }
+
+    /// Stops the API, the services and the controllers, in that order.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let api = self.apid.shutdown().await;
+        self.local.supervisor.shutdown().await;
+        self.stop.cancel();
+        if let Err(e) = self.controllers.await {
+            tracing::error!(error = %e, "the controller engine failed");
+        }
+        Ok(api?)
+    }
+}
+
+async fn has_config(state: &State) -> Result<bool, NodeError> {
+    let key = ResourceKey::of::<MachineConfigSpec>(MachineConfigSpec::ACTIVE);
+    match state.get(&key).await {
+        Ok(_) => Ok(true),
+        Err(StateError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn wait_for_certificates(state: &State, timeout: Duration) -> Result<(), NodeError> {
+    let key = ResourceKey::of::<ApiCertificatesSpec>(ApiCertificatesSpec::ID);
+    let mut watch = state.watch(&key).await?;
+    let appeared = async {
+        loop {
+            match watch.next().await {
+                Some(Ok(Event::Created(_) | Event::Updated { .. })) => return,
+                Some(_) => continue,
+                None => std::future::pending().await,
+            }
+        }
+    };
+    tokio::time::timeout(timeout, appeared)
+        .await
+        .map_err(|_| NodeError::NoCertificates(timeout))
+}
