@@ -83,6 +83,16 @@ pub fn rule_for(path: &str) -> Option<&'static Rule> {
     RULES.iter().find(|r| r.path == path)
 }
 
+/// The result of a call as its response headers tell it: an error before the handler
+/// produced anything (a malformed or oversized message, a failed handler) comes back as a
+/// status in the headers; a stream's later errors come in its trailers.
+pub fn result_of<B>(response: &http::Response<B>) -> tonic::Code {
+    match Status::from_header_map(response.headers()) {
+        Some(status) => status.code(),
+        None => tonic::Code::Ok,
+    }
+}
+
 /// The caller of one request, after forwarding is taken into account: a node forwarding
 /// a call (`os:impersonator`) passes on the roles of the client it forwards for.
 #[derive(Debug, Clone)]

@@ -19,10 +19,8 @@ pub enum ApidError {
     Pki(#[from] basalt_pki::PkiError),
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error(transparent)]
-    State(#[from] basalt_state::StateError),
-    #[error("machine config: {0}")]
-    Config(String),
+    #[error("the node: {0}")]
+    Node(String),
     #[error("the server task failed: {0}")]
     Task(String),
     #[error("serving: {0}")]

@@ -1,6 +1,6 @@
-//! The layer every call passes first: who is calling, may they, are they within their
-//! limits, is the call for this node or for others (forwarding), and an audit record for
-//! every call that changes something.
+//! What every call passes: who is calling, may they, are they within their limits, is
+//! the call for this node (handed to the node's backend with the verified caller) or for
+//! others (forwarding), and an audit record for every call that changes something.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,38 +11,72 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use http::uri::PathAndQuery;
 use tonic::body::Body;
+use tonic::server::NamedService;
 use tonic::server::{Grpc, ServerStreamingService, UnaryService};
 use tonic::{Request, Response, Status};
-use tower::{Layer, Service};
+use tower::Service;
 
-use crate::authz::{rule_for, Caller, ROLES_HEADER};
+use crate::authz::{result_of, rule_for, Caller, ROLES_HEADER};
+use crate::caller::AuthorizedCaller;
 use crate::forward::{Call, Forwarder, RawCodec};
-use crate::limits::Guarded;
+use crate::limits::{Guarded, OpenStream};
 use crate::listener::Peer;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Most nodes one call may name.
 const MAX_NODES: usize = 64;
 
+/// How long the answer to the ApplyConfiguration that ends maintenance mode waits for apid
+/// to serve the certificates the config brings, so that the client's next call, with a
+/// client certificate, finds them.
+const LEAVE_MAINTENANCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+const APPLY_CONFIGURATION: &str = "/basalt.machine.v1.MachineService/ApplyConfiguration";
+
 #[derive(Clone)]
-pub(crate) struct GateLayer(pub Arc<Shared>);
+pub(crate) struct Gate {
+    shared: Arc<Shared>,
+}
 
-impl<S> Layer<S> for GateLayer {
-    type Service = Gate<S>;
-
-    fn layer(&self, inner: S) -> Gate<S> {
-        Gate {
-            inner,
-            shared: self.0.clone(),
-        }
+impl Gate {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Gate { shared }
     }
 }
 
+/// The gate under the name of each service it serves (tonic routes by service name).
 #[derive(Clone)]
-pub(crate) struct Gate<S> {
-    inner: S,
-    shared: Arc<Shared>,
+pub(crate) struct MachineRoute(pub Gate);
+#[derive(Clone)]
+pub(crate) struct ResourceRoute(pub Gate);
+
+impl NamedService for MachineRoute {
+    const NAME: &'static str = "basalt.machine.v1.MachineService";
 }
+
+impl NamedService for ResourceRoute {
+    const NAME: &'static str = "basalt.resource.v1.ResourceService";
+}
+
+macro_rules! delegate_to_gate {
+    ($route:ty) => {
+        impl Service<http::Request<Body>> for $route {
+            type Response = http::Response<Body>;
+            type Error = Infallible;
+            type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+            fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+                self.0.poll_ready(cx)
+            }
+
+            fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+                self.0.call(request)
+            }
+        }
+    };
+}
+delegate_to_gate!(MachineRoute);
+delegate_to_gate!(ResourceRoute);
 
 fn reply(status: Status) -> http::Response<Body> {
     status.into_http()
@@ -71,14 +105,7 @@ fn nodes_of(request: &http::Request<Body>) -> Result<Option<Vec<String>>, Status
     Ok((!nodes.is_empty()).then_some(nodes))
 }
 
-impl<S> Service<http::Request<Body>> for Gate<S>
-where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
+impl Service<http::Request<Body>> for Gate {
     type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
@@ -89,8 +116,6 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
         Box::pin(async move {
             let path = request.uri().path().to_string();
@@ -105,7 +130,8 @@ where
                 .and_then(|v| v.to_str().ok());
             let caller = Caller::new(peer, forwarded_roles);
             let rule = rule_for(&path);
-            if let Err(status) = caller.authorize(&path, rule, shared.in_maintenance()) {
+            let maintenance = shared.in_maintenance();
+            if let Err(status) = caller.authorize(&path, rule, maintenance) {
                 tracing::info!(target: "audit", who = %caller.who(), method = %path, result = ?status.code(), reason = status.message(), "denied");
                 return Ok(reply(status));
             }
@@ -135,29 +161,41 @@ where
                 Err(status) => reply(status),
                 Ok(Some(nodes)) => forward(&shared, &caller, &path, &nodes, request).await,
                 Ok(None) => {
-                    request.extensions_mut().insert(caller.clone());
-                    match inner.call(request).await {
+                    AuthorizedCaller::of(&caller).write(request.headers_mut());
+                    let mut backend = shared.backend.clone();
+                    match backend.call(request).await {
                         Ok(r) => r,
                         Err(never) => match never {},
                     }
                 }
             };
-            // An error before the handler produced anything (a malformed or oversized
-            // message, a failed handler) comes back as a status in the headers.
-            let result = match Status::from_header_map(response.headers()) {
-                Some(status) if status.code() != tonic::Code::Ok => {
-                    tracing::info!(who = %caller.who(), method = %path, code = ?status.code(), reason = %status.message(), "call failed");
-                    status.code()
-                }
-                _ => tonic::Code::Ok,
-            };
+            let result = result_of(&response);
+            let streaming = basalt_api::METHODS
+                .iter()
+                .any(|(p, streaming)| *p == path && *streaming);
+            let stream = (streaming && result == tonic::Code::Ok)
+                .then(|| OpenStream::new(&shared.open_streams));
+            if result != tonic::Code::Ok {
+                let reason = Status::from_header_map(response.headers())
+                    .map(|s| s.message().to_string())
+                    .unwrap_or_default();
+                tracing::info!(who = %caller.who(), method = %path, code = ?result, %reason, "call failed");
+            }
             if rule.is_some_and(|r| r.mutating) {
-                shared.audit(&caller, &path, result);
+                tracing::info!(target: "audit", who = %caller.who(), roles = %caller.roles_header(), method = %path, result = ?result, "call");
+            }
+            if maintenance && path == APPLY_CONFIGURATION && result == tonic::Code::Ok {
+                // The node has its config; the client's next call comes with a client
+                // certificate.
+                if !shared.left_maintenance(LEAVE_MAINTENANCE_TIMEOUT).await {
+                    tracing::warn!("a config was applied, but the node's API certificates did not come within {LEAVE_MAINTENANCE_TIMEOUT:?}");
+                }
             }
             Ok(response.map(|body| {
                 Body::new(Guarded {
                     inner: body,
                     permit,
+                    stream,
                 })
             }))
         })

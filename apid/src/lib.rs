@@ -1,24 +1,26 @@
-//! apid: the Machine API server. TLS 1.3 with client certificates, roles from the
-//! certificate, one authorization table, maintenance mode for unconfigured nodes, and
-//! forwarding of calls to other nodes.
+//! apid: the Machine API's edge. TLS 1.3 with client certificates (the node's own, which
+//! apid follows as they change), roles from the certificate, one authorization table,
+//! limits, maintenance mode for unconfigured nodes, forwarding of calls to other nodes,
+//! and an audit line for every call that changes something. Each authorized call is
+//! handed to the node (its [`Backend`]) with the verified caller in its metadata
+//! ([`AuthorizedCaller`]); apid serves nothing itself and holds no CA key.
 
-mod apply;
 pub mod authz;
+pub mod caller;
+mod certificates;
 mod error;
-pub mod events;
 mod forward;
 mod gate;
 pub mod identity;
 pub mod limits;
 pub mod listener;
-mod machine;
-pub mod node;
-mod resources;
 mod server;
+mod shared;
 
-pub use apply::store_config;
+pub use caller::AuthorizedCaller;
 pub use error::ApidError;
 pub use forward::{label_items, RawCodec};
 pub use identity::{MaintenanceIdentity, NodeIdentity};
 pub use limits::Limits;
 pub use server::{Apid, ApidOptions};
+pub use shared::Backend;

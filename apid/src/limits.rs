@@ -147,6 +147,23 @@ impl Limiter {
 pub(crate) struct Guarded<B> {
     pub inner: B,
     pub permit: Option<Permit>,
+    pub stream: Option<OpenStream>,
+}
+
+/// Counts a server stream as open until it ends or is dropped.
+pub(crate) struct OpenStream(Arc<AtomicUsize>);
+
+impl OpenStream {
+    pub fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        OpenStream(count.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl<B> Body for Guarded<B>
@@ -164,6 +181,7 @@ where
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(None) = frame {
             this.permit = None;
+            this.stream = None;
         }
         frame
     }

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::net::{sockopt, AddressFamily, SocketFlags, SocketType};
 use tokio::net::TcpListener;
@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::BalancerConfig;
+use crate::shared::{lock, Shared};
 use crate::status::{BalancerStatus, Problem};
 use crate::upstream::Upstream;
 use crate::{check, listener, resolve, Error};
@@ -40,100 +41,6 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// status says what is wrong now, not that something once went wrong (the counters
 /// keep the history).
 const REPORT_FOR: Duration = Duration::from_secs(10);
-
-/// State shared by the handle, the accept loop and the connections.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub config: BalancerConfig,
-    /// The set new connections choose from; swapped whole on reconfiguration, so a
-    /// connection being dialed keeps the snapshot it started with.
-    upstreams: RwLock<Arc<Vec<Arc<Upstream>>>>,
-    /// Removed upstreams whose connections are still open.
-    draining: Mutex<Vec<Arc<Upstream>>>,
-    /// Problems found in the last upstream list.
-    config_problems: Mutex<Vec<Problem>>,
-    /// Client connections open now (at most `config.max_connections`).
-    active: AtomicUsize,
-    pub accepted: AtomicU64,
-    pub refused: AtomicU64,
-    pub failed: AtomicU64,
-    pub accept_errors: AtomicU64,
-    /// Clients lost because this node ran out of something (`error::is_local`).
-    local_failures: AtomicU64,
-    last_refusal: Mutex<Option<Instant>>,
-    last_failure: Mutex<Option<Instant>>,
-    last_local: Mutex<Option<(Instant, String)>>,
-    /// Serializes reconfigurations: each reads the set the one before it wrote.
-    reconfiguring: tokio::sync::Mutex<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every lock here guards plain data that stays valid after a panic.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Shared {
-    pub fn upstreams(&self) -> Arc<Vec<Arc<Upstream>>> {
-        Arc::clone(
-            &self
-                .upstreams
-                .read()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
-    }
-
-    pub fn note_refusal(&self) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.last_refusal) = Some(Instant::now());
-    }
-
-    /// A client no upstream could be found for.
-    pub fn note_failure(&self) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.last_failure) = Some(Instant::now());
-    }
-
-    /// A client lost because this node ran out of descriptors, ports or memory while
-    /// accepting (`what` = "accept") or dialing it: not the upstreams' fault.
-    pub fn note_local(&self, what: &str, error: &io::Error) {
-        self.local_failures.fetch_add(1, Ordering::Relaxed);
-        self.note_short_of_resources(format!("{what}: {error}"));
-    }
-
-    /// This node ran out of descriptors, ports or memory (for a client, or for a health
-    /// check that could not run): reported as `Problem::OutOfResources` for a while.
-    pub fn note_short_of_resources(&self, error: String) {
-        *lock(&self.last_local) = Some((Instant::now(), error));
-    }
-}
-
-/// One client connection, counted against `max_connections` until dropped. A plain
-/// counter, not a semaphore: nothing ever waits for a slot (a client over the limit is
-/// refused at once), and releasing a tokio semaphore's permit takes a lock that every
-/// serving thread would contend for on every connection.
-pub(crate) struct Slot(Arc<Shared>);
-
-impl Slot {
-    pub fn take(shared: &Arc<Shared>) -> Option<Slot> {
-        // Relaxed: the count only bounds how many connections run at once.
-        if shared.active.fetch_add(1, Ordering::Relaxed) < shared.config.max_connections {
-            Some(Slot(Arc::clone(shared)))
-        } else {
-            shared.active.fetch_sub(1, Ordering::Relaxed);
-            None
-        }
-    }
-
-    pub fn shared(&self) -> &Shared {
-        &self.0
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// A running balancer. Dropping it stops the listeners and the health checks;
 /// established connections run until either side closes them (each serving thread
@@ -490,10 +397,4 @@ fn connection_budget(wanted: usize) -> usize {
         );
     }
     allowed.min(wanted)
-}
-
-pub(crate) fn seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
 }

@@ -20,9 +20,9 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::balance::Rng;
-use crate::balancer::Shared;
 use crate::config::{Check, HttpsCheck};
 use crate::error::is_local;
+use crate::shared::Shared;
 use crate::upstream::Upstream;
 use crate::CheckError;
 
@@ -38,7 +38,7 @@ pub(crate) async fn run(upstream: Arc<Upstream>, shared: &Shared, epoch: u64) {
         check: config.check.clone(),
         kept: None,
     };
-    let mut rng = Rng::new(crate::balancer::seed() ^ u64::from(upstream.addr.port()));
+    let mut rng = Rng::new(crate::shared::seed() ^ u64::from(upstream.addr.port()));
     while upstream.epoch() == epoch {
         let started = Instant::now();
         let result = match tokio::time::timeout(config.timeout, prober.probe(&upstream)).await {

@@ -29,6 +29,7 @@ mod error;
 mod listener;
 mod proxy;
 mod resolve;
+mod shared;
 mod spin;
 #[cfg(target_os = "linux")]
 mod splice;

@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::balance::{choose, Rng};
-use crate::balancer::{Shared, Slot};
 use crate::error::is_local;
 use crate::proxy::proxy;
+use crate::shared::{Shared, Slot};
 use crate::spin;
 use crate::upstream::{ActiveGuard, Upstream};
 
@@ -102,7 +102,7 @@ enum DialFailure {
 
 thread_local! {
     /// Per serving thread: choosing an upstream writes no memory another thread writes.
-    static RNG: RefCell<Rng> = RefCell::new(Rng::new(crate::balancer::seed()));
+    static RNG: RefCell<Rng> = RefCell::new(Rng::new(crate::shared::seed()));
 }
 
 /// Dials upstreams until one answers, within the attempt and time budget.

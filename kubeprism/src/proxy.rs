@@ -123,7 +123,7 @@ async fn copy(
     counter: &AtomicU64,
 ) -> io::Result<u64> {
     let n = tokio::io::copy(from, to).await?;
-    add(counter, n);
+    counter.fetch_add(n, Ordering::Relaxed);
     to.shutdown().await?;
     Ok(n)
 }
@@ -152,10 +152,6 @@ where
             }
         },
     }
-}
-
-pub(crate) fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -20,8 +20,6 @@ use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::proxy::add;
-
 /// Bytes moved per splice: the default pipe capacity, so moving a socket's data into an
 /// empty pipe never stops on a full pipe.
 const CHUNK: usize = 64 * 1024;
@@ -130,7 +128,7 @@ fn copy_small(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> io::Resu
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
         Err(e) => return Err(e),
     };
-    add(counter, written as u64);
+    counter.fetch_add(written as u64, Ordering::Relaxed);
     Ok(Step::Moved {
         n,
         unsent: buf[written..n].to_vec(),
@@ -169,7 +167,7 @@ async fn write_all(to: &TcpStream, mut bytes: &[u8], counter: &AtomicU64) -> io:
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 bytes = &bytes[n..];
-                add(counter, n as u64);
+                counter.fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
@@ -216,7 +214,7 @@ async fn splice_once(
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 left -= n;
-                add(counter, n as u64);
+                counter.fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             // The pipe still holds bytes: it is dropped (closed), not pooled.

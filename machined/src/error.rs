@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
-pub enum NodeError {
+pub enum StartError {
     #[error("creating the state directory {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -15,7 +15,9 @@ pub enum NodeError {
     #[error("the resource registry: {0}")]
     Registry(#[from] basalt_resource::ResourceError),
     #[error("the node's parts: {0}")]
-    Parts(#[from] apid::node::NodeError),
+    Parts(#[from] crate::parts::NodeError),
+    #[error("the config given at start: {0}")]
+    Config(String),
     #[error("the Machine API: {0}")]
     Api(#[from] apid::ApidError),
     #[error(

@@ -3,7 +3,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apid::node::local::{LocalNode, ServiceDefinition};
 use apid::{Apid, ApidOptions, Limits};
 use basalt_controller_runtime::Engine;
 use basalt_controllers::Sources;
@@ -15,7 +14,10 @@ use basalt_state::{Event, State, StateError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::NodeError;
+use crate::api::{self, Shared};
+use crate::events::EventLog;
+use crate::parts::{LocalNode, ServiceDefinition};
+use crate::StartError;
 
 /// How long a configured node waits for its API certificates before it gives up.
 const CERTIFICATES_TIMEOUT: Duration = Duration::from_secs(30);
@@ -64,17 +66,18 @@ impl Default for NodeOptions {
 pub struct Node {
     state: State,
     local: LocalNode,
+    events: EventLog,
     apid: Apid,
     stop: CancellationToken,
     controllers: JoinHandle<()>,
 }
 
 impl Node {
-    pub async fn start(options: NodeOptions) -> Result<Node, NodeError> {
+    pub async fn start(options: NodeOptions) -> Result<Node, StartError> {
         let registry = Arc::new(basalt_resource::meta::builtin_registry()?);
         let state = match &options.state_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|source| NodeError::StateDir {
+                std::fs::create_dir_all(dir).map_err(|source| StartError::StateDir {
                     path: dir.clone(),
                     source,
                 })?;
@@ -91,7 +94,9 @@ impl Node {
             None => State::new(),
         };
         if let Some(yaml) = &options.config {
-            apid::store_config(&state, yaml).await?;
+            api::store_config(&state, yaml)
+                .await
+                .map_err(|status| StartError::Config(status.message().to_string()))?;
         }
 
         let mut sans = options.sans.clone();
@@ -114,20 +119,26 @@ impl Node {
 
         let local = LocalNode::new(state.clone(), options.services, options.file_roots)?;
         local.supervisor.start_all().await?;
+        let events = EventLog::default();
+        let shared = Arc::new(Shared::new(
+            state.clone(),
+            registry,
+            local.handles(),
+            events.clone(),
+            options.validation_mode,
+        ));
         let apid = Apid::start(ApidOptions {
             listen: options.listen,
-            state: state.clone(),
-            registry,
-            node: local.handles(),
+            backend: api::backend(shared, &options.limits),
             limits: options.limits,
             peer_port: basalt_api::DEFAULT_PORT,
-            validation_mode: options.validation_mode,
             sans,
         })
         .await?;
         Ok(Node {
             state,
             local,
+            events,
             apid,
             stop,
             controllers,
@@ -147,13 +158,33 @@ impl Node {
         &self.apid
     }
 
+    /// Whether the API serves maintenance mode (no certificates yet).
+    pub fn in_maintenance(&self) -> bool {
+        self.apid.in_maintenance()
+    }
+
+    /// The fingerprint of the maintenance certificate, while in maintenance mode.
+    pub fn maintenance_fingerprint(&self) -> Option<String> {
+        self.apid.maintenance_fingerprint()
+    }
+
     /// The node's parts (supervisor, power requests, /proc, files).
     pub fn local(&self) -> &LocalNode {
         &self.local
     }
 
+    /// What happened on the node (configs applied, power requests, audit records).
+    pub fn events(&self) -> &EventLog {
+        &self.events
+    }
+
+    /// Streams (watches, logs, events, ...) the API serves to clients right now.
+    pub fn open_streams(&self) -> usize {
+        self.apid.open_streams()
+    }
+
     /// Stops the API, the services and the controllers, in that order.
-    pub async fn shutdown(self) -> Result<(), NodeError> {
+    pub async fn shutdown(self) -> Result<(), StartError> {
         let api = self.apid.shutdown().await;
         self.local.supervisor.shutdown().await;
         self.stop.cancel();
@@ -164,7 +195,7 @@ impl Node {
     }
 }
 
-async fn has_config(state: &State) -> Result<bool, NodeError> {
+async fn has_config(state: &State) -> Result<bool, StartError> {
     let key = ResourceKey::of::<MachineConfigSpec>(MachineConfigSpec::ACTIVE);
     match state.get(&key).await {
         Ok(_) => Ok(true),
@@ -173,7 +204,7 @@ async fn has_config(state: &State) -> Result<bool, NodeError> {
     }
 }
 
-async fn wait_for_certificates(state: &State, timeout: Duration) -> Result<(), NodeError> {
+async fn wait_for_certificates(state: &State, timeout: Duration) -> Result<(), StartError> {
     let key = ResourceKey::of::<ApiCertificatesSpec>(ApiCertificatesSpec::ID);
     let mut watch = state.watch(&key).await?;
     let appeared = async {
@@ -187,5 +218,5 @@ async fn wait_for_certificates(state: &State, timeout: Duration) -> Result<(), N
     };
     tokio::time::timeout(timeout, appeared)
         .await
-        .map_err(|_| NodeError::NoCertificates(timeout))
+        .map_err(|_| StartError::NoCertificates(timeout))
 }

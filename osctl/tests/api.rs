@@ -6,9 +6,9 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use apid::node::local::{RestartPolicy, ServiceDefinition};
 use apid::Limits;
 use basalt_controllers::Sources;
+use machined::parts::{RestartPolicy, ServiceDefinition};
 use machined::{Node, NodeOptions};
 
 struct Run {

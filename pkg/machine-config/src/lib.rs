@@ -21,6 +21,7 @@ mod locate;
 mod machine;
 mod parse;
 mod patch;
+pub mod plan;
 mod schema;
 mod secret;
 mod validate;

@@ -19,7 +19,7 @@ use common::*;
 use tonic::transport::Channel;
 
 struct Node {
-    apid: apid::Apid,
+    apid: machined::Node,
     state: State,
     machine: MachineServiceClient<Channel>,
     yaml: String,
@@ -28,10 +28,9 @@ struct Node {
 /// A node running with the generated control-plane config, and an admin client.
 async fn configured() -> (Cluster, Node) {
     let cluster = Cluster::new();
-    let options = cluster.configured_options("127.0.0.1").await;
-    let state = options.state.clone();
+    let apid = cluster.start("127.0.0.1").await;
+    let state = apid.state().clone();
     let yaml = config(&state, "active").await.unwrap();
-    let apid = apid::Apid::start(options).await.unwrap();
     let machine =
         MachineServiceClient::new(channel(apid.local_addr(), &cluster.tls(&[Role::Admin])).await);
     let node = Node {

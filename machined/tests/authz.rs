@@ -79,7 +79,7 @@ async fn a_path_outside_the_table_is_denied() {
 }
 
 /// The TLS alert the server sent, as the client saw it.
-async fn refused(apid: &apid::Apid, tls: &ClientTls) -> String {
+async fn refused(apid: &machined::Node, tls: &ClientTls) -> String {
     // The handshake may fail at connect, or (TLS 1.3: the client finishes first) at the
     // first call when the server rejects the client's certificate.
     let error = match try_channel(apid.local_addr(), tls).await {
@@ -143,9 +143,8 @@ async fn wrong_ca_expired_and_missing_certificates_are_refused_by_tls() {
 #[tokio::test]
 async fn readers_and_operators_never_see_sensitive_resources() {
     let cluster = Cluster::new();
-    let options = cluster.configured_options("127.0.0.1").await;
-    let state = options.state.clone();
-    let apid = apid::Apid::start(options).await.unwrap();
+    let apid = cluster.start("127.0.0.1").await;
+    let state = apid.state().clone();
     let secret = MachineConfigSpec {
         yaml: "secret: yes".into(),
         digest: "d".into(),

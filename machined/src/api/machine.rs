@@ -1,5 +1,5 @@
 //! The machine service: configuration, version, and everything the node implements
-//! behind the traits in [`crate::node`].
+//! behind the traits in [`crate::parts`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +16,9 @@ use futures::stream::{self, BoxStream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
-use crate::apply;
-use crate::node::{ByteStream, ResetOptions};
-use crate::resources::{caller, here, state_status};
-use crate::server::Shared;
+use super::status::{config_status, pki_status, resource_status};
+use super::{apply, caller, here, state_status, Shared};
+use crate::parts::{ByteStream, ResetOptions};
 
 const DEFAULT_CLIENT_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 const MAX_CLIENT_CERT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -33,12 +32,10 @@ impl MachineApi {
         MachineApi { shared }
     }
 
-    /// Byte chunks as `Data` messages; the stream counts as open until dropped.
+    /// Byte chunks as `Data` messages.
     fn data(&self, bytes: ByteStream) -> BoxStream<'static, Result<api::Data, Status>> {
-        let guard = self.shared.stream_opened();
         bytes
             .map(move |chunk| {
-                let _open = &guard;
                 chunk
                     .map(|bytes| api::Data {
                         metadata: here(),
@@ -64,13 +61,33 @@ fn power(action: &str) -> Response<api::PowerResponse> {
     })
 }
 
-fn service(answer: String) -> Response<api::ServiceResponse> {
-    Response::new(api::ServiceResponse {
-        messages: vec![api::ServiceResult {
-            metadata: here(),
-            response: answer,
-        }],
-    })
+#[derive(Debug, Clone, Copy)]
+enum ServiceAction {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl MachineApi {
+    async fn service_action(
+        &self,
+        request: Request<api::ServiceRequest>,
+        action: ServiceAction,
+    ) -> Result<Response<api::ServiceResponse>, Status> {
+        let id = request.into_inner().id;
+        let services = &self.shared.node.services;
+        let answer = match action {
+            ServiceAction::Start => services.start(&id).await?,
+            ServiceAction::Stop => services.stop(&id).await?,
+            ServiceAction::Restart => services.restart(&id).await?,
+        };
+        Ok(Response::new(api::ServiceResponse {
+            messages: vec![api::ServiceResult {
+                metadata: here(),
+                response: answer,
+            }],
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -102,7 +119,7 @@ impl MachineService for MachineApi {
                     .to_string(),
                 os: std::env::consts::OS.to_string(),
                 arch: std::env::consts::ARCH.to_string(),
-                maintenance: self.shared.in_maintenance(),
+                maintenance: self.shared.in_maintenance().await?,
             }],
         }))
     }
@@ -124,39 +141,21 @@ impl MachineService for MachineApi {
         &self,
         request: Request<api::ServiceRequest>,
     ) -> Result<Response<api::ServiceResponse>, Status> {
-        Ok(service(
-            self.shared
-                .node
-                .services
-                .start(&request.into_inner().id)
-                .await?,
-        ))
+        self.service_action(request, ServiceAction::Start).await
     }
 
     async fn service_stop(
         &self,
         request: Request<api::ServiceRequest>,
     ) -> Result<Response<api::ServiceResponse>, Status> {
-        Ok(service(
-            self.shared
-                .node
-                .services
-                .stop(&request.into_inner().id)
-                .await?,
-        ))
+        self.service_action(request, ServiceAction::Stop).await
     }
 
     async fn service_restart(
         &self,
         request: Request<api::ServiceRequest>,
     ) -> Result<Response<api::ServiceResponse>, Status> {
-        Ok(service(
-            self.shared
-                .node
-                .services
-                .restart(&request.into_inner().id)
-                .await?,
-        ))
+        self.service_action(request, ServiceAction::Restart).await
     }
 
     type LogsStream = BoxStream<'static, Result<api::Data, Status>>;
@@ -311,11 +310,9 @@ impl MachineService for MachineApi {
             .files
             .list(&r.root, r.recurse, depth)
             .await?;
-        let guard = self.shared.stream_opened();
         Ok(Response::new(
             entries
                 .map(move |entry| {
-                    let _open = &guard;
                     entry
                         .map(|mut e| {
                             e.metadata = here();
@@ -338,15 +335,14 @@ impl MachineService for MachineApi {
             n => Some(usize::try_from(n).unwrap_or(0)),
         };
         let (replay, rx) = self.shared.events.subscribe(tail);
-        let guard = self.shared.stream_opened();
-        let live = stream::unfold((rx, guard), |(mut rx, guard)| async move {
+        let live = stream::unfold(rx, |mut rx| async move {
             match rx.recv().await {
-                Ok(event) => Some((Ok(event), (rx, guard))),
+                Ok(event) => Some((Ok(event), rx)),
                 Err(RecvError::Lagged(n)) => Some((
                     Err(Status::aborted(format!(
                         "the events stream fell {n} events behind and was closed; reconnect"
                     ))),
-                    (rx, guard),
+                    rx,
                 )),
                 Err(RecvError::Closed) => None,
             }
@@ -391,9 +387,7 @@ impl MachineService for MachineApi {
             }
             Err(e) => return Err(state_status(e)),
         };
-        let root = root
-            .spec_as::<OsRootSpec>()
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let root = root.spec_as::<OsRootSpec>().map_err(resource_status)?;
         if root.ca_key.is_empty() {
             return Err(Status::failed_precondition(
                 "this node does not hold the OS CA key (not a control-plane node)",
@@ -406,10 +400,7 @@ impl MachineService for MachineApi {
         let roles = r
             .roles
             .iter()
-            .map(|r| {
-                r.parse::<Role>()
-                    .map_err(|e| Status::invalid_argument(e.to_string()))
-            })
+            .map(|r| r.parse::<Role>().map_err(pki_status))
             .collect::<Result<Vec<_>, _>>()?;
         if roles.is_empty() || roles.contains(&Role::Impersonator) {
             return Err(Status::invalid_argument(
@@ -426,8 +417,7 @@ impl MachineService for MachineApi {
             .map(|r| r.as_str())
             .collect::<Vec<_>>()
             .join("+");
-        let cert = issue_client_cert(&ca, &name, &roles, ttl)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let cert = issue_client_cert(&ca, &name, &roles, ttl).map_err(pki_status)?;
         let osconfig = ClientConfig::single(
             "basalt",
             Context {
@@ -439,7 +429,7 @@ impl MachineService for MachineApi {
             },
         )
         .to_yaml()
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .map_err(config_status)?;
         Ok(Response::new(api::GenerateClientConfigurationResponse {
             messages: vec![api::GenerateClientConfigurationResult {
                 metadata: here(),

@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::procfs::{
     parse_cmdline, parse_kmsg_record, parse_meminfo, parse_mountinfo_line, parse_stat,
 };
-use crate::node::{ByteStream, NodeError, System};
+use crate::parts::{ByteStream, NodeError, System};
 
 /// How often a followed /dev/kmsg is read for new records: waiting in poll(2) needs a raw
 /// fd readiness API that is not available without `unsafe` (tokio's `AsyncFd` takes an

@@ -1,13 +1,33 @@
-//! What apid needs from the node it runs on, as traits: machined provides the real
-//! implementations (its service supervisor, its power sequencer). `local` holds
-//! in-process implementations over the host's /proc and /sys, real child processes and
-//! the real state, used by tests and by a stand-alone apid.
+//! The node's parts the Machine API reaches, each behind a trait (so that the metal and
+//! container modes can differ, and tests can see the seams): services, power, the
+//! running system, files. [`LocalNode`] holds the implementations: a process supervisor,
+//! power requests recorded in the state, the host's /proc and /sys, files under allowed
+//! roots.
 //!
 //! Values use the wire types of `basalt_api::machine::v1` directly (with `metadata`
 //! unset): they are plain data, and a second set of structs would only be copied field
 //! by field.
 
-pub mod local;
+mod files;
+mod logbuf;
+mod power;
+mod procfs;
+mod services;
+mod system;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use basalt_resource::{Resource, ResourceSpec};
+use basalt_state::{State, StateError};
+
+pub use files::LocalFiles;
+pub use logbuf::LogLimits;
+pub use power::{PowerRequest, StatePower, POWER_OWNER};
+pub use services::{
+    RestartPolicy, ServiceDefinition, Supervisor, SupervisorOptions, SUPERVISOR_OWNER,
+};
+pub use system::ProcSystem;
 
 use async_trait::async_trait;
 use basalt_api::machine::v1 as api;
@@ -45,24 +65,6 @@ impl NodeError {
         NodeError::Io {
             what: what.into(),
             source,
-        }
-    }
-}
-
-impl From<NodeError> for tonic::Status {
-    fn from(e: NodeError) -> Self {
-        let message = e.to_string();
-        match e {
-            NodeError::NotFound(_) => tonic::Status::not_found(message),
-            NodeError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
-            NodeError::PermissionDenied(_) => tonic::Status::permission_denied(message),
-            NodeError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
-            NodeError::Unavailable(_) => tonic::Status::unavailable(message),
-            NodeError::Io { source, .. } => match source.kind() {
-                std::io::ErrorKind::NotFound => tonic::Status::not_found(message),
-                std::io::ErrorKind::PermissionDenied => tonic::Status::permission_denied(message),
-                _ => tonic::Status::internal(message),
-            },
         }
     }
 }
@@ -141,4 +143,68 @@ impl std::fmt::Debug for NodeHandles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("NodeHandles")
     }
+}
+
+/// The local implementations with their concrete types, for the parts that are not in
+/// the traits: starting and stopping the supervisor, subscribing to power requests.
+#[derive(Debug, Clone)]
+pub struct LocalNode {
+    pub supervisor: Arc<Supervisor>,
+    pub power: Arc<StatePower>,
+    pub system: Arc<ProcSystem>,
+    pub files: Arc<LocalFiles>,
+}
+
+impl LocalNode {
+    /// Services are defined but not started: call `supervisor.start_all()`.
+    pub fn new(
+        state: State,
+        services: Vec<ServiceDefinition>,
+        file_roots: Vec<PathBuf>,
+    ) -> Result<Self, NodeError> {
+        Ok(LocalNode {
+            supervisor: Arc::new(Supervisor::new(
+                state.clone(),
+                services,
+                SupervisorOptions::default(),
+            )?),
+            power: Arc::new(StatePower::new(state)),
+            system: Arc::new(ProcSystem::new()),
+            files: Arc::new(LocalFiles::new(file_roots)),
+        })
+    }
+
+    pub fn handles(&self) -> NodeHandles {
+        NodeHandles {
+            services: self.supervisor.clone(),
+            power: self.power.clone(),
+            system: self.system.clone(),
+            files: self.files.clone(),
+        }
+    }
+}
+
+impl NodeHandles {
+    /// The local implementations behind the traits; services are defined, not started
+    /// (use [`LocalNode`] to start them and to subscribe to power requests).
+    pub fn local(
+        state: State,
+        services: Vec<ServiceDefinition>,
+        file_roots: Vec<PathBuf>,
+    ) -> Result<Self, NodeError> {
+        Ok(LocalNode::new(state, services, file_roots)?.handles())
+    }
+}
+
+/// Creates or replaces the resource `id` of type `S` as `owner`.
+async fn put_resource<S: ResourceSpec>(
+    state: &State,
+    owner: &str,
+    id: &str,
+    spec: S,
+) -> Result<(), StateError> {
+    state
+        .put(Resource::new(id, spec).into_any(), owner)
+        .await
+        .map(|_| ())
 }

@@ -16,16 +16,15 @@ use common::*;
 #[tokio::test]
 async fn new_certificates_are_served_without_a_restart() {
     let old = Cluster::new();
-    let options = old.configured_options("127.0.0.1").await;
-    let state = options.state.clone();
-    let apid = apid::Apid::start(options).await.unwrap();
+    let apid = old.start("127.0.0.1").await;
+    let state = apid.state().clone();
     let mut client =
         MachineServiceClient::new(channel(apid.local_addr(), &old.tls(&[Role::Admin])).await);
     client.version(mapi::VersionRequest {}).await.unwrap();
 
     // The same node, now configured with another cluster's OS CA.
     let new = Cluster::new();
-    apid::store_config(&state, &controlplane_yaml(&new))
+    machined::store_config(&state, &controlplane_yaml(&new))
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

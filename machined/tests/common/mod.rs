@@ -1,4 +1,5 @@
-//! An apid on loopback with real certificates from pkg/pki, and clients for it.
+//! Nodes on loopback (machined's, in-process) with a real cluster PKI from pkg/pki, and
+//! clients for their API.
 
 #![allow(dead_code)]
 
@@ -6,15 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apid::node::NodeHandles;
-use apid::{Apid, ApidOptions, Limits};
+use apid::Limits;
 use basalt_api::client::{self, ClientTls, Target};
-use basalt_controller_runtime::Engine;
-use basalt_controllers::{config, network, runtime, secrets};
+use basalt_controllers::Sources;
 use basalt_machine_config::Mode;
 use basalt_pki::{issue_client_cert, CertAndKey, Role, SecretsBundle};
-use basalt_resource::secrets::ApiCertificatesSpec;
-use basalt_state::State;
+use machined::{Node, NodeOptions};
 use tonic::transport::Channel;
 
 pub const HOUR: Duration = Duration::from_secs(3600);
@@ -67,74 +65,44 @@ impl Cluster {
         }
     }
 
-    /// Options for an apid on `ip` over a fresh state, with the node's controllers that
-    /// turn a config into the API's certificates and the machine's status running on it
-    /// (until the test's runtime ends). Without a config: maintenance mode.
-    pub fn options(&self, ip: &str) -> ApidOptions {
-        let state = State::new();
-        let sans = vec![ip.to_string(), "localhost".into()];
-        start_controllers(&state, &sans);
-        let registry = Arc::new(basalt_resource::meta::builtin_registry().unwrap());
-        ApidOptions {
-            listen: format!("{ip}:0").parse().unwrap(),
-            node: node(&state, self.root.path()),
-            state,
-            registry,
+    /// Options for a node on `ip` (its API on a free port, KubePrism on `ip` too) that
+    /// may see files under this cluster's directory. Without a config: maintenance mode.
+    pub fn options(&self, ip: &str) -> NodeOptions {
+        let address: std::net::IpAddr = ip.parse().unwrap();
+        NodeOptions {
+            listen: (address, 0).into(),
+            validation_mode: Mode::Cloud,
+            file_roots: vec![self.root.path().to_path_buf()],
             limits: Limits {
                 forward_timeout: Duration::from_secs(2),
                 ..Limits::default()
             },
-            peer_port: basalt_api::DEFAULT_PORT,
-            validation_mode: Mode::Cloud,
-            sans,
+            sources: Sources {
+                kubeprism_listen: address,
+                ..Sources::default()
+            },
+            sans: vec!["localhost".into()],
+            ..NodeOptions::default()
         }
     }
 
-    /// As [`Cluster::options`], with the generated control-plane config in effect and
-    /// the API certificates the controllers issued from it.
-    pub async fn configured_options(&self, ip: &str) -> ApidOptions {
-        let options = self.options(ip);
-        apid::store_config(&options.state, &controlplane_yaml(self))
-            .await
-            .unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while options
-            .state
-            .get_as::<ApiCertificatesSpec>(ApiCertificatesSpec::ID)
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no API certificates"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    /// As [`Cluster::options`], with the generated control-plane config in effect.
+    pub fn configured_options(&self, ip: &str) -> NodeOptions {
+        NodeOptions {
+            config: Some(controlplane_yaml(self)),
+            ..self.options(ip)
         }
-        options
     }
 
-    /// A configured apid on `ip` (any 127.0.0.0/8 address).
-    pub async fn start(&self, ip: &str) -> Apid {
-        Apid::start(self.configured_options(ip).await)
-            .await
-            .unwrap()
+    /// A configured node on `ip` (any 127.0.0.0/8 address).
+    pub async fn start(&self, ip: &str) -> Node {
+        Node::start(self.configured_options(ip)).await.unwrap()
     }
-}
 
-/// The controllers of the node that apid depends on, as the node registers them.
-fn start_controllers(state: &State, sans: &[String]) {
-    let mut engine = Engine::new(state.clone());
-    engine.register(config::MachineConfigController).unwrap();
-    engine.register(network::HostnameController).unwrap();
-    engine
-        .register(secrets::ApiCertificatesController::new(sans.to_vec(), HOUR))
-        .unwrap();
-    engine.register(runtime::MachineStatusController).unwrap();
-    tokio::spawn(engine.run(Default::default()));
-}
-
-pub fn node(state: &State, root: &std::path::Path) -> NodeHandles {
-    NodeHandles::local(state.clone(), Vec::new(), vec![root.to_path_buf()]).unwrap()
+    /// A node on `ip` in maintenance mode.
+    pub async fn start_unconfigured(&self, ip: &str) -> Node {
+        Node::start(self.options(ip)).await.unwrap()
+    }
 }
 
 pub fn target(addr: SocketAddr) -> Target {
@@ -192,7 +160,8 @@ pub fn to_nodes<T>(message: T, nodes: &[String]) -> tonic::Request<T> {
     request
 }
 
-/// A generated control-plane config for this cluster's secrets.
+/// A generated control-plane config for this cluster's secrets, with KubePrism off (API
+/// tests have no use for it, and nodes on one address would compete for its port).
 pub fn controlplane_yaml(cluster: &Cluster) -> String {
     let options = basalt_machine_config::generate::GenerateOptions {
         cluster_name: "test".into(),
@@ -200,8 +169,14 @@ pub fn controlplane_yaml(cluster: &Cluster) -> String {
         install_disk: None,
         admin_validity: HOUR,
     };
-    let generated = basalt_machine_config::generate::generate(&cluster.bundle, &options).unwrap();
-    generated.controlplane.to_yaml().unwrap()
+    let mut config = basalt_machine_config::generate::generate(&cluster.bundle, &options)
+        .unwrap()
+        .controlplane;
+    config.kubeprism = Some(basalt_machine_config::KubePrismConfig {
+        enabled: false,
+        ..Default::default()
+    });
+    config.to_yaml().unwrap()
 }
 
 /// Everything the process logs from now on, for tests that check what the server says.

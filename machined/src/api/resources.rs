@@ -4,16 +4,17 @@
 
 use std::sync::Arc;
 
-use basalt_api::common::v1::Metadata as NodeMetadata;
 use basalt_api::resource::v1 as api;
 use basalt_api::resource::v1::resource_service_server::ResourceService;
 use basalt_resource::{AnyResource, Kind, LabelQuery, ResourceDefinitionSpec, ResourceKey};
-use basalt_state::{Event, StateError, WatchKindOptions};
+use basalt_state::{Event, WatchKindOptions};
 use futures::stream::{self, BoxStream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::authz::Caller;
-use crate::server::Shared;
+use apid::AuthorizedCaller;
+
+use super::status::resource_status;
+use super::{caller, here, state_status, Shared};
 
 pub(crate) struct ResourceApi {
     shared: Arc<Shared>,
@@ -22,30 +23,6 @@ pub(crate) struct ResourceApi {
 impl ResourceApi {
     pub fn new(shared: Arc<Shared>) -> Self {
         ResourceApi { shared }
-    }
-}
-
-/// The caller the gate attached to the request.
-pub(crate) fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
-    request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| Status::internal("the call did not pass the gate"))
-}
-
-/// This node's metadata for a response (forwarding labels it with the node's name).
-pub(crate) fn here() -> Option<NodeMetadata> {
-    Some(NodeMetadata::default())
-}
-
-pub(crate) fn state_status(e: StateError) -> Status {
-    let message = e.to_string();
-    match e {
-        StateError::NotFound(_) => Status::not_found(message),
-        StateError::InvalidKey { .. } => Status::invalid_argument(message),
-        StateError::Overrun(_) => Status::aborted(message),
-        _ => Status::internal(message),
     }
 }
 
@@ -59,14 +36,14 @@ impl ResourceApi {
     /// The definition of `type_name` (or alias), if the caller may see its resources.
     fn definition(
         &self,
-        caller: &Caller,
+        caller: &AuthorizedCaller,
         type_name: &str,
     ) -> Result<ResourceDefinitionSpec, Status> {
         let definition = self
             .shared
             .registry
             .resolve(type_name)
-            .map_err(|e| Status::not_found(e.to_string()))?;
+            .map_err(resource_status)?;
         if definition.sensitive && !caller.sees_secrets() {
             return Err(Status::permission_denied(format!(
                 "{} is sensitive: only os:admin may read it",
@@ -76,7 +53,12 @@ impl ResourceApi {
         Ok(definition.clone())
     }
 
-    fn kind(&self, caller: &Caller, namespace: &str, type_name: &str) -> Result<Kind, Status> {
+    fn kind(
+        &self,
+        caller: &AuthorizedCaller,
+        namespace: &str,
+        type_name: &str,
+    ) -> Result<Kind, Status> {
         let definition = self.definition(caller, type_name)?;
         let namespace = if namespace.is_empty() {
             definition.default_namespace
@@ -88,7 +70,7 @@ impl ResourceApi {
 }
 
 fn selector(text: &str) -> Result<LabelQuery, Status> {
-    LabelQuery::parse(text).map_err(|e| Status::invalid_argument(e.to_string()))
+    LabelQuery::parse(text).map_err(resource_status)
 }
 
 fn watch_message(event: Event) -> Result<api::WatchResponse, Status> {
@@ -175,12 +157,11 @@ impl ResourceService for ResourceApi {
                 .await
         }
         .map_err(state_status)?;
-        let guard = self.shared.stream_opened();
         // The stream, and with it the state watch, is dropped when the client goes away.
-        let events = stream::unfold((watch, guard), |(mut watch, guard)| async move {
+        let events = stream::unfold(watch, |mut watch| async move {
             match watch.next().await? {
-                Ok(event) => Some((watch_message(event), (watch, guard))),
-                Err(e) => Some((Err(state_status(e)), (watch, guard))),
+                Ok(event) => Some((watch_message(event), watch)),
+                Err(e) => Some((Err(state_status(e)), watch)),
             }
         });
         Ok(Response::new(events.boxed()))

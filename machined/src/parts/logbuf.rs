@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use crate::node::ByteStream;
+use crate::parts::ByteStream;
 
 /// How much output a service keeps; the oldest lines are dropped first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

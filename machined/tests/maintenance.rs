@@ -34,9 +34,7 @@ fn apply(yaml: &str) -> mapi::ApplyConfigurationRequest {
 #[tokio::test]
 async fn unconfigured_node_accepts_one_insecure_apply_then_requires_mtls() {
     let cluster = Cluster::new();
-    let apid = apid::Apid::start(cluster.options("127.0.0.1"))
-        .await
-        .unwrap();
+    let apid = cluster.start_unconfigured("127.0.0.1").await;
     assert!(apid.in_maintenance());
     let fingerprint = parse_fingerprint(&apid.maintenance_fingerprint().unwrap()).unwrap();
 
@@ -207,9 +205,7 @@ async fn unconfigured_node_accepts_one_insecure_apply_then_requires_mtls() {
 #[tokio::test]
 async fn a_config_without_the_os_ca_key_leaves_the_node_in_maintenance() {
     let cluster = Cluster::new();
-    let apid = apid::Apid::start(cluster.options("127.0.0.1"))
-        .await
-        .unwrap();
+    let apid = cluster.start_unconfigured("127.0.0.1").await;
     let fingerprint = parse_fingerprint(&apid.maintenance_fingerprint().unwrap()).unwrap();
     let mut machine = MachineServiceClient::new(
         channel(

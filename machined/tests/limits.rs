@@ -15,13 +15,13 @@ use basalt_pki::Role;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn start(cluster: &Cluster, limits: apid::Limits) -> apid::Apid {
-    let mut options = cluster.configured_options("127.0.0.1").await;
+async fn start(cluster: &Cluster, limits: apid::Limits) -> machined::Node {
+    let mut options = cluster.configured_options("127.0.0.1");
     options.limits = limits;
-    apid::Apid::start(options).await.unwrap()
+    machined::Node::start(options).await.unwrap()
 }
 
-async fn version_works(apid: &apid::Apid, cluster: &Cluster, roles: &[Role]) {
+async fn version_works(apid: &machined::Node, cluster: &Cluster, roles: &[Role]) {
     let channel = channel(apid.local_addr(), &cluster.tls(roles)).await;
     MachineServiceClient::new(channel)
         .version(mapi::VersionRequest {})

@@ -6,15 +6,15 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use apid::node::local::{
-    LocalFiles, LocalNode, PowerRequest, ProcSystem, RestartPolicy, ServiceDefinition, StatePower,
-    Supervisor, SupervisorOptions,
-};
-use apid::node::{Files, NodeError, NodeHandles, Power, ResetOptions, Services, System};
 use basalt_api::machine::v1 as api;
 use basalt_resource::runtime::{PowerAction, PowerRequestSpec, ServiceSpec};
 use basalt_state::State;
 use futures::StreamExt;
+use machined::parts::{Files, NodeError, NodeHandles, Power, ResetOptions, Services, System};
+use machined::parts::{
+    LocalFiles, LocalNode, PowerRequest, ProcSystem, RestartPolicy, ServiceDefinition, StatePower,
+    Supervisor, SupervisorOptions,
+};
 
 /// Generous: the machine is shared and loaded; passing tests return much sooner.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -92,7 +92,7 @@ async fn children_of(pid: i32) -> Vec<i32> {
         .collect()
 }
 
-async fn text(stream: apid::node::ByteStream) -> String {
+async fn text(stream: machined::parts::ByteStream) -> String {
     let chunks: Vec<_> = stream.collect().await;
     let bytes: Vec<u8> = chunks
         .into_iter()
@@ -103,7 +103,10 @@ async fn text(stream: apid::node::ByteStream) -> String {
 
 /// Reads a followed stream until what was read satisfies `done`; fails the test when no
 /// new chunk comes within [`PATIENCE`].
-async fn read_until(stream: &mut apid::node::ByteStream, done: impl Fn(&str) -> bool) -> String {
+async fn read_until(
+    stream: &mut machined::parts::ByteStream,
+    done: impl Fn(&str) -> bool,
+) -> String {
     let mut seen = String::new();
     while !done(&seen) {
         let chunk = tokio::time::timeout(PATIENCE, stream.next())
@@ -133,7 +136,7 @@ async fn supervised_service_runs_logs_stops_and_restarts() {
     let published = state.get_as::<ServiceSpec>("hello").await.unwrap();
     assert_eq!(published.spec.state, "Running");
     assert_eq!(published.spec.pid, running.pid);
-    assert_eq!(published.metadata.owner, "apid.Supervisor");
+    assert_eq!(published.metadata.owner, "machined.Supervisor");
 
     let logs = eventually("both output lines", || async {
         let logs = text(supervisor.logs("hello", false, None).await.unwrap()).await;

@@ -14,7 +14,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::node::{ByteStream, FileStream, Files, NodeError};
+use crate::parts::{ByteStream, FileStream, Files, NodeError};
 
 /// Size of the chunks a file is streamed in.
 const CHUNK: usize = 64 * 1024;

@@ -25,10 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::logbuf::{LogBuffer, LogLimits, MAX_LINE};
 use super::put_resource;
-use crate::node::{ByteStream, NodeError, Services};
+use crate::parts::{ByteStream, NodeError, Services};
 
 /// The owner of the `ServiceSpec` resources this supervisor writes.
-pub const SUPERVISOR_OWNER: &str = "apid.Supervisor";
+pub const SUPERVISOR_OWNER: &str = "machined.Supervisor";
 
 /// The `PATH` of a service whose definition sets none: services get only the environment
 /// they are defined with, not apid's.
@@ -551,7 +551,7 @@ fn push_line(log: &LogBuffer, line: &[u8]) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::node::local::logbuf::tests::collect;
+    use crate::parts::logbuf::tests::collect;
 
     #[tokio::test]
     async fn output_is_split_into_bounded_lines() {

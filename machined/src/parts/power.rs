@@ -8,7 +8,7 @@ use basalt_state::State;
 use tokio::sync::{watch, Mutex};
 
 use super::put_resource;
-use crate::node::{NodeError, Power, ResetOptions};
+use crate::parts::{NodeError, Power, ResetOptions};
 
 /// The owner of the `PowerRequest` resource this writes.
 pub const POWER_OWNER: &str = "power";

@@ -1,0 +1,278 @@
+//! Applying a machine configuration: parse and validate it, let the apply plan decide
+//! what happens, and do that: store it (as the config in effect or staged), confirm or
+//! schedule the revert of a tried config, reboot. The node's controllers take it from
+//! there; this waits until the API certificates they issue come from the config's OS CA.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apid::AuthorizedCaller;
+use basalt_api::machine::v1::{self as api, ApplyConfigurationRequest, ApplyConfigurationResult};
+use basalt_machine_config::plan::{self, Action, ApplyMode, Plan, DEFAULT_TRY_TIMEOUT};
+use basalt_machine_config::Config;
+use basalt_resource::config::MachineConfigSpec;
+use basalt_resource::secrets::ApiCertificatesSpec;
+use basalt_resource::{Resource, ResourceKey};
+use basalt_state::{Event, State, StateError};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
+
+use super::status::{config_status, plan_status, resource_status, state_status};
+use super::{here, Shared};
+
+/// The owner of the applied configs: the Machine API, on the user's behalf.
+const OWNER: &str = "apid";
+/// How long an apply waits for the API certificates from a new OS CA.
+const CERTIFICATES_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A config applied in try mode, waiting to be confirmed or reverted.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    revert: Option<CancellationToken>,
+}
+
+fn key(id: &str) -> ResourceKey {
+    ResourceKey::of::<MachineConfigSpec>(id)
+}
+
+/// The stored config `id`, as stored and parsed.
+async fn stored(shared: &Shared, id: &str) -> Result<Option<(String, Config)>, Status> {
+    let resource = match shared.state.get(&key(id)).await {
+        Ok(resource) => resource,
+        Err(StateError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(state_status(e)),
+    };
+    let spec = resource
+        .spec_as::<MachineConfigSpec>()
+        .map_err(resource_status)?;
+    let config = Config::parse(&spec.yaml).map_err(|e| {
+        Status::new(
+            Code::DataLoss,
+            format!("the stored {id} config does not parse: {e}"),
+        )
+    })?;
+    Ok(Some((spec.yaml.clone(), config)))
+}
+
+/// Writes `yaml` as the config with `id`, or removes it when `yaml` is `None`.
+async fn store(state: &State, id: &str, yaml: Option<(&str, &Config)>) -> Result<(), Status> {
+    let result = match yaml {
+        Some((yaml, config)) => {
+            let digest = config.digest().map_err(config_status)?;
+            let spec = MachineConfigSpec {
+                yaml: yaml.to_string(),
+                digest,
+            };
+            state
+                .put(Resource::new(id, spec).into_any(), OWNER)
+                .await
+                .map(|_| ())
+        }
+        None => match state.destroy(&key(id), OWNER).await {
+            Err(StateError::NotFound(_)) => Ok(()),
+            other => other,
+        },
+    };
+    result.map_err(state_status)
+}
+
+/// Stores `yaml` as the config in effect, as if it had been applied: for a node that
+/// boots with a config.
+pub async fn store_config(state: &State, yaml: &str) -> Result<(), Status> {
+    let config = Config::parse(yaml).map_err(config_status)?;
+    store(state, MachineConfigSpec::ACTIVE, Some((yaml, &config))).await
+}
+
+fn mode(request: &ApplyConfigurationRequest) -> Result<ApplyMode, Status> {
+    let mode = api::ApplyMode::try_from(request.mode)
+        .map_err(|_| Status::invalid_argument(format!("unknown apply mode {}", request.mode)))?;
+    Ok(match mode {
+        api::ApplyMode::Auto => ApplyMode::Auto,
+        api::ApplyMode::NoReboot => ApplyMode::NoReboot,
+        api::ApplyMode::Reboot => ApplyMode::Reboot,
+        api::ApplyMode::Staged => ApplyMode::Staged,
+        api::ApplyMode::Try => ApplyMode::Try {
+            timeout: request
+                .try_timeout
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or(DEFAULT_TRY_TIMEOUT),
+        },
+    })
+}
+
+fn api_mode(action: Action) -> api::ApplyMode {
+    match action {
+        Action::ApplyNow => api::ApplyMode::NoReboot,
+        Action::ApplyAndReboot => api::ApplyMode::Reboot,
+        Action::Stage => api::ApplyMode::Staged,
+        Action::Try { .. } => api::ApplyMode::Try,
+    }
+}
+
+/// Applies a config. The work runs in its own task: a client that goes away (or whose
+/// deadline passes) halfway must not leave a config stored but not in effect, or a
+/// config tried without its revert.
+pub(crate) async fn apply(
+    shared: &Arc<Shared>,
+    caller: &AuthorizedCaller,
+    request: ApplyConfigurationRequest,
+) -> Result<ApplyConfigurationResult, Status> {
+    let task = tokio::spawn(apply_whole(shared.clone(), caller.clone(), request));
+    task.await
+        .map_err(|e| Status::internal(format!("applying the config failed: {e}")))?
+}
+
+async fn apply_whole(
+    shared: Arc<Shared>,
+    caller: AuthorizedCaller,
+    request: ApplyConfigurationRequest,
+) -> Result<ApplyConfigurationResult, Status> {
+    let text = std::str::from_utf8(&request.data)
+        .map_err(|e| Status::invalid_argument(format!("the config is not UTF-8: {e}")))?;
+    let config = Config::parse(text).map_err(config_status)?;
+    config
+        .validate(shared.validation_mode)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let mode = mode(&request)?;
+
+    let mut pending = shared.apply_lock.lock().await;
+    let current = stored(&shared, MachineConfigSpec::ACTIVE).await?;
+    // Anyone may apply the first config; after it, a client certificate is needed
+    // (apid may still be on its way out of maintenance mode).
+    if !caller.authenticated && current.is_some() {
+        return Err(Status::unauthenticated(
+            "the node has left maintenance mode: a client certificate is required",
+        ));
+    }
+    let plan = plan::plan(current.as_ref().map(|(_, c)| c), &config, mode).map_err(plan_status)?;
+    let mut result = ApplyConfigurationResult {
+        metadata: here(),
+        mode: api_mode(plan.action) as i32,
+        mode_details: plan.details(),
+        warnings: plan.warnings.clone(),
+        diff: plan.diff(),
+    };
+    if request.dry_run {
+        return Ok(result);
+    }
+    execute(&shared, &mut pending, &plan, text, &config, current).await?;
+    shared.events.publish(
+        "config",
+        format!("config applied: {}", plan.details()),
+        &[
+            ("who", caller.who.clone()),
+            ("mode", format!("{:?}", api_mode(plan.action))),
+        ],
+    );
+    if plan.action != Action::Stage && !certificates_from(&shared.state, &plan.os_ca).await {
+        result.warnings.push(format!(
+            "the API certificates from the config's OS CA did not come within {CERTIFICATES_TIMEOUT:?}; see the secrets.ApiCertificatesController logs"
+        ));
+    }
+    Ok(result)
+}
+
+/// Does what the plan says.
+async fn execute(
+    shared: &Arc<Shared>,
+    pending: &mut Pending,
+    plan: &Plan,
+    text: &str,
+    config: &Config,
+    current: Option<(String, Config)>,
+) -> Result<(), Status> {
+    if plan.action == Action::Stage {
+        return store(
+            &shared.state,
+            MachineConfigSpec::STAGED,
+            Some((text, config)),
+        )
+        .await;
+    }
+    store(
+        &shared.state,
+        MachineConfigSpec::ACTIVE,
+        Some((text, config)),
+    )
+    .await?;
+    // Stored: this apply confirms (cancels the revert of) a config applied in try mode.
+    if let Some(revert) = pending.revert.take() {
+        revert.cancel();
+    }
+    store(&shared.state, MachineConfigSpec::STAGED, None).await?;
+    match (plan.action, current) {
+        (Action::ApplyAndReboot, _) => shared.node.power.reboot(Default::default()).await?,
+        (Action::Try { timeout }, Some(previous)) => {
+            let token = CancellationToken::new();
+            pending.revert = Some(token.clone());
+            tokio::spawn(revert_after(shared.clone(), token, timeout, previous));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Waits until the node's API certificates come from the OS CA `ca` (PEM).
+async fn certificates_from(state: &State, ca: &str) -> bool {
+    let key = ResourceKey::of::<ApiCertificatesSpec>(ApiCertificatesSpec::ID);
+    let Ok(mut watch) = state.watch(&key).await else {
+        return false;
+    };
+    let issued = async {
+        loop {
+            match watch.next().await {
+                Some(Ok(Event::Created(r) | Event::Updated { new: r, .. }))
+                    if r.spec_as::<ApiCertificatesSpec>().is_ok_and(|c| c.ca == ca) =>
+                {
+                    return true
+                }
+                Some(_) => continue,
+                None => return false,
+            }
+        }
+    };
+    tokio::time::timeout(CERTIFICATES_TIMEOUT, issued)
+        .await
+        .unwrap_or(false)
+}
+
+/// Restores the config that was in effect before a try, unless `token` is cancelled first.
+async fn revert_after(
+    shared: Arc<Shared>,
+    token: CancellationToken,
+    timeout: Duration,
+    previous: (String, Config),
+) {
+    tokio::select! {
+        _ = token.cancelled() => return,
+        _ = tokio::time::sleep(timeout) => {}
+    }
+    // Held while restoring, so a concurrent apply either confirms first or comes after.
+    let _pending = shared.apply_lock.lock().await;
+    if token.is_cancelled() {
+        return;
+    }
+    let (yaml, config) = &previous;
+    match store(
+        &shared.state,
+        MachineConfigSpec::ACTIVE,
+        Some((yaml, config)),
+    )
+    .await
+    {
+        Ok(()) => {
+            tracing::warn!(
+                ?timeout,
+                "try mode: the config was not confirmed; the previous one is restored"
+            );
+            shared.events.publish(
+                "config",
+                "try mode timed out: previous config restored",
+                &[],
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e.message(), "try mode: restoring the previous config failed")
+        }
+    }
+}

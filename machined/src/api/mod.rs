@@ -1,0 +1,152 @@
+//! The Machine and Resource services, served by the node for the calls apid authorized
+//! (the caller in each call's metadata). [`backend`] is what apid hands calls to.
+
+mod apply;
+mod machine;
+mod resources;
+mod status;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use apid::{AuthorizedCaller, Backend, Limits};
+use basalt_api::common::v1::Metadata as NodeMetadata;
+use basalt_api::machine::v1::machine_service_server::MachineServiceServer;
+use basalt_api::resource::v1::resource_service_server::ResourceServiceServer;
+use basalt_machine_config::Mode;
+use basalt_resource::secrets::ApiCertificatesSpec;
+use basalt_resource::{Registry, ResourceKey};
+use basalt_state::{State, StateError};
+use futures::future::BoxFuture;
+use tonic::body::Body;
+use tonic::{Request, Status};
+use tower::util::BoxCloneSyncService;
+use tower::Service;
+
+pub use apply::store_config;
+pub(crate) use status::state_status;
+
+use crate::events::EventLog;
+use crate::parts::NodeHandles;
+
+/// What the handlers share.
+pub(crate) struct Shared {
+    pub state: State,
+    pub registry: Arc<Registry>,
+    pub node: NodeHandles,
+    pub events: EventLog,
+    pub validation_mode: Mode,
+    /// One configuration change at a time.
+    pub apply_lock: tokio::sync::Mutex<apply::Pending>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub fn new(
+        state: State,
+        registry: Arc<Registry>,
+        node: NodeHandles,
+        events: EventLog,
+        validation_mode: Mode,
+    ) -> Self {
+        Shared {
+            state,
+            registry,
+            node,
+            events,
+            validation_mode,
+            apply_lock: tokio::sync::Mutex::new(Default::default()),
+        }
+    }
+
+    /// A node without API certificates serves maintenance mode.
+    pub async fn in_maintenance(&self) -> Result<bool, Status> {
+        let key = ResourceKey::of::<ApiCertificatesSpec>(ApiCertificatesSpec::ID);
+        match self.state.get(&key).await {
+            Ok(_) => Ok(false),
+            Err(StateError::NotFound(_)) => Ok(true),
+            Err(e) => Err(state_status(e)),
+        }
+    }
+}
+
+/// The caller apid verified.
+pub(crate) fn caller<T>(request: &Request<T>) -> Result<AuthorizedCaller, Status> {
+    AuthorizedCaller::read(request.metadata())
+}
+
+/// This node's metadata for a response (forwarding labels it with the node's name).
+pub(crate) fn here() -> Option<NodeMetadata> {
+    Some(NodeMetadata::default())
+}
+
+/// The node's services as apid's backend, with an audit event for every call that
+/// changes something.
+pub(crate) fn backend(shared: Arc<Shared>, limits: &Limits) -> Backend {
+    let max = limits.max_message_bytes;
+    let machine = MachineServiceServer::new(machine::MachineApi::new(shared.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let resources = ResourceServiceServer::new(resources::ResourceApi::new(shared.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let routes = tonic::service::Routes::new(machine).add_service(resources);
+    BoxCloneSyncService::new(Audited {
+        inner: routes,
+        events: shared.events.clone(),
+    })
+}
+
+/// Publishes an `audit` event for every call that changes the node, with its result.
+#[derive(Clone)]
+struct Audited<S> {
+    inner: S,
+    events: EventLog,
+}
+
+impl<S> Service<http::Request<Body>> for Audited<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let method = request.uri().path().to_string();
+        let who = request
+            .headers()
+            .get(apid::caller::WHO)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unknown")
+            .to_string();
+        let response = self.inner.call(request);
+        let events = self.events.clone();
+        Box::pin(async move {
+            let response = response.await?;
+            if apid::authz::rule_for(&method).is_some_and(|r| r.mutating) {
+                let result = format!("{:?}", apid::authz::result_of(&response));
+                events.publish(
+                    "audit",
+                    format!("{method} by {who}: {result}"),
+                    &[("who", who), ("method", method), ("result", result)],
+                );
+            }
+            Ok(response)
+        })
+    }
+}
