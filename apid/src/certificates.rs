@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use basalt_api::resource::v1 as rapi;
 use basalt_api::resource::v1::resource_service_client::ResourceServiceClient;
-use basalt_resource::secrets::ApiCertificatesSpec;
 use basalt_resource::ResourceSpec;
+use basalt_resources::secrets::ApiCertificatesSpec;
 use tokio_util::sync::CancellationToken;
 
 use crate::caller::AuthorizedCaller;

@@ -5,7 +5,7 @@
 use basalt_api::client::{fingerprint, fingerprint_hex, ClientTls};
 use basalt_api::tls;
 use basalt_pki::CertAndKey;
-use basalt_resource::secrets::ApiCertificatesSpec;
+use basalt_resources::secrets::ApiCertificatesSpec;
 
 use crate::ApidError;
 

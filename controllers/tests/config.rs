@@ -13,15 +13,15 @@ use basalt_controllers::secrets::ApiCertificatesController;
 use basalt_machine_config::generate::{generate, GenerateOptions};
 use basalt_machine_config::{Config, KubePrismConfig, Link, Network, Route};
 use basalt_pki::SecretsBundle;
-use basalt_resource::config::{HostnameConfigSpec, MachineConfigSpec};
-use basalt_resource::k8s::{ControlPlaneEndpointSpec, KubePrismConfigSpec};
-use basalt_resource::kubespan::KubeSpanConfigSpec;
-use basalt_resource::network::{HostnameSpec, LinkConfigSpec, NetworkServersConfigSpec};
-use basalt_resource::runtime::{
+use basalt_resource::{Resource, ResourceKey, ResourceSpec};
+use basalt_resources::config::{HostnameConfigSpec, MachineConfigSpec};
+use basalt_resources::k8s::{ControlPlaneEndpointSpec, KubePrismConfigSpec};
+use basalt_resources::kubespan::KubeSpanConfigSpec;
+use basalt_resources::network::{HostnameSpec, LinkConfigSpec, NetworkServersConfigSpec};
+use basalt_resources::runtime::{
     ExtensionServiceConfigSpec, MachineStage, MachineStatusSpec, PowerAction, PowerRequestSpec,
 };
-use basalt_resource::secrets::{ApiCertificatesSpec, OsRootSpec};
-use basalt_resource::{Resource, ResourceKey, ResourceSpec};
+use basalt_resources::secrets::{ApiCertificatesSpec, OsRootSpec};
 use basalt_state::State;
 
 /// Creates or replaces a resource as `owner`.

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use basalt_controller_runtime::testing::Harness;
 use basalt_controllers::network::HostnameController;
 use basalt_controllers::runtime::KernelCmdlineController;
-use basalt_resource::config::HostnameConfigSpec;
-use basalt_resource::network::{HostnameSource, HostnameSpec};
-use basalt_resource::runtime::KernelCmdlineSpec;
 use basalt_resource::{AnyResource, Resource, ResourceKey, ResourceSpec};
+use basalt_resources::config::HostnameConfigSpec;
+use basalt_resources::network::{HostnameSource, HostnameSpec};
+use basalt_resources::runtime::KernelCmdlineSpec;
 use basalt_state::State;
 
 fn config_key() -> ResourceKey {

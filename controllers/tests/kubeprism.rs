@@ -10,12 +10,12 @@ use basalt_kubeprism::testing::{echo_stream, get, Mode, TestBackend, TestCa, Tes
 use basalt_kubeprism::BalancerConfig;
 use basalt_machine_config::generate::{generate, GenerateOptions};
 use basalt_machine_config::KubePrismConfig;
-use basalt_resource::config::MachineConfigSpec;
-use basalt_resource::k8s::{
+use basalt_resource::{Resource, ResourceKey, ResourceSpec};
+use basalt_resources::config::MachineConfigSpec;
+use basalt_resources::k8s::{
     ControlPlaneEndpointSpec, ControlPlaneMemberSpec, KubePrismConfigSpec, KubePrismEndpointsSpec,
     KubePrismState, KubePrismStatusSpec, KubePrismUpstreamSpec,
 };
-use basalt_resource::{Resource, ResourceKey, ResourceSpec};
 use basalt_state::State;
 
 /// Creates or replaces a user-owned resource.

@@ -1,7 +1,7 @@
 #![no_main]
 //! The kernel command line is set by whoever boots the node.
 
-use basalt_resource::runtime::KernelCmdlineSpec;
+use basalt_resources::runtime::KernelCmdlineSpec;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

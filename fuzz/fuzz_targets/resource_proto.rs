@@ -1,7 +1,7 @@
 #![no_main]
 //! The protobuf form arrives over the API and is what persistent state stores.
 
-use basalt_resource::meta::builtin_registry;
+use basalt_resources::meta::builtin_registry;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 

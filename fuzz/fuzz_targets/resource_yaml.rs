@@ -1,7 +1,7 @@
 #![no_main]
 //! Resource documents arrive from users (`osctl apply`) and from disk.
 
-use basalt_resource::meta::builtin_registry;
+use basalt_resources::meta::builtin_registry;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -7,9 +7,9 @@ use apid::{Apid, ApidOptions, Limits};
 use basalt_controller_runtime::Engine;
 use basalt_controllers::Sources;
 use basalt_machine_config::Mode;
-use basalt_resource::config::MachineConfigSpec;
-use basalt_resource::secrets::ApiCertificatesSpec;
 use basalt_resource::{namespaces, ResourceKey};
+use basalt_resources::config::MachineConfigSpec;
+use basalt_resources::secrets::ApiCertificatesSpec;
 use basalt_state::{Event, State, StateError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -74,7 +74,7 @@ pub struct Node {
 
 impl Node {
     pub async fn start(options: NodeOptions) -> Result<Node, StartError> {
-        let registry = Arc::new(basalt_resource::meta::builtin_registry()?);
+        let registry = Arc::new(basalt_resources::meta::builtin_registry()?);
         let state = match &options.state_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|source| StartError::StateDir {

@@ -14,8 +14,8 @@ use basalt_api::machine::v1::machine_service_client::MachineServiceClient;
 use basalt_api::resource::v1 as rapi;
 use basalt_api::resource::v1::resource_service_client::ResourceServiceClient;
 use basalt_pki::{issue_client_cert, Role, SecretsBundle};
-use basalt_resource::config::MachineConfigSpec;
 use basalt_resource::Resource;
+use basalt_resources::config::MachineConfigSpec;
 use common::*;
 
 #[tokio::test]

@@ -11,8 +11,8 @@ use basalt_api::resource::v1 as rapi;
 use basalt_api::resource::v1::resource_service_client::ResourceServiceClient;
 use basalt_machine_config::Config;
 use basalt_pki::Role;
-use basalt_resource::config::MachineConfigSpec;
 use basalt_resource::Resource;
+use basalt_resources::config::MachineConfigSpec;
 use common::*;
 use tonic::Code;
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use basalt_api::machine::v1 as api;
-use basalt_resource::runtime::{PowerAction, PowerRequestSpec, ServiceSpec};
+use basalt_resources::runtime::{PowerAction, PowerRequestSpec, ServiceSpec, ServiceState};
 use basalt_state::State;
 use futures::StreamExt;
 use machined::parts::{Files, NodeError, NodeHandles, Power, ResetOptions, Services, System};
@@ -134,7 +134,7 @@ async fn supervised_service_runs_logs_stops_and_restarts() {
     assert!(running.healthy);
     assert!(alive(running.pid), "pid {} is not running", running.pid);
     let published = state.get_as::<ServiceSpec>("hello").await.unwrap();
-    assert_eq!(published.spec.state, "Running");
+    assert_eq!(published.spec.state, ServiceState::Running);
     assert_eq!(published.spec.pid, running.pid);
     assert_eq!(published.metadata.owner, "machined.Supervisor");
 
@@ -176,7 +176,7 @@ async fn supervised_service_runs_logs_stops_and_restarts() {
     assert_eq!(stopped.pid, 0);
     assert!(!alive(restarted.pid));
     let published = state.get_as::<ServiceSpec>("hello").await.unwrap();
-    assert_eq!(published.spec.state, "Stopped");
+    assert_eq!(published.spec.state, ServiceState::Stopped);
     assert!(!published.spec.running);
     assert_eq!(published.spec.restarts, 1);
 
@@ -239,7 +239,7 @@ async fn failing_services_report_and_restart_by_policy() {
     assert!(failed.message.contains("exited with code 3"), "{failed:?}");
     assert!(!failed.healthy);
     let published = state.get_as::<ServiceSpec>("once").await.unwrap();
-    assert_eq!(published.spec.state, "Failed");
+    assert_eq!(published.spec.state, ServiceState::Failed);
     assert_eq!(published.spec.message, failed.message);
     let logs = text(supervisor.logs("once", false, None).await.unwrap()).await;
     assert_eq!(logs, "bye\n");

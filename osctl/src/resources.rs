@@ -5,8 +5,8 @@ use anyhow::{Context as _, Result};
 use basalt_api::common::v1::Metadata as NodeMetadata;
 use basalt_api::resource::v1 as api;
 use basalt_api::resource::v1::resource_service_client::ResourceServiceClient;
-use basalt_resource::meta::PrintColumn;
 use basalt_resource::proto::Resource;
+use basalt_resources::meta::PrintColumn;
 use clap::ValueEnum;
 
 use crate::connect::{Connection, Failures};

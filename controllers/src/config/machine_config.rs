@@ -1,12 +1,12 @@
 use async_trait::async_trait;
 use basalt_controller_runtime::{Action, Controller, ControllerError, Input, Output, Runtime};
 use basalt_machine_config::Config;
-use basalt_resource::config::{HostnameConfigSpec, MachineConfigSpec};
-use basalt_resource::k8s::{ControlPlaneEndpointSpec, KubePrismConfigSpec};
-use basalt_resource::kubespan::KubeSpanConfigSpec;
-use basalt_resource::network::{LinkConfigSpec, NetworkServersConfigSpec, RouteConfig};
-use basalt_resource::runtime::{ExtensionServiceConfigSpec, ExtensionServiceFile};
-use basalt_resource::secrets::OsRootSpec;
+use basalt_resources::config::{HostnameConfigSpec, MachineConfigSpec};
+use basalt_resources::k8s::{ControlPlaneEndpointSpec, KubePrismConfigSpec};
+use basalt_resources::kubespan::KubeSpanConfigSpec;
+use basalt_resources::network::{LinkConfigSpec, NetworkServersConfigSpec, RouteConfig};
+use basalt_resources::runtime::{ExtensionServiceConfigSpec, ExtensionServiceFile};
+use basalt_resources::secrets::OsRootSpec;
 
 /// Parses the machine config in effect (`MachineConfig/active`) and publishes it per
 /// concern: the hostname, links and servers (network), the OS CA (secrets), KubePrism

@@ -8,7 +8,7 @@ use basalt_controller_runtime::{Action, Controller, ControllerError, Input, Outp
 use basalt_kubeprism::{
     Balancer, BalancerConfig, BalancerStatus, Check, HealthConfig, HttpsCheck, Problem,
 };
-use basalt_resource::k8s::{
+use basalt_resources::k8s::{
     KubePrismConfigSpec, KubePrismEndpointsSpec, KubePrismState, KubePrismStatusSpec,
     KubePrismUpstreamSpec,
 };

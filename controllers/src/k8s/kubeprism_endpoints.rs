@@ -1,9 +1,9 @@
 use async_trait::async_trait;
 use basalt_controller_runtime::{Action, Controller, ControllerError, Input, Output, Runtime};
-use basalt_resource::k8s::{
+use basalt_resource::namespaces;
+use basalt_resources::k8s::{
     ControlPlaneEndpointSpec, ControlPlaneMemberSpec, KubePrismEndpointsSpec,
 };
-use basalt_resource::namespaces;
 
 /// Derives the API servers KubePrism balances over from the control-plane endpoint and
 /// the control-plane members. With neither there is no `KubePrismEndpoints` resource.

@@ -1,8 +1,8 @@
 use async_trait::async_trait;
 use basalt_controller_runtime::{Action, Controller, ControllerError, Input, Output, Runtime};
-use basalt_resource::config::HostnameConfigSpec;
-use basalt_resource::network::{HostnameSource, HostnameSpec};
-use basalt_resource::runtime::KernelCmdlineSpec;
+use basalt_resources::config::HostnameConfigSpec;
+use basalt_resources::network::{HostnameSource, HostnameSpec};
+use basalt_resources::runtime::KernelCmdlineSpec;
 
 /// The kernel command line argument that names the node.
 pub const CMDLINE_HOSTNAME: &str = "basalt.hostname";

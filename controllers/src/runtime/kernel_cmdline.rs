@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use basalt_controller_runtime::{Action, Controller, ControllerError, Input, Output, Runtime};
-use basalt_resource::runtime::KernelCmdlineSpec;
+use basalt_resources::runtime::KernelCmdlineSpec;
 
 /// Publishes the kernel command line the node booted with as `KernelCmdline/cmdline`.
 #[derive(Debug)]

@@ -1,8 +1,8 @@
 use async_trait::async_trait;
 use basalt_controller_runtime::{Action, Controller, ControllerError, Input, Output, Runtime};
-use basalt_resource::config::MachineConfigSpec;
-use basalt_resource::runtime::{MachineStage, MachineStatusSpec, PowerAction, PowerRequestSpec};
-use basalt_resource::secrets::ApiCertificatesSpec;
+use basalt_resources::config::MachineConfigSpec;
+use basalt_resources::runtime::{MachineStage, MachineStatusSpec, PowerAction, PowerRequestSpec};
+use basalt_resources::secrets::ApiCertificatesSpec;
 
 /// Publishes where the machine is in its life (`MachineStatus/machine`), its one owner:
 /// going down once a power request is accepted; running once it has a config and the

@@ -3,8 +3,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use basalt_controller_runtime::{Action, Controller, ControllerError, Input, Output, Runtime};
 use basalt_pki::{issue_node_certs, CertAndKey};
-use basalt_resource::network::HostnameSpec;
-use basalt_resource::secrets::{ApiCertificatesSpec, OsRootSpec};
+use basalt_resources::network::HostnameSpec;
+use basalt_resources::secrets::{ApiCertificatesSpec, OsRootSpec};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 

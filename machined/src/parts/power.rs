@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use basalt_api::machine::v1 as api;
-use basalt_resource::runtime::{PowerAction, PowerRequestSpec};
+use basalt_resources::runtime::{PowerAction, PowerRequestSpec};
 use basalt_state::State;
 use tokio::sync::{watch, Mutex};
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use basalt_api::machine::v1 as api;
-use basalt_resource::runtime::ServiceSpec;
+use basalt_resources::runtime::{ServiceSpec, ServiceState};
 use basalt_state::State;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -160,7 +160,7 @@ impl Supervisor {
             }
             services.push(Arc::new(Service {
                 log: Arc::new(LogBuffer::new(options.logs)),
-                status: Mutex::new(status("Stopped", "", 0, 0)),
+                status: Mutex::new(status(ServiceState::Stopped, "", 0, 0)),
                 runner: Mutex::new(None),
                 started: AtomicBool::new(false),
                 definition,
@@ -256,11 +256,11 @@ fn is_running(runner: &Option<Runner>) -> bool {
     runner.as_ref().is_some_and(|r| !r.task.is_finished())
 }
 
-fn status(state: &str, message: &str, pid: i32, restarts: u32) -> ServiceSpec {
+fn status(state: ServiceState, message: &str, pid: i32, restarts: u32) -> ServiceSpec {
     ServiceSpec {
-        state: state.to_string(),
-        running: state == "Running",
-        healthy: state == "Running",
+        state,
+        running: state == ServiceState::Running,
+        healthy: state == ServiceState::Running,
         message: message.to_string(),
         pid,
         restarts,
@@ -275,7 +275,7 @@ impl Services for Supervisor {
             let s = service.status.lock().await.clone();
             out.push(api::ServiceInfo {
                 id: service.definition.id.clone(),
-                state: s.state,
+                state: s.state.as_str().to_string(),
                 healthy: s.healthy,
                 message: s.message,
                 pid: s.pid,
@@ -330,11 +330,17 @@ impl Services for Supervisor {
 
 /// Records a transition in memory and in the state. A failed state write is logged and
 /// not fatal: the service keeps running, and the next transition writes again.
-async fn transition(shared: &Shared, service: &Service, state: &str, message: &str, pid: i32) {
+async fn transition(
+    shared: &Shared,
+    service: &Service,
+    state: ServiceState,
+    message: &str,
+    pid: i32,
+) {
     let id = &service.definition.id;
     let mut current = service.status.lock().await;
     *current = status(state, message, pid, current.restarts);
-    tracing::info!(service = %id, state, pid, message, "service transition");
+    tracing::info!(service = %id, state = state.as_str(), pid, message, "service transition");
     if let Err(error) = put_resource(&shared.state, SUPERVISOR_OWNER, id, current.clone()).await {
         tracing::warn!(service = %id, %error, "could not publish the service status");
     }
@@ -350,7 +356,7 @@ async fn supervise(shared: Arc<Shared>, service: Arc<Service>, cancel: Cancellat
         let outcome = run_once(&shared, &service, &cancel).await;
         let (failed, message) = match outcome {
             RunOutcome::Cancelled(message) => {
-                transition(&shared, &service, "Stopped", &message, 0).await;
+                transition(&shared, &service, ServiceState::Stopped, &message, 0).await;
                 return;
             }
             RunOutcome::Exited(status) => (!status.success(), describe_exit(status)),
@@ -361,7 +367,11 @@ async fn supervise(shared: Arc<Shared>, service: Arc<Service>, cancel: Cancellat
             RestartPolicy::OnFailure => failed,
             RestartPolicy::Never => false,
         };
-        let state = if failed { "Failed" } else { "Finished" };
+        let state = if failed {
+            ServiceState::Failed
+        } else {
+            ServiceState::Finished
+        };
         if !restart {
             transition(&shared, &service, state, &message, 0).await;
             return;
@@ -374,7 +384,7 @@ async fn supervise(shared: Arc<Shared>, service: Arc<Service>, cancel: Cancellat
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             () = cancel.cancelled() => {
-                transition(&shared, &service, "Stopped", &message, 0).await;
+                transition(&shared, &service, ServiceState::Stopped, &message, 0).await;
                 return;
             }
         }
@@ -388,7 +398,7 @@ async fn prepare(shared: &Shared, service: &Service) {
     if service.started.swap(true, Ordering::Relaxed) {
         service.status.lock().await.restarts += 1;
     }
-    transition(shared, service, "Preparing", "", 0).await;
+    transition(shared, service, ServiceState::Preparing, "", 0).await;
 }
 
 enum RunOutcome {
@@ -472,7 +482,7 @@ async fn run_once(shared: &Shared, service: &Service, cancel: &CancellationToken
     if let Some(stderr) = child.stderr.take() {
         tokio::spawn(pump(stderr, Arc::clone(&service.log)));
     }
-    transition(shared, service, "Running", "", pid).await;
+    transition(shared, service, ServiceState::Running, "", pid).await;
 
     let waited = tokio::select! {
         waited = child.wait() => waited,

@@ -4,7 +4,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use basalt_resource::network::{HostnameSource, HostnameSpec};
+use basalt_resources::network::{HostnameSource, HostnameSpec};
 use base64::Engine as _;
 
 use crate::locate::{Seg, SourceMap};

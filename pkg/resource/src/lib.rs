@@ -6,8 +6,12 @@
 //! typed [`Resource<S>`]. Every type is described by a [`ResourceDefinitionSpec`] in a
 //! [`Registry`], so the API can list types and decode specs it was not compiled with.
 //!
-//! Domain resources live in one module per domain ([`config`], [`network`], [`runtime`],
-//! [`secrets`], [`k8s`], [`kubespan`], [`meta`]), mirrored by controllers of the same domain.
+//! This crate is the model only. The domain types (config, network, runtime, secrets,
+//! k8s, kubespan, meta) live in `basalt-resources`, one module per domain, mirrored by
+//! controllers of the same domain; `#[derive(ResourceSpec)]` declares each.
+
+// `#[derive(ResourceSpec)]` names this crate by its path, also inside it.
+extern crate self as basalt_resource;
 
 mod error;
 mod metadata;
@@ -16,19 +20,13 @@ mod resource;
 mod selector;
 mod spec;
 
-pub mod config;
-pub mod k8s;
-pub mod kubespan;
-pub mod meta;
-pub mod network;
 pub mod proto;
-pub mod runtime;
-pub mod secrets;
 pub mod yaml;
 
+pub use basalt_resource_derive::ResourceSpec;
 pub use error::ResourceError;
 pub use metadata::{Kind, Metadata, Phase, ResourceKey};
-pub use registry::{Registry, ResourceDefinitionSpec};
+pub use registry::{PrintColumn, Registry, ResourceDefinitionSpec};
 pub use resource::{AnyResource, Resource};
 pub use selector::{LabelQuery, LabelTerm};
 pub use spec::{Column, DynSpec, ResourceSpec};

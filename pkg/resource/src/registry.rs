@@ -42,7 +42,13 @@ impl PrintColumn {
 
 /// The description of a resource type, served by the API so clients need not know the
 /// type at compile time. Definitions are resources themselves (namespace `meta`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "ResourceDefinitions.meta.basalt.dev",
+    namespace = namespaces::META,
+    aliases("rd", "rds"),
+    column("Aliases", "aliases"),
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourceDefinitionSpec {
     #[serde(rename = "type")]
@@ -56,16 +62,6 @@ pub struct ResourceDefinitionSpec {
     pub print_columns: Vec<PrintColumn>,
     #[serde(default)]
     pub sensitive: bool,
-}
-
-impl ResourceSpec for ResourceDefinitionSpec {
-    const TYPE: &'static str = "ResourceDefinitions.meta.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::META;
-    const ALIASES: &'static [&'static str] = &["rd", "rds"];
-    const PRINT_COLUMNS: &'static [crate::Column] = &[crate::Column {
-        name: "Aliases",
-        path: "aliases",
-    }];
 }
 
 impl ResourceDefinitionSpec {

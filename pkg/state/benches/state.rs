@@ -11,14 +11,10 @@ use basalt_state::{Event, State, WatchKindOptions};
 use criterion::{criterion_group, Criterion, Throughput};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ResourceSpec)]
+#[resource(type = "Samples.bench.basalt.dev", namespace = "bench")]
 struct Sample {
     value: u64,
-}
-
-impl ResourceSpec for Sample {
-    const TYPE: &'static str = "Samples.bench.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = "bench";
 }
 
 fn key() -> ResourceKey {

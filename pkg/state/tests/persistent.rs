@@ -289,12 +289,9 @@ async fn cancelled_writes_leave_memory_equal_to_disk() {
 
 #[tokio::test]
 async fn unknown_types_are_not_written_to_disk() {
-    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, ResourceSpec)]
+    #[resource(type = "Unregistereds.test.basalt.dev", namespace = "test")]
     struct Unregistered;
-    impl ResourceSpec for Unregistered {
-        const TYPE: &'static str = "Unregistereds.test.basalt.dev";
-        const DEFAULT_NAMESPACE: &'static str = "test";
-    }
     let dir = tempfile::tempdir().unwrap();
     let (state, _) = open(dir.path()).unwrap();
     let err = state

@@ -16,13 +16,10 @@ pub trait Num: ResourceSpec {
 
 macro_rules! num_types {
     ($($name:ident => $type:literal),* $(,)?) => {$(
-        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ResourceSpec)]
+        #[resource(type = $type, namespace = "test")]
         pub struct $name {
             pub value: i64,
-        }
-        impl ResourceSpec for $name {
-            const TYPE: &'static str = $type;
-            const DEFAULT_NAMESPACE: &'static str = "test";
         }
         impl Num for $name {
             fn new(value: i64) -> Self {

@@ -4,15 +4,11 @@ use basalt_resource::{Resource, ResourceKey, ResourceSpec};
 use serde::{Deserialize, Serialize};
 
 /// A test spec: a counter, with a copy of itself to detect torn records.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ResourceSpec)]
+#[resource(type = "Counters.test.basalt.dev", namespace = "test")]
 pub struct Counter {
     pub value: u64,
     pub check: String,
-}
-
-impl ResourceSpec for Counter {
-    const TYPE: &'static str = "Counters.test.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = "test";
 }
 
 impl Counter {

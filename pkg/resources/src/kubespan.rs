@@ -2,11 +2,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{namespaces, Column, ResourceSpec};
+use basalt_resource::{namespaces, ResourceSpec};
 
 /// KubeSpan settings from the `KubeSpanConfig` document (id `kubespan`); absent when the
 /// config has none.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "KubeSpanConfigs.kubespan.basalt.dev",
+    namespace = namespaces::CONFIG,
+    column("Enabled", "enabled"),
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubeSpanConfigSpec {
     pub enabled: bool,
@@ -21,15 +26,6 @@ pub struct KubeSpanConfigSpec {
     /// Only endpoints in these CIDRs (a leading `!` excludes) are advertised.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoint_filters: Vec<String>,
-}
-
-impl ResourceSpec for KubeSpanConfigSpec {
-    const TYPE: &'static str = "KubeSpanConfigs.kubespan.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::CONFIG;
-    const PRINT_COLUMNS: &'static [Column] = &[Column {
-        name: "Enabled",
-        path: "enabled",
-    }];
 }
 
 impl KubeSpanConfigSpec {

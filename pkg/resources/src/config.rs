@@ -3,23 +3,19 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{namespaces, Column, ResourceSpec};
+use basalt_resource::{namespaces, ResourceSpec};
 
 /// The hostname the machine config asks for (id `hostname`); may be a fully qualified
 /// name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "HostnameConfigs.config.basalt.dev",
+    namespace = namespaces::CONFIG,
+    column("Hostname", "hostname"),
+)]
 #[serde(deny_unknown_fields)]
 pub struct HostnameConfigSpec {
     pub hostname: String,
-}
-
-impl ResourceSpec for HostnameConfigSpec {
-    const TYPE: &'static str = "HostnameConfigs.config.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::CONFIG;
-    const PRINT_COLUMNS: &'static [Column] = &[Column {
-        name: "Hostname",
-        path: "hostname",
-    }];
 }
 
 impl HostnameConfigSpec {
@@ -28,24 +24,20 @@ impl HostnameConfigSpec {
 
 /// A machine configuration as applied through the API: id `active` is the one in effect,
 /// `staged` one waiting for the next boot. It holds secrets, so it is sensitive.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "MachineConfigs.config.basalt.dev",
+    namespace = namespaces::CONFIG,
+    sensitive,
+    aliases("mc"),
+    column("Digest", "digest"),
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MachineConfigSpec {
     /// The multi-document YAML, as applied.
     pub yaml: String,
     /// BLAKE3 of its canonical form: equal for configs that mean the same.
     pub digest: String,
-}
-
-impl ResourceSpec for MachineConfigSpec {
-    const TYPE: &'static str = "MachineConfigs.config.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::CONFIG;
-    const SENSITIVE: bool = true;
-    const ALIASES: &'static [&'static str] = &["mc"];
-    const PRINT_COLUMNS: &'static [Column] = &[Column {
-        name: "Digest",
-        path: "digest",
-    }];
 }
 
 impl MachineConfigSpec {

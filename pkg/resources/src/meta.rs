@@ -1,8 +1,10 @@
 //! Meta domain: facts about the state itself, and the one place every built-in type is
 //! registered.
 
-pub use crate::registry::{PrintColumn, ResourceDefinitionSpec};
-use crate::{config, k8s, kubespan, network, runtime, secrets, Registry, ResourceError};
+pub use basalt_resource::{PrintColumn, ResourceDefinitionSpec};
+use basalt_resource::{Registry, ResourceError};
+
+use crate::{config, k8s, kubespan, network, runtime, secrets};
 
 /// A registry with every built-in resource type.
 pub fn builtin_registry() -> Result<Registry, ResourceError> {

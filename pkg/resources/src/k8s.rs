@@ -3,13 +3,19 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{namespaces, Column, ResourceSpec};
+use basalt_resource::{namespaces, ResourceSpec};
 
 /// The port of a Kubernetes API server when nothing says otherwise.
 pub const DEFAULT_API_SERVER_PORT: u16 = 6443;
 
 /// KubePrism settings (id `kubeprism`), from the `KubePrismConfig` document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "KubePrismConfigs.k8s.basalt.dev",
+    namespace = namespaces::CONFIG,
+    column("Enabled", "enabled"),
+    column("Port", "port"),
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubePrismConfigSpec {
     pub enabled: bool,
@@ -21,40 +27,21 @@ pub struct KubePrismConfigSpec {
     pub ca: Option<String>,
 }
 
-impl ResourceSpec for KubePrismConfigSpec {
-    const TYPE: &'static str = "KubePrismConfigs.k8s.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::CONFIG;
-    const PRINT_COLUMNS: &'static [Column] = &[
-        Column {
-            name: "Enabled",
-            path: "enabled",
-        },
-        Column {
-            name: "Port",
-            path: "port",
-        },
-    ];
-}
-
 impl KubePrismConfigSpec {
     pub const ID: &'static str = "kubeprism";
 }
 
 /// The cluster's control-plane endpoint (id `control-plane`), `https://HOST:PORT`, from
 /// the `ClusterConfig` document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "ControlPlaneEndpoints.k8s.basalt.dev",
+    namespace = namespaces::CONFIG,
+    column("Endpoint", "endpoint"),
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ControlPlaneEndpointSpec {
     pub endpoint: String,
-}
-
-impl ResourceSpec for ControlPlaneEndpointSpec {
-    const TYPE: &'static str = "ControlPlaneEndpoints.k8s.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::CONFIG;
-    const PRINT_COLUMNS: &'static [Column] = &[Column {
-        name: "Endpoint",
-        path: "endpoint",
-    }];
 }
 
 impl ControlPlaneEndpointSpec {
@@ -63,7 +50,13 @@ impl ControlPlaneEndpointSpec {
 
 /// A control-plane node of the cluster (id: its node name), as cluster membership
 /// reports it; its API server is at each address on `apiServerPort`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "ControlPlaneMembers.k8s.basalt.dev",
+    namespace = namespaces::CLUSTER,
+    column("Addresses", "addresses"),
+    column("Port", "apiServerPort"),
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ControlPlaneMemberSpec {
     pub addresses: Vec<String>,
@@ -75,36 +68,17 @@ fn default_api_server_port() -> u16 {
     DEFAULT_API_SERVER_PORT
 }
 
-impl ResourceSpec for ControlPlaneMemberSpec {
-    const TYPE: &'static str = "ControlPlaneMembers.k8s.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::CLUSTER;
-    const PRINT_COLUMNS: &'static [Column] = &[
-        Column {
-            name: "Addresses",
-            path: "addresses",
-        },
-        Column {
-            name: "Port",
-            path: "apiServerPort",
-        },
-    ];
-}
-
 /// The API servers KubePrism balances over (id `kubeprism`), `host:port` each: the
 /// cluster endpoint first, then the control-plane members.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "KubePrismEndpoints.k8s.basalt.dev",
+    namespace = namespaces::K8S,
+    column("Endpoints", "endpoints"),
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubePrismEndpointsSpec {
     pub endpoints: Vec<String>,
-}
-
-impl ResourceSpec for KubePrismEndpointsSpec {
-    const TYPE: &'static str = "KubePrismEndpoints.k8s.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::K8S;
-    const PRINT_COLUMNS: &'static [Column] = &[Column {
-        name: "Endpoints",
-        path: "endpoints",
-    }];
 }
 
 impl KubePrismEndpointsSpec {
@@ -122,7 +96,19 @@ pub enum KubePrismState {
 }
 
 /// The balancer as a whole (id `kubeprism`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "KubePrismStatuses.k8s.basalt.dev",
+    namespace = namespaces::K8S,
+    aliases("kps"),
+    column("State", "state"),
+    column("Listen", "listen"),
+    column("Healthy", "healthy"),
+    column("Upstreams", "upstreams"),
+    column("Active", "activeConnections"),
+    column("Refused", "refused"),
+    column("Problems", "problems"),
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubePrismStatusSpec {
     pub state: KubePrismState,
@@ -144,48 +130,27 @@ pub struct KubePrismStatusSpec {
     pub problems: Vec<String>,
 }
 
-impl ResourceSpec for KubePrismStatusSpec {
-    const TYPE: &'static str = "KubePrismStatuses.k8s.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::K8S;
-    const ALIASES: &'static [&'static str] = &["kps"];
-    const PRINT_COLUMNS: &'static [Column] = &[
-        Column {
-            name: "State",
-            path: "state",
-        },
-        Column {
-            name: "Listen",
-            path: "listen",
-        },
-        Column {
-            name: "Healthy",
-            path: "healthy",
-        },
-        Column {
-            name: "Upstreams",
-            path: "upstreams",
-        },
-        Column {
-            name: "Active",
-            path: "activeConnections",
-        },
-        Column {
-            name: "Refused",
-            path: "refused",
-        },
-        Column {
-            name: "Problems",
-            path: "problems",
-        },
-    ];
-}
-
 impl KubePrismStatusSpec {
     pub const ID: &'static str = "kubeprism";
 }
 
 /// One upstream of the balancer (id: its `host:port`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "KubePrismUpstreams.k8s.basalt.dev",
+    namespace = namespaces::K8S,
+    aliases("kpu"),
+    column("Address", "address"),
+    column("State", "state"),
+    column("Active", "activeConnections"),
+    column("Total", "totalConnections"),
+    column("Sent", "bytesSent"),
+    column("Received", "bytesReceived"),
+    column("Dial Failures", "dialFailures"),
+    column("Check Failures", "checkFailures"),
+    column("Latency (µs)", "dialLatencyUs"),
+    column("Last Error", "lastError"),
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubePrismUpstreamSpec {
     /// The resolved `IP:PORT`.
@@ -208,52 +173,4 @@ pub struct KubePrismUpstreamSpec {
     pub check_latency_us: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-}
-
-impl ResourceSpec for KubePrismUpstreamSpec {
-    const TYPE: &'static str = "KubePrismUpstreams.k8s.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::K8S;
-    const ALIASES: &'static [&'static str] = &["kpu"];
-    const PRINT_COLUMNS: &'static [Column] = &[
-        Column {
-            name: "Address",
-            path: "address",
-        },
-        Column {
-            name: "State",
-            path: "state",
-        },
-        Column {
-            name: "Active",
-            path: "activeConnections",
-        },
-        Column {
-            name: "Total",
-            path: "totalConnections",
-        },
-        Column {
-            name: "Sent",
-            path: "bytesSent",
-        },
-        Column {
-            name: "Received",
-            path: "bytesReceived",
-        },
-        Column {
-            name: "Dial Failures",
-            path: "dialFailures",
-        },
-        Column {
-            name: "Check Failures",
-            path: "checkFailures",
-        },
-        Column {
-            name: "Latency (µs)",
-            path: "dialLatencyUs",
-        },
-        Column {
-            name: "Last Error",
-            path: "lastError",
-        },
-    ];
 }

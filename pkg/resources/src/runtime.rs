@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{namespaces, Column, ResourceSpec};
+use basalt_resource::{namespaces, ResourceSpec};
 
 /// One argument of the kernel command line: `key` or `key=value`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,21 +14,17 @@ pub struct KernelArg {
 }
 
 /// The kernel command line the node booted with (id `cmdline`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "KernelCmdlines.runtime.basalt.dev",
+    namespace = namespaces::RUNTIME,
+    aliases("cmdline"),
+    column("Cmdline", "raw"),
+)]
 #[serde(deny_unknown_fields)]
 pub struct KernelCmdlineSpec {
     pub raw: String,
     pub args: Vec<KernelArg>,
-}
-
-impl ResourceSpec for KernelCmdlineSpec {
-    const TYPE: &'static str = "KernelCmdlines.runtime.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::RUNTIME;
-    const ALIASES: &'static [&'static str] = &["cmdline"];
-    const PRINT_COLUMNS: &'static [Column] = &[Column {
-        name: "Cmdline",
-        path: "raw",
-    }];
 }
 
 impl KernelCmdlineSpec {
@@ -118,12 +114,51 @@ mod tests {
     }
 }
 
+/// Where a service is in its life, as its supervisor runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceState {
+    /// Being set up to start (its process is being spawned).
+    Preparing,
+    /// Waiting for what it depends on.
+    Waiting,
+    Running,
+    /// Exited on its own, successfully.
+    Finished,
+    /// Exited with an error or could not start; restarted with backoff if its policy says so.
+    Failed,
+    /// Not started (the node does not run it here).
+    Skipped,
+    /// Stopped on request, or not started yet.
+    Stopped,
+}
+
+impl ServiceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceState::Preparing => "Preparing",
+            ServiceState::Waiting => "Waiting",
+            ServiceState::Running => "Running",
+            ServiceState::Finished => "Finished",
+            ServiceState::Failed => "Failed",
+            ServiceState::Skipped => "Skipped",
+            ServiceState::Stopped => "Stopped",
+        }
+    }
+}
+
 /// One service of the node (id: the service name), as its supervisor sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "Services.runtime.basalt.dev",
+    namespace = namespaces::RUNTIME,
+    aliases("svc"),
+    column("State", "state"),
+    column("Healthy", "healthy"),
+    column("Restarts", "restarts"),
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceSpec {
-    /// `Preparing`, `Running`, `Finished`, `Failed`, `Stopped`.
-    pub state: String,
+    pub state: ServiceState,
     pub running: bool,
     pub healthy: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -133,26 +168,6 @@ pub struct ServiceSpec {
     pub pid: i32,
     #[serde(default)]
     pub restarts: u32,
-}
-
-impl ResourceSpec for ServiceSpec {
-    const TYPE: &'static str = "Services.runtime.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::RUNTIME;
-    const ALIASES: &'static [&'static str] = &["svc"];
-    const PRINT_COLUMNS: &'static [Column] = &[
-        Column {
-            name: "State",
-            path: "state",
-        },
-        Column {
-            name: "Healthy",
-            path: "healthy",
-        },
-        Column {
-            name: "Restarts",
-            path: "restarts",
-        },
-    ];
 }
 
 /// Where the machine is in its life (id `machine`).
@@ -168,28 +183,19 @@ pub enum MachineStage {
     Resetting,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "MachineStatuses.runtime.basalt.dev",
+    namespace = namespaces::RUNTIME,
+    column("Stage", "stage"),
+    column("Reason", "reason"),
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MachineStatusSpec {
     pub stage: MachineStage,
     /// Why the stage last changed, in words.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
-}
-
-impl ResourceSpec for MachineStatusSpec {
-    const TYPE: &'static str = "MachineStatuses.runtime.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::RUNTIME;
-    const PRINT_COLUMNS: &'static [Column] = &[
-        Column {
-            name: "Stage",
-            path: "stage",
-        },
-        Column {
-            name: "Reason",
-            path: "reason",
-        },
-    ];
 }
 
 impl MachineStatusSpec {
@@ -208,28 +214,19 @@ pub enum PowerAction {
 /// The power request the node accepted (id `power`): the first one wins until the node
 /// goes down. Written by the node's power handler, read by whatever takes the node down
 /// and by the machine status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "PowerRequests.runtime.basalt.dev",
+    namespace = namespaces::RUNTIME,
+    column("Action", "action"),
+    column("Reason", "reason"),
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PowerRequestSpec {
     pub action: PowerAction,
     /// Who asked for what, in words.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
-}
-
-impl ResourceSpec for PowerRequestSpec {
-    const TYPE: &'static str = "PowerRequests.runtime.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::RUNTIME;
-    const PRINT_COLUMNS: &'static [Column] = &[
-        Column {
-            name: "Action",
-            path: "action",
-        },
-        Column {
-            name: "Reason",
-            path: "reason",
-        },
-    ];
 }
 
 impl PowerRequestSpec {
@@ -246,17 +243,16 @@ pub struct ExtensionServiceFile {
 
 /// An extension service's settings from its `ExtensionServiceConfig` document (id: the
 /// service name). Its environment and files may hold secrets, so it is sensitive.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "ExtensionServiceConfigs.runtime.basalt.dev",
+    namespace = namespaces::CONFIG,
+    sensitive,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExtensionServiceConfigSpec {
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub environment: std::collections::BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub config_files: Vec<ExtensionServiceFile>,
-}
-
-impl ResourceSpec for ExtensionServiceConfigSpec {
-    const TYPE: &'static str = "ExtensionServiceConfigs.runtime.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::CONFIG;
-    const SENSITIVE: bool = true;
 }

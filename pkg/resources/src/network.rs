@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{namespaces, Column, ResourceError, ResourceSpec};
+use basalt_resource::{namespaces, ResourceError, ResourceSpec};
 
 /// Where a hostname came from, highest priority first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,32 +15,20 @@ pub enum HostnameSource {
 }
 
 /// The node's hostname (id `hostname`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "Hostnames.net.basalt.dev",
+    namespace = namespaces::NETWORK,
+    column("Hostname", "hostname"),
+    column("Domainname", "domainname"),
+    column("Source", "source"),
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HostnameSpec {
     pub hostname: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub domainname: String,
     pub source: HostnameSource,
-}
-
-impl ResourceSpec for HostnameSpec {
-    const TYPE: &'static str = "Hostnames.net.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::NETWORK;
-    const PRINT_COLUMNS: &'static [Column] = &[
-        Column {
-            name: "Hostname",
-            path: "hostname",
-        },
-        Column {
-            name: "Domainname",
-            path: "domainname",
-        },
-        Column {
-            name: "Source",
-            path: "source",
-        },
-    ];
 }
 
 impl HostnameSpec {
@@ -124,7 +112,13 @@ pub struct RouteConfig {
 }
 
 /// A network link as the machine config states it (id: the link name).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "LinkConfigs.net.basalt.dev",
+    namespace = namespaces::CONFIG,
+    column("DHCP", "dhcp"),
+    column("Addresses", "addresses"),
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LinkConfigSpec {
     pub dhcp: bool,
@@ -137,44 +131,20 @@ pub struct LinkConfigSpec {
     pub routes: Vec<RouteConfig>,
 }
 
-impl ResourceSpec for LinkConfigSpec {
-    const TYPE: &'static str = "LinkConfigs.net.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::CONFIG;
-    const PRINT_COLUMNS: &'static [Column] = &[
-        Column {
-            name: "DHCP",
-            path: "dhcp",
-        },
-        Column {
-            name: "Addresses",
-            path: "addresses",
-        },
-    ];
-}
-
 /// Name servers and time servers from the machine config (id `network`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "NetworkServersConfigs.net.basalt.dev",
+    namespace = namespaces::CONFIG,
+    column("Nameservers", "nameservers"),
+    column("TimeServers", "timeServers"),
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkServersConfigSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nameservers: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub time_servers: Vec<String>,
-}
-
-impl ResourceSpec for NetworkServersConfigSpec {
-    const TYPE: &'static str = "NetworkServersConfigs.net.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::CONFIG;
-    const PRINT_COLUMNS: &'static [Column] = &[
-        Column {
-            name: "Nameservers",
-            path: "nameservers",
-        },
-        Column {
-            name: "TimeServers",
-            path: "timeServers",
-        },
-    ];
 }
 
 impl NetworkServersConfigSpec {

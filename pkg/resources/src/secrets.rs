@@ -3,12 +3,18 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{namespaces, Column, ResourceSpec};
+use basalt_resource::{namespaces, ResourceSpec};
 
 /// The OS certificate authority of the cluster (id `os`), from the machine config: the
 /// CA that clients and peer nodes chain to, and on control-plane nodes its key, from
 /// which the node's API certificates and client configs are issued.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "OsRoots.secrets.basalt.dev",
+    namespace = namespaces::SECRETS,
+    sensitive,
+    column("CertSANs", "certSans"),
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OsRootSpec {
     /// PEM of the OS CA certificate.
@@ -22,16 +28,6 @@ pub struct OsRootSpec {
     pub cert_sans: Vec<String>,
 }
 
-impl ResourceSpec for OsRootSpec {
-    const TYPE: &'static str = "OsRoots.secrets.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::SECRETS;
-    const SENSITIVE: bool = true;
-    const PRINT_COLUMNS: &'static [Column] = &[Column {
-        name: "CertSANs",
-        path: "certSans",
-    }];
-}
-
 impl OsRootSpec {
     pub const ID: &'static str = "os";
 }
@@ -40,7 +36,14 @@ impl OsRootSpec {
 /// certificate for the node's names, the `os:impersonator` client certificate it
 /// presents to other nodes, and the CA both chain to. apid serves whatever this holds
 /// and picks up a new one without a restart.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ResourceSpec)]
+#[resource(
+    type = "ApiCertificates.secrets.basalt.dev",
+    namespace = namespaces::SECRETS,
+    sensitive,
+    column("SANs", "sans"),
+    column("NotAfter", "notAfter"),
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiCertificatesSpec {
     /// PEM of the OS CA certificate: clients and peer nodes must chain to it.
@@ -53,22 +56,6 @@ pub struct ApiCertificatesSpec {
     pub sans: Vec<String>,
     /// When the server certificate expires (RFC 3339).
     pub not_after: String,
-}
-
-impl ResourceSpec for ApiCertificatesSpec {
-    const TYPE: &'static str = "ApiCertificates.secrets.basalt.dev";
-    const DEFAULT_NAMESPACE: &'static str = namespaces::SECRETS;
-    const SENSITIVE: bool = true;
-    const PRINT_COLUMNS: &'static [Column] = &[
-        Column {
-            name: "SANs",
-            path: "sans",
-        },
-        Column {
-            name: "NotAfter",
-            path: "notAfter",
-        },
-    ];
 }
 
 impl ApiCertificatesSpec {

@@ -1,9 +1,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use basalt_resource::meta::builtin_registry;
-use basalt_resource::network::{HostnameSource, HostnameSpec};
-use basalt_resource::runtime::KernelCmdlineSpec;
-use basalt_resource::{AnyResource, Registry, Resource, ResourceDefinitionSpec, ResourceError};
+use basalt_resource::{
+    AnyResource, Registry, Resource, ResourceDefinitionSpec, ResourceError, ResourceSpec,
+};
+use basalt_resources::meta::builtin_registry;
+use basalt_resources::network::{HostnameSource, HostnameSpec};
+use basalt_resources::runtime::KernelCmdlineSpec;
 use prost::Message;
 
 fn hostname() -> AnyResource {
@@ -99,12 +101,9 @@ fn registry_resolves_aliases_and_rejects_duplicates() {
 
 #[test]
 fn alias_conflicts_are_rejected() {
-    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, ResourceSpec)]
+    #[resource(type = "Hostnames.other.basalt.dev", namespace = "network")]
     struct Other;
-    impl basalt_resource::ResourceSpec for Other {
-        const TYPE: &'static str = "Hostnames.other.basalt.dev";
-        const DEFAULT_NAMESPACE: &'static str = "network";
-    }
     let mut registry = builtin_registry().unwrap();
     let err = registry.register::<Other>().unwrap_err();
     assert!(
