@@ -1,10 +1,7 @@
 //! The running system as /proc, /sys and /dev/kmsg show it.
 
 use std::collections::VecDeque;
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use basalt_api::machine::v1 as api;
@@ -17,16 +14,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::procfs::{
     parse_cmdline, parse_kmsg_record, parse_meminfo, parse_mountinfo_line, parse_stat,
 };
+use basalt_sys::kmsg;
+
 use crate::parts::{ByteStream, NodeError, System};
-
-/// How often a followed /dev/kmsg is read for new records: waiting in poll(2) needs a raw
-/// fd readiness API that is not available without `unsafe` (tokio's `AsyncFd` takes an
-/// `unsafe` promise about the descriptor).
-const KMSG_POLL: Duration = Duration::from_millis(200);
-
-/// Longest kmsg record: the kernel's limit (PRINTK_MESSAGE_MAX plus the header) is 2 KiB
-/// per record; a read with a smaller buffer fails with EINVAL.
-const KMSG_RECORD: usize = 8192;
 
 /// Reads the host's /proc, /sys and /dev/kmsg (paths configurable for tests).
 #[derive(Debug, Clone)]
@@ -241,16 +231,12 @@ impl System for ProcSystem {
         // The records that exist are read before this returns, so that "then follow"
         // starts at this call, not at whenever a thread got to it.
         let (file, backlog) = blocking("reading the kernel log", move || {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(nix::libc::O_NONBLOCK)
-                .open(&path)
-                .map_err(|e| {
-                    NodeError::Unavailable(format!(
-                        "the kernel log {} cannot be read here: {e}",
-                        path.display()
-                    ))
-                })?;
+            let file = kmsg::open(&path).map_err(|e| {
+                NodeError::Unavailable(format!(
+                    "the kernel log {} cannot be read here: {e}",
+                    path.display()
+                ))
+            })?;
             let backlog = read_backlog(&file, tail)?;
             Ok((file, backlog))
         })
@@ -262,8 +248,10 @@ impl System for ProcSystem {
         // Followed by a task, not on a blocking thread: a thread held for each
         // follower's whole life would let readers exhaust the blocking pool that file
         // reads and listings need.
+        let follow = kmsg::Follow::new(file)
+            .map_err(|e| NodeError::io(format!("following {}", self.kmsg.display()), e))?;
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(follow_kmsg(file, tx));
+        tokio::spawn(follow_kmsg(follow, tx));
         Ok(backlog.chain(ReceiverStream::new(rx)).boxed())
     }
 }
@@ -305,61 +293,31 @@ fn filesystem_size(target: &str) -> (u64, u64) {
         .unwrap_or((0, 0))
 }
 
-/// What one non-blocking read of /dev/kmsg gave.
-enum KmsgRead {
-    Record(String),
-    /// No record now (EAGAIN).
-    Empty,
-    /// Records were overwritten before this reader got them (EPIPE), or the read was
-    /// interrupted: the next read goes on.
-    Retry,
-    Failed(std::io::Error),
-}
-
-fn read_record(mut file: &std::fs::File, buf: &mut [u8]) -> KmsgRead {
-    match file.read(buf) {
-        Ok(0) => KmsgRead::Empty,
-        Ok(n) => KmsgRead::Record(String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into()),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => KmsgRead::Empty,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::Interrupted
-            ) =>
-        {
-            KmsgRead::Retry
-        }
-        Err(e) => KmsgRead::Failed(e),
-    }
-}
-
 /// The last `tail` records that exist now (`None`: all), as lines.
 fn read_backlog(file: &std::fs::File, tail: Option<usize>) -> Result<VecDeque<String>, NodeError> {
-    let mut buf = vec![0u8; KMSG_RECORD];
+    let mut buf = vec![0u8; kmsg::RECORD_MAX];
     let mut backlog = VecDeque::new();
-    loop {
-        match read_record(file, &mut buf) {
-            KmsgRead::Record(record) => {
-                backlog.extend(parse_kmsg_record(&record).map(|r| r.line()));
-                if tail.is_some_and(|t| backlog.len() > t) {
-                    backlog.pop_front();
-                }
-            }
-            KmsgRead::Retry => {}
-            KmsgRead::Empty => return Ok(backlog),
-            KmsgRead::Failed(e) => return Err(NodeError::io("reading /dev/kmsg", e)),
+    while let Some(record) =
+        kmsg::read_record(file, &mut buf).map_err(|e| NodeError::io("reading /dev/kmsg", e))?
+    {
+        backlog.extend(parse_kmsg_record(&record).map(|r| r.line()));
+        if tail.is_some_and(|t| backlog.len() > t) {
+            backlog.pop_front();
         }
     }
+    Ok(backlog)
 }
 
-/// Sends new records as the kernel logs them until the receiver is dropped. The file is
-/// non-blocking, so a read returns at once (a record or EAGAIN) and can be done here on
-/// the async threads.
-async fn follow_kmsg(file: std::fs::File, tx: mpsc::Sender<Result<Bytes, NodeError>>) {
-    let mut buf = vec![0u8; KMSG_RECORD];
+/// Sends new records as the kernel logs them until the receiver is dropped; waits for
+/// them on the reactor.
+async fn follow_kmsg(mut follow: kmsg::Follow, tx: mpsc::Sender<Result<Bytes, NodeError>>) {
     loop {
-        match read_record(&file, &mut buf) {
-            KmsgRead::Record(record) => {
+        let record = tokio::select! {
+            record = follow.next() => record,
+            () = tx.closed() => return,
+        };
+        match record {
+            Ok(record) => {
                 let Some(record) = parse_kmsg_record(&record) else {
                     continue;
                 };
@@ -367,14 +325,7 @@ async fn follow_kmsg(file: std::fs::File, tx: mpsc::Sender<Result<Bytes, NodeErr
                     return;
                 }
             }
-            KmsgRead::Retry => {}
-            KmsgRead::Empty => {
-                tokio::select! {
-                    () = tokio::time::sleep(KMSG_POLL) => {}
-                    () = tx.closed() => return,
-                }
-            }
-            KmsgRead::Failed(e) => {
+            Err(e) => {
                 let _ = tx.send(Err(NodeError::io("reading /dev/kmsg", e))).await;
                 return;
             }
