@@ -193,3 +193,36 @@ pub trait QController: Send + 'static {
         item: &ResourceKey,
     ) -> Result<Action, ControllerError>;
 }
+
+/// Declares a [`Controller`]'s name, inputs and outputs, inside its `impl` block:
+///
+/// ```text
+/// impl Controller for HostnameController {
+///     basalt_controller_runtime::declare! {
+///         name: "network.HostnameController",
+///         inputs: [Input::weak::<HostnameConfigSpec>().with_id(HostnameConfigSpec::ID)],
+///         outputs: [Output::exclusive::<HostnameSpec>()],
+///     }
+///     async fn reconcile(...) { ... }
+/// }
+/// ```
+#[macro_export]
+macro_rules! declare {
+    (
+        name: $name:literal,
+        inputs: [$($input:expr),* $(,)?],
+        outputs: [$($output:expr),* $(,)?] $(,)?
+    ) => {
+        fn name(&self) -> &'static str {
+            $name
+        }
+
+        fn inputs(&self) -> ::std::vec::Vec<$crate::Input> {
+            ::std::vec![$($input),*]
+        }
+
+        fn outputs(&self) -> ::std::vec::Vec<$crate::Output> {
+            ::std::vec![$($output),*]
+        }
+    };
+}

@@ -18,16 +18,12 @@ pub struct MachineConfigController;
 
 #[async_trait]
 impl Controller for MachineConfigController {
-    fn name(&self) -> &'static str {
-        "config.MachineConfigController"
-    }
-
-    fn inputs(&self) -> Vec<Input> {
-        vec![Input::weak::<MachineConfigSpec>().with_id(MachineConfigSpec::ACTIVE)]
-    }
-
-    fn outputs(&self) -> Vec<Output> {
-        vec![
+    basalt_controller_runtime::declare! {
+        name: "config.MachineConfigController",
+        inputs: [
+            Input::weak::<MachineConfigSpec>().with_id(MachineConfigSpec::ACTIVE),
+        ],
+        outputs: [
             Output::exclusive::<HostnameConfigSpec>(),
             Output::exclusive::<LinkConfigSpec>(),
             Output::exclusive::<NetworkServersConfigSpec>(),
@@ -36,7 +32,7 @@ impl Controller for MachineConfigController {
             Output::exclusive::<ControlPlaneEndpointSpec>(),
             Output::exclusive::<KubeSpanConfigSpec>(),
             Output::exclusive::<ExtensionServiceConfigSpec>(),
-        ]
+        ],
     }
 
     async fn reconcile(&mut self, rt: &mut Runtime) -> Result<Action, ControllerError> {

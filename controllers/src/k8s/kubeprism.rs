@@ -89,22 +89,16 @@ impl KubePrismController {
 
 #[async_trait]
 impl Controller for KubePrismController {
-    fn name(&self) -> &'static str {
-        "k8s.KubePrismController"
-    }
-
-    fn inputs(&self) -> Vec<Input> {
-        vec![
+    basalt_controller_runtime::declare! {
+        name: "k8s.KubePrismController",
+        inputs: [
             Input::weak::<KubePrismConfigSpec>().with_id(KubePrismConfigSpec::ID),
             Input::weak::<KubePrismEndpointsSpec>().with_id(KubePrismEndpointsSpec::ID),
-        ]
-    }
-
-    fn outputs(&self) -> Vec<Output> {
-        vec![
+        ],
+        outputs: [
             Output::exclusive::<KubePrismStatusSpec>(),
             Output::exclusive::<KubePrismUpstreamSpec>(),
-        ]
+        ],
     }
 
     async fn reconcile(&mut self, rt: &mut Runtime) -> Result<Action, ControllerError> {

@@ -12,19 +12,15 @@ pub struct KubePrismEndpointsController;
 
 #[async_trait]
 impl Controller for KubePrismEndpointsController {
-    fn name(&self) -> &'static str {
-        "k8s.KubePrismEndpointsController"
-    }
-
-    fn inputs(&self) -> Vec<Input> {
-        vec![
+    basalt_controller_runtime::declare! {
+        name: "k8s.KubePrismEndpointsController",
+        inputs: [
             Input::weak::<ControlPlaneEndpointSpec>().with_id(ControlPlaneEndpointSpec::ID),
             Input::weak::<ControlPlaneMemberSpec>().in_namespace(namespaces::CLUSTER),
-        ]
-    }
-
-    fn outputs(&self) -> Vec<Output> {
-        vec![Output::exclusive::<KubePrismEndpointsSpec>()]
+        ],
+        outputs: [
+            Output::exclusive::<KubePrismEndpointsSpec>(),
+        ],
     }
 
     async fn reconcile(&mut self, rt: &mut Runtime) -> Result<Action, ControllerError> {

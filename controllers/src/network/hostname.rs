@@ -16,19 +16,15 @@ pub struct HostnameController;
 
 #[async_trait]
 impl Controller for HostnameController {
-    fn name(&self) -> &'static str {
-        "network.HostnameController"
-    }
-
-    fn inputs(&self) -> Vec<Input> {
-        vec![
+    basalt_controller_runtime::declare! {
+        name: "network.HostnameController",
+        inputs: [
             Input::weak::<HostnameConfigSpec>().with_id(HostnameConfigSpec::ID),
             Input::weak::<KernelCmdlineSpec>().with_id(KernelCmdlineSpec::ID),
-        ]
-    }
-
-    fn outputs(&self) -> Vec<Output> {
-        vec![Output::exclusive::<HostnameSpec>()]
+        ],
+        outputs: [
+            Output::exclusive::<HostnameSpec>(),
+        ],
     }
 
     async fn reconcile(&mut self, rt: &mut Runtime) -> Result<Action, ControllerError> {

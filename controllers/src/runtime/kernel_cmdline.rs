@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use basalt_controller_runtime::{Action, Controller, ControllerError, Input, Output, Runtime};
+use basalt_controller_runtime::{Action, Controller, ControllerError, Output, Runtime};
 use basalt_resources::runtime::KernelCmdlineSpec;
 
 /// Publishes the kernel command line the node booted with as `KernelCmdline/cmdline`.
@@ -33,16 +33,12 @@ enum CmdlineError {
 
 #[async_trait]
 impl Controller for KernelCmdlineController {
-    fn name(&self) -> &'static str {
-        "runtime.KernelCmdlineController"
-    }
-
-    fn inputs(&self) -> Vec<Input> {
-        Vec::new()
-    }
-
-    fn outputs(&self) -> Vec<Output> {
-        vec![Output::exclusive::<KernelCmdlineSpec>()]
+    basalt_controller_runtime::declare! {
+        name: "runtime.KernelCmdlineController",
+        inputs: [],
+        outputs: [
+            Output::exclusive::<KernelCmdlineSpec>(),
+        ],
     }
 
     async fn reconcile(&mut self, rt: &mut Runtime) -> Result<Action, ControllerError> {

@@ -13,20 +13,16 @@ pub struct MachineStatusController;
 
 #[async_trait]
 impl Controller for MachineStatusController {
-    fn name(&self) -> &'static str {
-        "runtime.MachineStatusController"
-    }
-
-    fn inputs(&self) -> Vec<Input> {
-        vec![
+    basalt_controller_runtime::declare! {
+        name: "runtime.MachineStatusController",
+        inputs: [
             Input::weak::<MachineConfigSpec>().with_id(MachineConfigSpec::ACTIVE),
             Input::weak::<ApiCertificatesSpec>().with_id(ApiCertificatesSpec::ID),
             Input::weak::<PowerRequestSpec>().with_id(PowerRequestSpec::ID),
-        ]
-    }
-
-    fn outputs(&self) -> Vec<Output> {
-        vec![Output::exclusive::<MachineStatusSpec>()]
+        ],
+        outputs: [
+            Output::exclusive::<MachineStatusSpec>(),
+        ],
     }
 
     async fn reconcile(&mut self, rt: &mut Runtime) -> Result<Action, ControllerError> {

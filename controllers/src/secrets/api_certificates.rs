@@ -45,19 +45,15 @@ enum ApiCertificatesError {
 
 #[async_trait]
 impl Controller for ApiCertificatesController {
-    fn name(&self) -> &'static str {
-        "secrets.ApiCertificatesController"
-    }
-
-    fn inputs(&self) -> Vec<Input> {
-        vec![
+    basalt_controller_runtime::declare! {
+        name: "secrets.ApiCertificatesController",
+        inputs: [
             Input::weak::<OsRootSpec>().with_id(OsRootSpec::ID),
             Input::weak::<HostnameSpec>().with_id(HostnameSpec::ID),
-        ]
-    }
-
-    fn outputs(&self) -> Vec<Output> {
-        vec![Output::exclusive::<ApiCertificatesSpec>()]
+        ],
+        outputs: [
+            Output::exclusive::<ApiCertificatesSpec>(),
+        ],
     }
 
     async fn reconcile(&mut self, rt: &mut Runtime) -> Result<Action, ControllerError> {
