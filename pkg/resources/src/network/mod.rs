@@ -1,0 +1,7 @@
+//! Network domain.
+
+mod config;
+mod hostname;
+
+pub use config::*;
+pub use hostname::*;
