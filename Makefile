@@ -2,10 +2,13 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: test setup fmt fmt-check lint unit bench fuzz-smoke clean
+.PHONY: test setup fmt fmt-check lint unit image image-lock bench fuzz-smoke clean
 
-## test: format check, clippy with warnings as errors, every test (unit, property, integration)
-test: setup fmt-check lint unit
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+
+## test: format check, clippy with warnings as errors, the boot image, every test (unit,
+## property, integration, QEMU end to end)
+test: setup fmt-check lint image unit
 
 setup:
 	@bash hack/setup.sh
@@ -22,6 +25,17 @@ lint: setup
 unit: setup
 	$(CARGO) test --workspace --locked --doc --quiet
 	$(CARGO) nextest run --workspace --locked --no-tests=fail
+
+## image: the boot image under _out/ (vmlinuz, initramfs.cpio.zst) around the machined the
+## tests build: one compile serves both (a `cargo build --bins` would unify features
+## without the dev-dependencies and compile most of the tree a second time)
+image: setup
+	$(CARGO) nextest run --workspace --locked --no-run
+	bash hack/image.sh build $(TARGET_DIR)/debug/machined
+
+## image-lock: pin the newest Debian cloud kernel in image/kernel.lock
+image-lock:
+	bash hack/image.sh lock
 
 ## bench: criterion benchmarks; figures are recorded in docs/benchmarks.md
 bench: setup

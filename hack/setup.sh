@@ -15,6 +15,13 @@ declare -A packages=(
   [haproxy]=haproxy
   [iperf3]=iperf3
   [python3]=python3
+  # the boot image (make image) and the QEMU end-to-end tests
+  [qemu-system-x86_64]=qemu-system-x86
+  [cpio]=cpio
+  [depmod]=kmod
+  [zstd]=zstd
+  [mkfs.ext4]=e2fsprogs
+  [strip]=binutils
 )
 for cmd in "${!packages[@]}"; do
   have_cmd "$cmd" || need_apt+=("${packages[$cmd]}")

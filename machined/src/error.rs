@@ -26,3 +26,64 @@ pub enum StartError {
     )]
     NoCertificates(std::time::Duration),
 }
+
+/// What can go wrong while PID 1 brings the machine up.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("creating {path}: {source}")]
+    Directory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mounting {what} at {target}: {source}")]
+    Mount {
+        what: String,
+        target: PathBuf,
+        #[source]
+        source: basalt_sys::SysError,
+    },
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} line {line}: {reason}")]
+    ModulesDep {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("kernel module {0} is not in modules.dep (is it in the image's module list?)")]
+    UnknownModule(String),
+    #[error("kernel modules depend on each other in a circle: {0}")]
+    ModuleCycle(String),
+    #[error("loading kernel module {path}: {source}")]
+    Module {
+        path: PathBuf,
+        #[source]
+        source: basalt_sys::SysError,
+    },
+    #[error("kernel argument ip={value}: {reason}")]
+    IpArg { value: String, reason: String },
+    #[error("{what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("no network link {name} appeared within {waited:?}")]
+    NoLink {
+        name: String,
+        waited: std::time::Duration,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the node: {0}")]
+    Node(#[from] StartError),
+}

@@ -3,15 +3,29 @@
 //! call it authorized. A config applied through the API is reconciled by the controllers
 //! like any other input.
 //!
-//! Today the node runs as a process on a host, with apid in-process; booting as PID 1
-//! with apid in its own process comes next.
+//! It runs as `/init` of a real kernel ([`boot::metal`]) or as a process on a host;
+//! apid runs in-process for now (its own process comes next).
 
 mod api;
+pub mod boot;
 mod error;
 pub mod events;
 mod node;
 pub mod parts;
 
 pub use api::store_config;
-pub use error::StartError;
+pub use error::{BootError, StartError};
 pub use node::{Node, NodeOptions};
+
+/// Logs to stderr (the console, as PID 1): plain unless stderr is a terminal and the
+/// process is not PID 1 (a serial console shows escape codes as garbage).
+pub fn init_logging(pid1: bool) {
+    let ansi = !pid1 && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+}

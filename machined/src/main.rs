@@ -30,8 +30,8 @@ struct Args {
     /// How applied configs are validated: metal, cloud or container.
     #[arg(long, default_value = "metal")]
     mode: Mode,
-    /// Start with this machine config (as if applied before); maintenance mode without
-    /// one (unless the state directory holds one).
+    /// Start with this machine config when the state directory holds none (as an image's
+    /// embedded config); maintenance mode without either.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Where KubePrism listens (at the port its config names).
@@ -60,17 +60,19 @@ fn positive_rate(text: &str) -> Result<f64, String> {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    // Logs go to stderr, plain when it is not a terminal (read by scripts and tests).
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let args = Args::parse();
+fn main() -> Result<()> {
+    let pid1 = std::process::id() == 1;
+    machined::init_logging(pid1);
+    if pid1 {
+        machined::boot::metal::main();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(Args::parse()))
+}
+
+async fn run(args: Args) -> Result<()> {
     let config = match &args.config {
         Some(path) => Some(
             std::fs::read_to_string(path)

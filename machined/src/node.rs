@@ -29,7 +29,7 @@ pub struct NodeOptions {
     pub listen: SocketAddr,
     /// Keep the config namespace here (persistent across restarts); in memory without it.
     pub state_dir: Option<PathBuf>,
-    /// Start with this machine config (YAML), as if applied before.
+    /// Start with this machine config (YAML) when the state holds none.
     pub config: Option<String>,
     /// How applied configs are validated.
     pub validation_mode: Mode,
@@ -93,7 +93,9 @@ impl Node {
             }
             None => State::new(),
         };
-        if let Some(yaml) = &options.config {
+        // A config the node already has (applied before, kept on STATE) wins over the
+        // one it was started with.
+        if let (Some(yaml), false) = (&options.config, has_config(&state).await?) {
             api::store_config(&state, yaml)
                 .await
                 .map_err(|status| StartError::Config(status.message().to_string()))?;

@@ -21,6 +21,14 @@ pub enum SysError {
 }
 
 impl SysError {
+    /// The kind of the OS error behind this one, if the kernel refused the call.
+    pub fn kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            SysError::Path { source, .. } | SysError::Call { source, .. } => Some(source.kind()),
+            SysError::Invalid { .. } => None,
+        }
+    }
+
     pub(crate) fn path(call: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
         SysError::Path {
             call,

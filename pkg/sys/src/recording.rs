@@ -42,10 +42,11 @@ impl Call {
 #[derive(Debug, Default)]
 struct Inner {
     calls: Vec<Call>,
-    failing: Vec<&'static str>,
+    failing: Vec<(&'static str, std::io::ErrorKind)>,
 }
 
-/// Records every call; those named in [`Recording::fail`] fail with EPERM.
+/// Records every call; those named in [`Recording::fail`] or [`Recording::fail_with`]
+/// fail.
 #[derive(Debug, Default)]
 pub struct Recording {
     inner: Mutex<Inner>,
@@ -56,9 +57,14 @@ impl Recording {
         Self::default()
     }
 
-    /// Calls with this name (see [`Call::name`]) fail from now on.
+    /// Calls with this name (see [`Call::name`]) fail from now on, with EPERM.
     pub fn fail(&self, name: &'static str) {
-        self.lock().failing.push(name);
+        self.fail_with(name, std::io::ErrorKind::PermissionDenied);
+    }
+
+    /// Calls with this name fail from now on, with an error of this kind.
+    pub fn fail_with(&self, name: &'static str, kind: std::io::ErrorKind) {
+        self.lock().failing.push((name, kind));
     }
 
     /// Every call so far, in order.
@@ -74,13 +80,10 @@ impl Recording {
         let name = call.name();
         let mut inner = self.lock();
         inner.calls.push(call);
-        if inner.failing.contains(&name) {
-            return Err(SysError::call(
-                name,
-                std::io::Error::from(std::io::ErrorKind::PermissionDenied),
-            ));
+        match inner.failing.iter().find(|(failing, _)| *failing == name) {
+            Some((_, kind)) => Err(SysError::call(name, std::io::Error::from(*kind))),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -1,0 +1,108 @@
+//! The image booted under QEMU (TCG), the way a user meets a new machine: it comes up in
+//! maintenance mode, takes a control-plane config from `osctl apply-config --insecure`,
+//! serves it over mutual TLS, survives a reboot with its config on STATE, and powers off
+//! on `osctl shutdown`. One boot of the scenario, every step asserted on the way.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use basalt_e2e::{Image, Osctl, Vm, GUEST_IP};
+
+/// Under TCG the kernel alone takes ~2 s to reach /init; a debug machined more to start.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_boots_to_maintenance_takes_a_config_reboots_with_it_and_powers_off() {
+    let image = Image::locate();
+    let tmp = tempfile::tempdir().unwrap();
+    let osctl = Osctl {
+        dir: tmp.path().to_path_buf(),
+    };
+    let mut vm = Vm::boot(&image).await;
+    let endpoint = vm.endpoint();
+
+    // The config: a control plane whose API certificate also names the forwarded
+    // loopback address the host reaches it by.
+    std::fs::write(
+        tmp.path().join("patch.yaml"),
+        "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nhostname: qemu-1\n\
+         certSans: [127.0.0.1]\n",
+    )
+    .unwrap();
+    osctl.ok(&["gen", "secrets", "-o", "secrets.yaml"]).await;
+    osctl
+        .ok(&[
+            "gen",
+            "config",
+            "qemu",
+            &format!("https://{GUEST_IP}:6443"),
+            "--with-secrets",
+            "secrets.yaml",
+            "--install-disk",
+            "none",
+            "--config-patch",
+            "@patch.yaml",
+            "-o",
+            "gen",
+        ])
+        .await;
+    std::fs::copy(tmp.path().join("gen/osconfig"), tmp.path().join("osconfig")).unwrap();
+
+    // Maintenance mode, reached over the forwarded port.
+    let out = osctl
+        .until_ok(
+            &["--insecure", "-e", &endpoint, "version"],
+            BOOT_TIMEOUT,
+            &vm,
+        )
+        .await;
+    assert!(out.contains("Maintenance: true"), "{out}");
+    osctl
+        .ok(&[
+            "--insecure",
+            "-e",
+            &endpoint,
+            "apply-config",
+            "-f",
+            "gen/controlplane.yaml",
+        ])
+        .await;
+
+    // Configured: mutual TLS with the generated client certificate.
+    let out = osctl
+        .until_ok(&["-e", &endpoint, "version"], Duration::from_secs(60), &vm)
+        .await;
+    assert!(!out.contains("Maintenance: true"), "{out}");
+    let hostname = osctl
+        .until_ok(
+            &["-e", &endpoint, "get", "hostname"],
+            Duration::from_secs(30),
+            &vm,
+        )
+        .await;
+    assert!(hostname.contains("qemu-1"), "{hostname}");
+    let prism = osctl.ok(&["-e", &endpoint, "get", "kubeprismstatus"]).await;
+    assert!(prism.contains("7445"), "{prism}");
+    osctl.ok(&["-e", &endpoint, "services"]).await;
+    let dmesg = osctl.ok(&["-e", &endpoint, "dmesg"]).await;
+    assert!(dmesg.contains("Linux version"), "{dmesg}");
+
+    // A reboot comes back configured, from STATE.
+    osctl.ok(&["-e", &endpoint, "reboot"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hostname = osctl
+        .until_ok(&["-e", &endpoint, "get", "hostname"], BOOT_TIMEOUT, &vm)
+        .await;
+    assert!(hostname.contains("qemu-1"), "{hostname}");
+    assert!(
+        vm.console_text().matches("Linux version").count() >= 2,
+        "the kernel did not boot twice:\n{}",
+        vm.console_text()
+    );
+
+    // Shutdown powers the machine off: QEMU exits, successfully.
+    osctl.ok(&["-e", &endpoint, "shutdown"]).await;
+    let status = vm.exited(Duration::from_secs(60)).await;
+    assert!(status.success(), "QEMU exited with {status}");
+}

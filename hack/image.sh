@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Builds the Basalt boot image under _out/ (or $OUT): the kernel (vmlinuz) and the
+# initramfs (initramfs.cpio.zst) holding machined as /init, the shared libraries it links
+# (glibc's loader and libraries: see "Linking" in README), the kernel modules image/modules
+# lists with their dependencies and a generated modules.dep, and a few data files. Nothing
+# else: no shell, no interpreter, no tool that runs commands.
+#
+#   hack/image.sh build BINARY   build the image around this machined binary
+#   hack/image.sh lock           pin the newest linux-image-cloud-amd64 in image/kernel.lock
+#
+# Reproducible: every entry is sorted, owned by root, dated SOURCE_DATE_EPOCH (default: the
+# last commit's date) and packed with fixed compression settings, so two builds from the
+# same binary in clean directories give bit-identical files.
+set -euo pipefail
+export LC_ALL=C
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+lock="$root/image/kernel.lock"
+cache="${BASALT_CACHE:-/var/tmp/basalt-cache}"
+out="${OUT:-$root/_out}"
+
+die() { echo "image: $*" >&2; exit 1; }
+
+lock_value() {
+  local value
+  value="$(sed -n "s/^$1=//p" "$lock")"
+  [[ -n "$value" ]] || die "$lock has no $1= line"
+  echo "$value"
+}
+
+cmd_lock() {
+  apt-get update -qq
+  local package version sha
+  package="$(apt-cache depends linux-image-cloud-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -1)"
+  [[ -n "$package" ]] || die "cannot resolve linux-image-cloud-amd64 to a kernel package"
+  version="$(apt-cache show "$package" | sed -n 's/^Version: //p' | head -1)"
+  sha="$(apt-cache show "$package=$version" | sed -n 's/^SHA256: //p' | head -1)"
+  [[ -n "$version" && -n "$sha" ]] || die "apt knows no version or checksum of $package"
+  sed -i -e "s/^package=.*/package=$package/" -e "s/^version=.*/version=$version/" \
+    -e "s/^sha256=.*/sha256=$sha/" "$lock"
+  echo "image: pinned $package $version"
+}
+
+# Downloads the locked kernel package into the cache (once) and checks its checksum.
+kernel_deb() {
+  local package version sha deb
+  package="$(lock_value package)"
+  version="$(lock_value version)"
+  sha="$(lock_value sha256)"
+  mkdir -p "$cache"
+  deb="$cache/${package}_${version}_amd64.deb"
+  if [[ ! -f "$deb" ]] || ! echo "$sha  $deb" | sha256sum --check --status; then
+    rm -f "$deb"
+    (cd "$cache" && apt-get download -q "$package=$version" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2) \
+      || die "cannot download $package=$version (run 'make image-lock' if it left the archive)"
+    # apt names the file with the version's epoch escaped; use what it wrote.
+    local got
+    got="$(ls "$cache"/"${package}"_*_amd64.deb | head -1)"
+    [[ "$got" == "$deb" ]] || mv "$got" "$deb"
+  fi
+  echo "$sha  $deb" | sha256sum --check --status \
+    || die "$deb does not match the sha256 in $lock"
+  echo "$deb"
+}
+
+# The dynamic libraries a binary needs, with their loader, as paths on this host.
+libraries_of() {
+  ldd "$1" | awk '/=> \// { print $3 } /^\t\/.*ld-linux/ { print $1 }'
+}
+
+cmd_build() {
+  local binary="$1"
+  [[ -x "$binary" ]] || die "$binary is not an executable (build machined first)"
+  export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$root" log -1 --format=%ct 2>/dev/null || echo 0)}"
+
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  local deb kernel tree="$work/tree"
+  deb="$(kernel_deb)"
+  dpkg-deb -x "$deb" "$work/kernel"
+  kernel="$(ls "$work/kernel/lib/modules")"
+  [[ -n "$kernel" ]] || die "$deb holds no modules directory"
+  depmod -b "$work/kernel" "$kernel"
+
+  mkdir -p "$tree"/{proc,sys,dev,run,tmp,etc/basalt,system/state}
+
+  # machined, as /init, without its debug information.
+  strip --strip-debug -o "$tree/init" "$binary"
+  chmod 0755 "$tree/init"
+  local lib
+  for lib in $(libraries_of "$binary"); do
+    mkdir -p "$tree$(dirname "$lib")"
+    cp -L "$lib" "$tree$lib"
+  done
+
+  # The listed modules and everything they depend on, then a modules.dep for just those.
+  local name modpath
+  grep -v '^\s*\(#\|$\)' "$root/image/modules" > "$tree/etc/basalt/modules"
+  while read -r name; do
+    modprobe -d "$work/kernel" -S "$kernel" --show-depends "$name" \
+      | awk '$1 == "insmod" { print $2 }' > "$work/deps" \
+      || die "module $name is not in $kernel"
+    while read -r modpath; do
+      mkdir -p "$tree$(dirname "${modpath#"$work/kernel"}")"
+      cp "$modpath" "$tree${modpath#"$work/kernel"}"
+    done < "$work/deps"
+  done < "$tree/etc/basalt/modules"
+  cp "$work/kernel/lib/modules/$kernel"/modules.{order,builtin,builtin.modinfo} "$tree/lib/modules/$kernel/"
+  depmod -b "$tree" "$kernel"
+  find "$tree/lib/modules/$kernel" -maxdepth 1 -type f ! -name modules.dep -delete
+
+  printf '127.0.0.1 localhost\n::1 localhost\n' > "$tree/etc/hosts"
+  printf 'NAME=Basalt\nID=basalt\nPRETTY_NAME="Basalt"\nVERSION_ID=%s\n' \
+    "$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)" > "$tree/etc/os-release"
+
+  mkdir -p "$out"
+  find "$tree" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+  (cd "$tree" && find . -print0 | sort -z \
+    | cpio --null --create --format=newc --reproducible --owner=0:0 --quiet) \
+    | zstd -q -19 -T1 -f -o "$out/initramfs.cpio.zst"
+  cp "$work/kernel/boot/vmlinuz-$kernel" "$out/vmlinuz"
+  touch -d "@$SOURCE_DATE_EPOCH" "$out/vmlinuz" "$out/initramfs.cpio.zst"
+  (cd "$out" && sha256sum vmlinuz initramfs.cpio.zst > SHA256SUMS)
+  echo "image: $out/vmlinuz ($kernel), $out/initramfs.cpio.zst ($(stat -c %s "$out/initramfs.cpio.zst") bytes)"
+}
+
+case "${1:-}" in
+  build) [[ $# -eq 2 ]] || die "usage: hack/image.sh build BINARY"; cmd_build "$2" ;;
+  lock) cmd_lock ;;
+  *) die "usage: hack/image.sh build BINARY | lock" ;;
+esac
