@@ -16,6 +16,7 @@ pub mod limits;
 pub mod listener;
 mod server;
 mod shared;
+pub mod socket;
 
 pub use caller::AuthorizedCaller;
 pub use error::ApidError;

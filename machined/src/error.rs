@@ -16,6 +16,12 @@ pub enum StartError {
     Registry(#[from] basalt_resource::ResourceError),
     #[error("the node's parts: {0}")]
     Parts(#[from] crate::parts::NodeError),
+    #[error("machined's socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the config given at start: {0}")]
     Config(String),
     #[error("the Machine API: {0}")]

@@ -8,6 +8,7 @@
 
 mod api;
 pub mod boot;
+pub mod edge;
 mod error;
 pub mod events;
 mod node;

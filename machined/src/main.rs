@@ -2,7 +2,7 @@
 //! Machine API from it.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -10,6 +10,7 @@ use apid::Limits;
 use basalt_controllers::Sources;
 use basalt_machine_config::Mode;
 use clap::Parser;
+use machined::edge::ApidProcessOptions;
 use machined::{Node, NodeOptions};
 
 #[derive(Debug, Parser)]
@@ -49,6 +50,15 @@ struct Args {
     /// Calls per second one client may start (burst: twice as many).
     #[arg(long, default_value_t = Limits::default().calls_per_second, value_parser = positive_rate)]
     rate: f64,
+    /// Run apid in its own process under this uid (and --apid-gid), reaching the node
+    /// over a unix socket in --run-dir; in this process without it.
+    #[arg(long)]
+    apid_uid: Option<u32>,
+    #[arg(long, requires = "apid_uid")]
+    apid_gid: Option<u32>,
+    /// Where machined's socket for apid lives.
+    #[arg(long, default_value = "/run/basalt")]
+    run_dir: PathBuf,
 }
 
 fn positive_rate(text: &str) -> Result<f64, String> {
@@ -60,16 +70,26 @@ fn positive_rate(text: &str) -> Result<f64, String> {
     }
 }
 
+/// One binary, several roles, by the name it was started under: `apid` is the API's edge
+/// (started by machined); anything else is machined, PID 1 of a machine or a process on
+/// a host.
 fn main() -> Result<()> {
     let pid1 = std::process::id() == 1;
     machined::init_logging(pid1);
     if pid1 {
         machined::boot::metal::main();
     }
-    tokio::runtime::Builder::new_multi_thread()
+    let role = std::env::args_os()
+        .next()
+        .and_then(|arg0| Some(Path::new(&arg0).file_name()?.to_string_lossy().into_owned()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(run(Args::parse()))
+        .build()?;
+    if role.as_deref() == Some("apid") {
+        let args = machined::edge::ApidArgs::parse();
+        return Ok(runtime.block_on(machined::edge::run_apid(args))?);
+    }
+    runtime.block_on(run(Args::parse()))
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -100,6 +120,12 @@ async fn run(args: Args) -> Result<()> {
             ..Sources::default()
         },
         sans: args.sans,
+        apid_process: args.apid_uid.map(|uid| ApidProcessOptions {
+            uid,
+            gid: args.apid_gid.unwrap_or(uid),
+            run_dir: args.run_dir,
+            binary: None,
+        }),
     })
     .await?;
     // Tools (tests, benchmarks) read the address from here when the port was 0.

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Shared};
+use crate::edge::{self, ApidProcess, ApidProcessOptions};
 use crate::events::EventLog;
 use crate::parts::{LocalNode, ServiceDefinition};
 use crate::StartError;
@@ -43,6 +44,9 @@ pub struct NodeOptions {
     pub sources: Sources,
     /// Names and addresses the node is reached by (its API certificates carry them).
     pub sans: Vec<String>,
+    /// Run apid in its own process (reaching the node over a unix socket) rather than
+    /// in this one.
+    pub apid_process: Option<ApidProcessOptions>,
 }
 
 impl Default for NodeOptions {
@@ -57,6 +61,7 @@ impl Default for NodeOptions {
             limits: Limits::default(),
             sources: Sources::default(),
             sans: Vec::new(),
+            apid_process: None,
         }
     }
 }
@@ -67,7 +72,7 @@ pub struct Node {
     state: State,
     local: LocalNode,
     events: EventLog,
-    apid: Apid,
+    edge: Edge,
     stop: CancellationToken,
     controllers: JoinHandle<()>,
 }
@@ -77,10 +82,18 @@ impl Node {
         let registry = Arc::new(basalt_resources::meta::builtin_registry()?);
         let state = match &options.state_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|source| StartError::StateDir {
-                    path: dir.clone(),
-                    source,
-                })?;
+                // The node's alone: not even apid (another uid) may read it.
+                std::fs::create_dir_all(dir)
+                    .and_then(|()| {
+                        std::fs::set_permissions(
+                            dir,
+                            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                        )
+                    })
+                    .map_err(|source| StartError::StateDir {
+                        path: dir.clone(),
+                        source,
+                    })?;
                 let (state, report) = State::builder()
                     .persistent(
                         dir.join("state.redb"),
@@ -129,19 +142,42 @@ impl Node {
             events.clone(),
             options.validation_mode,
         ));
-        let apid = Apid::start(ApidOptions {
-            listen: options.listen,
-            backend: api::backend(shared, &options.limits),
-            limits: options.limits,
-            peer_port: basalt_api::DEFAULT_PORT,
-            sans,
-        })
-        .await?;
+        let backend = api::backend(shared, &options.limits);
+        let edge = match &options.apid_process {
+            None => Edge::InProcess(
+                Apid::start(ApidOptions {
+                    listen: options.listen,
+                    backend,
+                    limits: options.limits,
+                    peer_port: basalt_api::DEFAULT_PORT,
+                    sans,
+                })
+                .await?,
+            ),
+            Some(process) => {
+                let socket = process.socket();
+                let listener = api::socket::bind(&socket, process.uid)?;
+                let stop_socket = CancellationToken::new();
+                let socket_task = tokio::spawn(api::socket::serve(
+                    listener,
+                    backend,
+                    process.uid,
+                    stop_socket.clone(),
+                ));
+                let args = edge::apid_args(options.listen, &socket, &options.limits, &sans);
+                Edge::Process {
+                    listen: options.listen,
+                    apid: ApidProcess::start(process, args),
+                    stop_socket,
+                    socket_task,
+                }
+            }
+        };
         Ok(Node {
             state,
             local,
             events,
-            apid,
+            edge,
             stop,
             controllers,
         })
@@ -153,21 +189,30 @@ impl Node {
 
     /// Where the Machine API listens.
     pub fn local_addr(&self) -> SocketAddr {
-        self.apid.local_addr()
+        match &self.edge {
+            Edge::InProcess(apid) => apid.local_addr(),
+            Edge::Process { listen, .. } => *listen,
+        }
     }
 
-    pub fn apid(&self) -> &Apid {
-        &self.apid
+    /// apid, when it runs in this process.
+    pub fn apid(&self) -> Option<&Apid> {
+        match &self.edge {
+            Edge::InProcess(apid) => Some(apid),
+            Edge::Process { .. } => None,
+        }
     }
 
-    /// Whether the API serves maintenance mode (no certificates yet).
+    /// Whether the API serves maintenance mode (no certificates yet), when apid runs in
+    /// this process (false otherwise).
     pub fn in_maintenance(&self) -> bool {
-        self.apid.in_maintenance()
+        self.apid().is_some_and(Apid::in_maintenance)
     }
 
-    /// The fingerprint of the maintenance certificate, while in maintenance mode.
+    /// The fingerprint of the maintenance certificate, while in maintenance mode (when
+    /// apid runs in this process).
     pub fn maintenance_fingerprint(&self) -> Option<String> {
-        self.apid.maintenance_fingerprint()
+        self.apid()?.maintenance_fingerprint()
     }
 
     /// The node's parts (supervisor, power requests, /proc, files).
@@ -180,14 +225,28 @@ impl Node {
         &self.events
     }
 
-    /// Streams (watches, logs, events, ...) the API serves to clients right now.
+    /// Streams (watches, logs, events, ...) the API serves to clients right now (when
+    /// apid runs in this process; 0 otherwise).
     pub fn open_streams(&self) -> usize {
-        self.apid.open_streams()
+        self.apid().map_or(0, Apid::open_streams)
     }
 
     /// Stops the API, the services and the controllers, in that order.
     pub async fn shutdown(self) -> Result<(), StartError> {
-        let api = self.apid.shutdown().await;
+        let api = match self.edge {
+            Edge::InProcess(apid) => apid.shutdown().await,
+            Edge::Process {
+                apid,
+                stop_socket,
+                socket_task,
+                ..
+            } => {
+                apid.stop().await;
+                stop_socket.cancel();
+                let _ = socket_task.await;
+                Ok(())
+            }
+        };
         self.local.supervisor.shutdown().await;
         self.stop.cancel();
         if let Err(e) = self.controllers.await {
@@ -195,6 +254,18 @@ impl Node {
         }
         Ok(api?)
     }
+}
+
+/// Where the Machine API's edge runs.
+#[derive(Debug)]
+enum Edge {
+    InProcess(Apid),
+    Process {
+        listen: SocketAddr,
+        apid: ApidProcess,
+        stop_socket: CancellationToken,
+        socket_task: JoinHandle<()>,
+    },
 }
 
 async fn has_config(state: &State) -> Result<bool, StartError> {

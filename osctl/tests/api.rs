@@ -99,7 +99,7 @@ async fn insecure_apply_config_takes_a_node_out_of_maintenance() {
     let dir = dir.path();
     let node = node("127.0.0.41", None, Vec::new()).await;
     let endpoint = node.local_addr().to_string();
-    let fingerprint = node.apid().maintenance_fingerprint().unwrap();
+    let fingerprint = node.maintenance_fingerprint().unwrap();
 
     let out = ok(dir, &["--insecure", "-e", &endpoint, "version"]).await;
     assert!(out.contains("Maintenance: true"), "{out}");

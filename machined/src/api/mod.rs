@@ -4,6 +4,7 @@
 mod apply;
 mod machine;
 mod resources;
+pub(crate) mod socket;
 mod status;
 
 use std::convert::Infallible;

@@ -11,6 +11,7 @@ use basalt_machine_config::Mode;
 use basalt_sys::{Linux, Reboot};
 
 use super::{modules, mounts, network, reaper, state_disk};
+use crate::edge::ApidProcessOptions;
 use crate::parts::PowerRequest;
 use crate::{BootError, Node, NodeOptions};
 
@@ -22,6 +23,8 @@ const LINK_WAIT: Duration = Duration::from_secs(10);
 /// The image's list of kernel modules to load, and its embedded machine config (optional).
 const MODULE_LIST: &str = "/etc/basalt/modules";
 const EMBEDDED_CONFIG: &str = "/etc/basalt/config.yaml";
+/// apid's uid and gid on a node: no user of its own besides this number.
+pub const APID_UID: u32 = 50000;
 /// How long the answer to a reboot or shutdown call has to reach its client.
 const ANSWER_GRACE: Duration = Duration::from_millis(300);
 
@@ -99,13 +102,15 @@ async fn boot(mounted: &mut Vec<PathBuf>) -> Result<Reboot, BootError> {
         validation_mode: platform,
         sans: ip.iter().map(|ip| ip.address.to_string()).collect(),
         sources: Sources::default(),
+        apid_process: Some(ApidProcessOptions {
+            uid: APID_UID,
+            gid: APID_UID,
+            run_dir: PathBuf::from("/run/basalt"),
+            binary: None,
+        }),
         ..NodeOptions::default()
     })
     .await?;
-    // In maintenance mode apid has printed its certificate's fingerprint on the console.
-    if !node.in_maintenance() {
-        tracing::info!("the node is configured and serving the Machine API");
-    }
 
     let mut requests = node.local().power.subscribe();
     let request = loop {

@@ -1,0 +1,224 @@
+//! apid in its own process: the API's edge runs as a child of machined, under its own
+//! uid with no capabilities, and reaches the node over machined's unix socket. The same
+//! binary plays both roles (by argv[0]): [`ApidProcess`] is machined's side (start,
+//! restart with backoff, stop), [`run_apid`] the child's.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use apid::{Apid, ApidOptions, Limits};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::boot::reaper;
+
+/// How machined runs apid as a separate process.
+#[derive(Debug, Clone)]
+pub struct ApidProcessOptions {
+    /// apid's uid and gid: not root, so it holds no capabilities.
+    pub uid: u32,
+    pub gid: u32,
+    /// Where machined's socket lives (`/run/basalt` on a node).
+    pub run_dir: PathBuf,
+    /// The binary to run as apid (machined's own, by default).
+    pub binary: Option<PathBuf>,
+}
+
+impl ApidProcessOptions {
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir.join("machined.sock")
+    }
+}
+
+/// The first restart waits this long, doubling up to the maximum.
+const RESTART_BACKOFF: Duration = Duration::from_millis(500);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A stopped apid has this long to finish its calls before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The command line of the apid role.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "apid",
+    about = "The Basalt Machine API's edge (started by machined)"
+)]
+pub struct ApidArgs {
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// machined's unix socket.
+    #[arg(long)]
+    pub socket: PathBuf,
+    #[arg(long, default_value_t = basalt_api::DEFAULT_PORT)]
+    pub peer_port: u16,
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
+    #[arg(long, default_value_t = Limits::default().max_calls_per_client)]
+    pub max_calls_per_client: usize,
+    #[arg(long, default_value_t = Limits::default().calls_per_second)]
+    pub rate: f64,
+}
+
+/// machined's side: keeps one apid process running until stopped.
+#[derive(Debug)]
+pub(crate) struct ApidProcess {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl ApidProcess {
+    pub fn start(options: &ApidProcessOptions, args: Vec<String>) -> ApidProcess {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(supervise(options.clone(), args, stop.clone()));
+        ApidProcess { stop, task }
+    }
+
+    /// Asks apid to stop (SIGTERM), kills it after a grace period, and waits.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the apid supervisor failed");
+        }
+    }
+}
+
+/// The arguments machined gives its apid.
+pub(crate) fn apid_args(
+    listen: SocketAddr,
+    socket: &std::path::Path,
+    limits: &Limits,
+    sans: &[String],
+) -> Vec<String> {
+    let mut args = vec![
+        "--listen".to_string(),
+        listen.to_string(),
+        "--socket".to_string(),
+        socket.display().to_string(),
+        "--max-calls-per-client".to_string(),
+        limits.max_calls_per_client.to_string(),
+        "--rate".to_string(),
+        limits.calls_per_second.to_string(),
+    ];
+    for san in sans {
+        args.extend(["--san".to_string(), san.clone()]);
+    }
+    args
+}
+
+async fn supervise(options: ApidProcessOptions, args: Vec<String>, stop: CancellationToken) {
+    let binary = match &options.binary {
+        Some(binary) => binary.clone(),
+        None => PathBuf::from("/proc/self/exe"),
+    };
+    let mut backoff = RESTART_BACKOFF;
+    loop {
+        let mut command = tokio::process::Command::new(&binary);
+        command
+            .arg0("apid")
+            .args(&args)
+            .uid(options.uid)
+            .gid(options.gid)
+            .env_clear()
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .kill_on_drop(true);
+        let started = std::time::Instant::now();
+        let mut child = match reaper::spawn(&mut command) {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::error!(binary = %binary.display(), error = %e, "cannot start apid");
+                if sleep_or_stop(&stop, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let pid = child.id();
+        tracing::info!(pid, uid = options.uid, "apid started");
+        let status = tokio::select! {
+            status = child.wait() => status,
+            () = stop.cancelled() => {
+                terminate(&mut child).await;
+                if let Some(pid) = pid { reaper::forget(pid) }
+                return;
+            }
+        };
+        if let Some(pid) = pid {
+            reaper::forget(pid);
+        }
+        // A run that lasted a while starts the backoff over.
+        if started.elapsed() > RESTART_BACKOFF_MAX {
+            backoff = RESTART_BACKOFF;
+        }
+        tracing::error!(?status, restart_in = ?backoff, "apid exited");
+        if sleep_or_stop(&stop, backoff).await {
+            return;
+        }
+        backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+    }
+}
+
+/// Sleeps for `delay`; true if stopped meanwhile.
+async fn sleep_or_stop(stop: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => true,
+        () = tokio::time::sleep(delay) => false,
+    }
+}
+
+async fn terminate(child: &mut tokio::process::Child) {
+    if let Some(pid) = child
+        .id()
+        .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("apid did not stop within {STOP_GRACE:?}: killing it");
+        let _ = child.kill().await;
+    }
+}
+
+/// The apid role's main: the edge, its backend machined's socket, until SIGTERM.
+pub async fn run_apid(args: ApidArgs) -> Result<(), apid::ApidError> {
+    if let Err(e) = basalt_sys::Sys::set_no_new_privs(&basalt_sys::Linux) {
+        tracing::warn!(error = %e, "cannot set no_new_privs");
+    }
+    let limits = Limits {
+        max_calls_per_client: args.max_calls_per_client,
+        calls_per_second: args.rate,
+        burst: args.rate * 2.0,
+        ..Limits::default()
+    };
+    let apid = Apid::start(ApidOptions {
+        listen: args.listen,
+        backend: apid::socket::backend(args.socket),
+        limits,
+        peer_port: args.peer_port,
+        sans: args.sans,
+    })
+    .await?;
+    tracing::info!(addr = %apid.local_addr(), "apid listening");
+    let terminated = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = terminated => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    apid.shutdown().await
+}
