@@ -125,8 +125,8 @@ async fn supervise(options: ApidProcessOptions, args: Vec<String>, stop: Cancell
             )
             .kill_on_drop(true);
         let started = std::time::Instant::now();
-        let mut child = match reaper::spawn(&mut command) {
-            Ok(child) => child,
+        let (mut child, _waited) = match reaper::spawn(&mut command) {
+            Ok(spawned) => spawned,
             Err(e) => {
                 tracing::error!(binary = %binary.display(), error = %e, "cannot start apid");
                 if sleep_or_stop(&stop, backoff).await {
@@ -142,13 +142,9 @@ async fn supervise(options: ApidProcessOptions, args: Vec<String>, stop: Cancell
             status = child.wait() => status,
             () = stop.cancelled() => {
                 terminate(&mut child).await;
-                if let Some(pid) = pid { reaper::forget(pid) }
                 return;
             }
         };
-        if let Some(pid) = pid {
-            reaper::forget(pid);
-        }
         // A run that lasted a while starts the backoff over.
         if started.elapsed() > RESTART_BACKOFF_MAX {
             backoff = RESTART_BACKOFF;

@@ -4,8 +4,9 @@
 //! like any other input.
 //!
 //! It runs as `/init` of a real kernel ([`boot::metal`]) or as a process on a host;
-//! apid runs in-process for now (its own process comes next).
+//! apid runs in its own process ([`edge`]) on a machine, in this one in tests.
 
+pub mod acquire;
 mod api;
 pub mod boot;
 pub mod edge;

@@ -10,6 +10,7 @@ use apid::Limits;
 use basalt_controllers::Sources;
 use basalt_machine_config::Mode;
 use clap::Parser;
+use machined::acquire::{ConfigSources, FetchLimits};
 use machined::edge::ApidProcessOptions;
 use machined::{Node, NodeOptions};
 
@@ -32,9 +33,13 @@ struct Args {
     #[arg(long, default_value = "metal")]
     mode: Mode,
     /// Start with this machine config when the state directory holds none (as an image's
-    /// embedded config); maintenance mode without either.
+    /// embedded config); then the command line's `basalt.config=` URL; maintenance mode
+    /// without any.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// How long fetching the `basalt.config=` URL may take, retries included.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    config_fetch_timeout: Duration,
     /// Where KubePrism listens (at the port its config names).
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     kubeprism_listen: IpAddr,
@@ -93,12 +98,22 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let config = match &args.config {
+    let embedded = match &args.config {
         Some(path) => Some(
             std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?,
         ),
         None => None,
+    };
+    // Read as the kernel command line's other arguments are: missing is empty.
+    let cmdline = std::fs::read_to_string(&args.cmdline).unwrap_or_default();
+    let config = ConfigSources {
+        embedded,
+        url: ConfigSources::url_from_cmdline(&cmdline),
+        fetch: FetchLimits {
+            timeout: args.config_fetch_timeout,
+            ..FetchLimits::default()
+        },
     };
     let node = Node::start(NodeOptions {
         listen: args.listen,

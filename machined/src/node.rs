@@ -1,5 +1,6 @@
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,18 +9,21 @@ use basalt_controller_runtime::Engine;
 use basalt_controllers::Sources;
 use basalt_machine_config::Mode;
 use basalt_resource::{namespaces, ResourceKey};
-use basalt_resources::config::MachineConfigSpec;
+use basalt_resources::runtime::ConfigSource;
 use basalt_resources::secrets::ApiCertificatesSpec;
 use basalt_state::{Event, State, StateError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::acquire::{self, ConfigSources};
 use crate::api::{self, Shared};
 use crate::edge::{self, ApidProcess, ApidProcessOptions};
 use crate::events::EventLog;
 use crate::parts::{LocalNode, ServiceDefinition};
 use crate::StartError;
 
+/// The state's file in the state directory.
+const STATE_FILE: &str = "state.redb";
 /// How long a configured node waits for its API certificates before it gives up.
 const CERTIFICATES_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -30,8 +34,8 @@ pub struct NodeOptions {
     pub listen: SocketAddr,
     /// Keep the config namespace here (persistent across restarts); in memory without it.
     pub state_dir: Option<PathBuf>,
-    /// Start with this machine config (YAML) when the state holds none.
-    pub config: Option<String>,
+    /// Where the node finds a config when its state holds none.
+    pub config: ConfigSources,
     /// How applied configs are validated.
     pub validation_mode: Mode,
     /// Directories `osctl read`/`ls` may see.
@@ -54,7 +58,7 @@ impl Default for NodeOptions {
         NodeOptions {
             listen: SocketAddr::from(([0, 0, 0, 0], basalt_api::DEFAULT_PORT)),
             state_dir: None,
-            config: None,
+            config: ConfigSources::default(),
             validation_mode: Mode::Metal,
             file_roots: Vec::new(),
             services: Vec::new(),
@@ -80,39 +84,13 @@ pub struct Node {
 impl Node {
     pub async fn start(options: NodeOptions) -> Result<Node, StartError> {
         let registry = Arc::new(basalt_resources::meta::builtin_registry()?);
+        let mut problems = Vec::new();
         let state = match &options.state_dir {
-            Some(dir) => {
-                // The node's alone: not even apid (another uid) may read it.
-                std::fs::create_dir_all(dir)
-                    .and_then(|()| {
-                        std::fs::set_permissions(
-                            dir,
-                            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-                        )
-                    })
-                    .map_err(|source| StartError::StateDir {
-                        path: dir.clone(),
-                        source,
-                    })?;
-                let (state, report) = State::builder()
-                    .persistent(
-                        dir.join("state.redb"),
-                        &[namespaces::CONFIG],
-                        registry.clone(),
-                    )
-                    .open()?;
-                tracing::info!(?report, "state loaded");
-                state
-            }
+            Some(dir) => open_state(dir, &registry, &mut problems)?,
             None => State::new(),
         };
-        // A config the node already has (applied before, kept on STATE) wins over the
-        // one it was started with.
-        if let (Some(yaml), false) = (&options.config, has_config(&state).await?) {
-            api::store_config(&state, yaml)
-                .await
-                .map_err(|status| StartError::Config(status.message().to_string()))?;
-        }
+        let config =
+            acquire::acquire(&state, &options.config, options.validation_mode, problems).await?;
 
         let mut sans = options.sans.clone();
         if !options.listen.ip().is_unspecified() {
@@ -128,7 +106,7 @@ impl Node {
         // A configured node never serves maintenance mode, not even for the moment its
         // controllers take to issue the API certificates: anyone may apply a config to
         // a node in maintenance mode.
-        if has_config(&state).await? {
+        if config.source != ConfigSource::None {
             wait_for_certificates(&state, CERTIFICATES_TIMEOUT).await?;
         }
 
@@ -268,13 +246,52 @@ enum Edge {
     },
 }
 
-async fn has_config(state: &State) -> Result<bool, StartError> {
-    let key = ResourceKey::of::<MachineConfigSpec>(MachineConfigSpec::ACTIVE);
-    match state.get(&key).await {
-        Ok(_) => Ok(true),
-        Err(StateError::NotFound(_)) => Ok(false),
-        Err(e) => Err(e.into()),
+/// Opens the persistent state in `dir` (the node's alone: not even apid, another uid,
+/// may read it). A file that does not open as a state is moved aside, never deleted, and
+/// the node starts afresh: to maintenance mode, reachable, rather than failing to boot.
+fn open_state(
+    dir: &Path,
+    registry: &Arc<basalt_resource::Registry>,
+    problems: &mut Vec<String>,
+) -> Result<State, StartError> {
+    let dir_error = |source| StartError::StateDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(dir_error)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_error)?;
+    let path = dir.join(STATE_FILE);
+    let open = || {
+        State::builder()
+            .persistent(path.clone(), &[namespaces::CONFIG], registry.clone())
+            .open()
+    };
+    let (state, report) = match open() {
+        Ok(opened) => opened,
+        Err(e @ StateError::Corrupt { .. }) => {
+            let aside = dir.join(format!("{STATE_FILE}.corrupt-{}", unix_time()));
+            std::fs::rename(&path, &aside).map_err(dir_error)?;
+            let problem = format!(
+                "the state on STATE does not open ({e}): moved to {}, starting afresh",
+                aside.display()
+            );
+            tracing::error!(problem = %problem, "state");
+            problems.push(problem);
+            open()?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for skipped in &report.skipped {
+        problems.push(format!("a record on STATE was not loaded: {skipped}"));
     }
+    tracing::info!(?report, "state loaded");
+    Ok(state)
+}
+
+fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 async fn wait_for_certificates(state: &State, timeout: Duration) -> Result<(), StartError> {

@@ -69,7 +69,10 @@ async fn node(ip: &str, config: Option<String>, services: Vec<ServiceDefinition>
     let address: IpAddr = ip.parse().unwrap();
     Node::start(NodeOptions {
         listen: (address, 0).into(),
-        config,
+        config: machined::acquire::ConfigSources {
+            embedded: config,
+            ..Default::default()
+        },
         validation_mode: basalt_machine_config::Mode::Cloud,
         file_roots: vec![std::env::temp_dir()],
         services,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use apid::AuthorizedCaller;
 use basalt_api::machine::v1::{self as api, ApplyConfigurationRequest, ApplyConfigurationResult};
 use basalt_machine_config::plan::{self, Action, ApplyMode, Plan, DEFAULT_TRY_TIMEOUT};
-use basalt_machine_config::Config;
+use basalt_machine_config::{Config, Mode};
 use basalt_resource::{Resource, ResourceKey};
 use basalt_resources::config::MachineConfigSpec;
 use basalt_resources::secrets::ApiCertificatesSpec;
@@ -21,7 +21,7 @@ use super::status::{config_status, plan_status, resource_status, state_status};
 use super::{here, Shared};
 
 /// The owner of the applied configs: the Machine API, on the user's behalf.
-const OWNER: &str = "apid";
+pub(crate) const OWNER: &str = "apid";
 /// How long an apply waits for the API certificates from a new OS CA.
 const CERTIFICATES_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -55,7 +55,11 @@ async fn stored(shared: &Shared, id: &str) -> Result<Option<(String, Config)>, S
 }
 
 /// Writes `yaml` as the config with `id`, or removes it when `yaml` is `None`.
-async fn store(state: &State, id: &str, yaml: Option<(&str, &Config)>) -> Result<(), Status> {
+pub(crate) async fn store(
+    state: &State,
+    id: &str,
+    yaml: Option<(&str, &Config)>,
+) -> Result<(), Status> {
     let result = match yaml {
         Some((yaml, config)) => {
             let digest = config.digest().map_err(config_status)?;
@@ -76,11 +80,18 @@ async fn store(state: &State, id: &str, yaml: Option<(&str, &Config)>) -> Result
     result.map_err(state_status)
 }
 
-/// Stores `yaml` as the config in effect, as if it had been applied: for a node that
-/// boots with a config.
+/// Stores `yaml` as the config in effect, as if it had been applied.
 pub async fn store_config(state: &State, yaml: &str) -> Result<(), Status> {
     let config = Config::parse(yaml).map_err(config_status)?;
     store(state, MachineConfigSpec::ACTIVE, Some((yaml, &config))).await
+}
+
+/// Parses and validates `yaml` the way an apply does, for a config that arrives another
+/// way (from the image, a URL, STATE); the error in words.
+pub(crate) fn check(yaml: &str, mode: Mode) -> Result<Config, String> {
+    let config = Config::parse(yaml).map_err(|e| e.to_string())?;
+    config.validate(mode).map_err(|e| e.to_string())?;
+    Ok(config)
 }
 
 fn mode(request: &ApplyConfigurationRequest) -> Result<ApplyMode, Status> {

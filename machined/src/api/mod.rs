@@ -26,6 +26,7 @@ use tower::util::BoxCloneSyncService;
 use tower::Service;
 
 pub use apply::store_config;
+pub(crate) use apply::{check, store, OWNER as CONFIG_OWNER};
 pub(crate) use status::state_status;
 
 use crate::events::EventLog;

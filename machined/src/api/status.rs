@@ -25,6 +25,7 @@ pub(crate) fn state_code(e: &StateError) -> Code {
         // The watch ended; the client starts over from a fresh snapshot.
         StateError::Overrun(_) => Code::Aborted,
         StateError::Persistence { .. } => Code::Unavailable,
+        StateError::Corrupt { .. } => Code::DataLoss,
         StateError::Resource(e) => resource_code(e),
     }
 }
@@ -201,6 +202,13 @@ mod tests {
                     reason: "disk full".into(),
                 },
                 Code::Unavailable,
+            ),
+            (
+                StateError::Corrupt {
+                    path: "/state".into(),
+                    reason: "invalid magic".into(),
+                },
+                Code::DataLoss,
             ),
             (
                 StateError::Resource(ResourceError::UnknownType("x".into())),

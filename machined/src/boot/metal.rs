@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use basalt_controllers::Sources;
 use basalt_machine_config::Mode;
+use basalt_resources::runtime::KernelCmdlineSpec;
 use basalt_sys::{Linux, Reboot};
 
 use super::{modules, mounts, network, reaper, state_disk};
+use crate::acquire::{ConfigSources, FetchLimits};
 use crate::edge::ApidProcessOptions;
 use crate::parts::PowerRequest;
 use crate::{BootError, Node, NodeOptions};
@@ -93,15 +95,22 @@ async fn boot(mounted: &mut Vec<PathBuf>) -> Result<Reboot, BootError> {
             None
         }
     };
-    let embedded = std::fs::read_to_string(EMBEDDED_CONFIG).ok();
+    let config = ConfigSources {
+        embedded: std::fs::read_to_string(EMBEDDED_CONFIG).ok(),
+        url: ConfigSources::url_from_cmdline(&cmdline),
+        fetch: FetchLimits::default(),
+    };
 
     let node = Node::start(NodeOptions {
         listen: SocketAddr::from(([0, 0, 0, 0], basalt_api::DEFAULT_PORT)),
         state_dir,
-        config: embedded,
+        config,
         validation_mode: platform,
         sans: ip.iter().map(|ip| ip.address.to_string()).collect(),
-        sources: Sources::default(),
+        sources: Sources {
+            api_cert_validity: api_cert_lifetime(&cmdline),
+            ..Sources::default()
+        },
         apid_process: Some(ApidProcessOptions {
             uid: APID_UID,
             gid: APID_UID,
@@ -136,10 +145,8 @@ async fn boot(mounted: &mut Vec<PathBuf>) -> Result<Reboot, BootError> {
 /// decides how configs are validated: `metal` installs to a disk, so its configs need an
 /// install disk; `cloud` boots an image already on its disk (as `_out/` under QEMU does).
 fn platform_of(cmdline: &str) -> Mode {
-    let named = cmdline
-        .split_whitespace()
-        .filter_map(|arg| arg.strip_prefix("basalt.platform="))
-        .next_back();
+    let cmdline = KernelCmdlineSpec::parse(cmdline);
+    let named = cmdline.get("basalt.platform");
     match named.map(str::parse::<Mode>) {
         None => Mode::Metal,
         Some(Ok(Mode::Container)) | Some(Err(_)) => {
@@ -147,6 +154,22 @@ fn platform_of(cmdline: &str) -> Mode {
             Mode::Metal
         }
         Some(Ok(mode)) => mode,
+    }
+}
+
+/// How long the node's API certificates live (`basalt.api-cert-lifetime=`, e.g. `1h`;
+/// renewed at half of it), or the default.
+fn api_cert_lifetime(cmdline: &str) -> Duration {
+    let cmdline = KernelCmdlineSpec::parse(cmdline);
+    let Some(text) = cmdline.get("basalt.api-cert-lifetime") else {
+        return basalt_controllers::DEFAULT_API_CERT_VALIDITY;
+    };
+    match humantime::parse_duration(text) {
+        Ok(lifetime) if lifetime >= Duration::from_secs(2) => lifetime,
+        other => {
+            tracing::error!(value = text, error = ?other.err(), "basalt.api-cert-lifetime= needs a duration of 2s or more: using the default");
+            basalt_controllers::DEFAULT_API_CERT_VALIDITY
+        }
     }
 }
 
@@ -160,5 +183,17 @@ mod tests {
         assert_eq!(platform_of("basalt.platform=cloud quiet"), Mode::Cloud);
         assert_eq!(platform_of("basalt.platform=container"), Mode::Metal);
         assert_eq!(platform_of("basalt.platform=mars"), Mode::Metal);
+    }
+
+    #[test]
+    fn the_api_certificate_lifetime_comes_from_the_command_line() {
+        let default = basalt_controllers::DEFAULT_API_CERT_VALIDITY;
+        assert_eq!(api_cert_lifetime("quiet"), default);
+        assert_eq!(
+            api_cert_lifetime("basalt.api-cert-lifetime=20s"),
+            Duration::from_secs(20)
+        );
+        assert_eq!(api_cert_lifetime("basalt.api-cert-lifetime=1s"), default);
+        assert_eq!(api_cert_lifetime("basalt.api-cert-lifetime=soon"), default);
     }
 }

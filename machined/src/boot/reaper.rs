@@ -20,21 +20,31 @@ fn waited() -> MutexGuard<'static, Option<HashSet<i32>>> {
     WAITED.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Spawns `command` as a child its caller waits for, out of the reaper's reach. The
-/// record is made before the reaper can look again, so it never races the child's exit.
-pub fn spawn(command: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+/// Spawns `command` as a child its caller waits for, out of the reaper's reach until the
+/// returned [`Waited`] is dropped (after the wait). The record is made before the reaper
+/// can look again, so it never races the child's exit.
+pub fn spawn(
+    command: &mut tokio::process::Command,
+) -> std::io::Result<(tokio::process::Child, Waited)> {
     let mut waited = waited();
     let child = command.spawn()?;
-    if let Some(pid) = child.id() {
-        waited.get_or_insert_with(HashSet::new).insert(pid as i32);
+    let pid = child.id().map(|pid| pid as i32);
+    if let Some(pid) = pid {
+        waited.get_or_insert_with(HashSet::new).insert(pid);
     }
-    Ok(child)
+    Ok((child, Waited(pid)))
 }
 
-/// The child `pid` (from [`spawn`]) has been waited for: its number may be reused.
-pub fn forget(pid: u32) {
-    if let Some(set) = waited().as_mut() {
-        set.remove(&(pid as i32));
+/// A child someone waits for; when dropped, its number may be reused and the reaper
+/// takes it back.
+#[derive(Debug)]
+pub struct Waited(Option<i32>);
+
+impl Drop for Waited {
+    fn drop(&mut self) {
+        if let (Some(pid), Some(set)) = (self.0, waited().as_mut()) {
+            set.remove(&pid);
+        }
     }
 }
 
@@ -130,5 +140,83 @@ mod tests {
         assert_eq!(parse_stat("42 (a) b) (c) S 7 1"), Some(('S', 7)));
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) Z notanumber"), None);
+    }
+
+    fn state_of(pid: u32) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        parse_stat(&stat).map(|(state, _)| state)
+    }
+
+    fn until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !condition() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A child nobody waits for (std's `Child` does not reap on drop) becomes a zombie.
+    fn zombie() -> u32 {
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        drop(child);
+        until("the child is a zombie", || state_of(pid) == Some('Z'));
+        pid
+    }
+
+    // nextest runs each test in its own process, so the zombies here are this test's.
+    #[test]
+    fn zombies_are_reaped_and_waited_children_left_to_their_waiter() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        let (mut child, waited) = spawn(&mut tokio::process::Command::new("true")).unwrap();
+        let kept = child.id().unwrap();
+        until("the waited child is a zombie", || {
+            state_of(kept) == Some('Z')
+        });
+        let orphan = zombie();
+
+        let reaped = reap_once(Path::new("/proc"));
+        assert_eq!(reaped, vec![orphan as i32]);
+        assert_eq!(state_of(orphan), None, "the zombie is gone");
+        assert_eq!(state_of(kept), Some('Z'), "the waited child is left alone");
+        let status = runtime.block_on(child.wait()).unwrap();
+        assert!(
+            status.success(),
+            "its waiter gets its exit status: {status}"
+        );
+        drop(waited);
+
+        // Once forgotten, its number is the reaper's again.
+        let (child, waited) = spawn(&mut tokio::process::Command::new("true")).unwrap();
+        let pid = child.id().unwrap();
+        drop(waited);
+        std::mem::forget(child);
+        until("the forgotten child is a zombie", || {
+            state_of(pid) == Some('Z')
+        });
+        assert_eq!(reap_once(Path::new("/proc")), vec![pid as i32]);
+    }
+
+    #[tokio::test]
+    async fn the_reaper_reaps_on_sigchld() {
+        let reaper = tokio::spawn(run(std::path::PathBuf::from("/proc")));
+        // Let it install its SIGCHLD handler before the child exits.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        let pid = std::process::Command::new("true").spawn().unwrap().id();
+        tokio::task::spawn_blocking(move || until("reaped", || state_of(pid).is_none()))
+            .await
+            .unwrap();
+        // Well before the 5 s sweep: the signal woke it.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        reaper.abort();
     }
 }

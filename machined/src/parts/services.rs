@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::logbuf::{LogBuffer, LogLimits, MAX_LINE};
 use super::put_resource;
+use crate::boot::reaper;
 use crate::parts::{ByteStream, NodeError, Services};
 
 /// The owner of the `ServiceSpec` resources this supervisor writes.
@@ -461,8 +462,9 @@ fn command(definition: &ServiceDefinition) -> Command {
 /// One run of the service: spawn, publish Running, wait for the exit or the stop request.
 async fn run_once(shared: &Shared, service: &Service, cancel: &CancellationToken) -> RunOutcome {
     let id = &service.definition.id;
-    let mut child = match command(&service.definition).spawn() {
-        Ok(child) => child,
+    // Out of PID 1's reaper's reach while this waits for it.
+    let (mut child, _waited) = match reaper::spawn(&mut command(&service.definition)) {
+        Ok(spawned) => spawned,
         Err(error) => {
             let argv0 = service
                 .definition

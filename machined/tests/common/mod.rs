@@ -12,6 +12,7 @@ use basalt_api::client::{self, ClientTls, Target};
 use basalt_controllers::Sources;
 use basalt_machine_config::Mode;
 use basalt_pki::{issue_client_cert, CertAndKey, Role, SecretsBundle};
+use machined::acquire::ConfigSources;
 use machined::{Node, NodeOptions};
 use tonic::transport::Channel;
 
@@ -89,7 +90,10 @@ impl Cluster {
     /// As [`Cluster::options`], with the generated control-plane config in effect.
     pub fn configured_options(&self, ip: &str) -> NodeOptions {
         NodeOptions {
-            config: Some(controlplane_yaml(self)),
+            config: ConfigSources {
+                embedded: Some(controlplane_yaml(self)),
+                ..ConfigSources::default()
+            },
             ..self.options(ip)
         }
     }

@@ -32,6 +32,7 @@ pub use error::ConfigError;
 pub use features::*;
 pub use locate::SourceMap;
 pub use machine::*;
+pub use parse::MAX_CONFIG_BYTES;
 pub use patch::Patch;
 pub use schema::json_schema;
 pub use secret::{CertKey, Secret, REDACTED};

@@ -20,6 +20,7 @@ pub fn builtin_registry() -> Result<Registry, ResourceError> {
     registry.register::<runtime::ServiceSpec>()?;
     registry.register::<runtime::MachineStatusSpec>()?;
     registry.register::<runtime::PowerRequestSpec>()?;
+    registry.register::<runtime::MachineConfigStatusSpec>()?;
     registry.register::<secrets::OsRootSpec>()?;
     registry.register::<secrets::ApiCertificatesSpec>()?;
     registry.register::<k8s::KubePrismConfigSpec>()?;

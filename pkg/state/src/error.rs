@@ -57,6 +57,13 @@ pub enum StateError {
     #[error("persistent state at {path}: {reason}")]
     Persistence { path: String, reason: String },
 
+    /// The file is there but is not a state this version can read: damaged, truncated or
+    /// of another format. (A file in use by another process is [`Persistence`].)
+    ///
+    /// [`Persistence`]: StateError::Persistence
+    #[error("persistent state at {path} is damaged or not a state file: {reason}")]
+    Corrupt { path: String, reason: String },
+
     #[error(transparent)]
     Resource(#[from] ResourceError),
 }

@@ -89,7 +89,26 @@ impl PersistentStore {
         if !path.exists() {
             create_new(path).map_err(err)?;
         }
-        let db = redb::Database::create(path).map_err(|e| err(e.to_string()))?;
+        let db = redb::Database::create(path).map_err(|e| {
+            use redb::{DatabaseError, StorageError};
+            let damaged = match &e {
+                DatabaseError::UpgradeRequired(_)
+                | DatabaseError::Storage(StorageError::Corrupted(_)) => true,
+                DatabaseError::Storage(StorageError::Io(io)) => matches!(
+                    io.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+                ),
+                _ => false,
+            };
+            if damaged {
+                StateError::Corrupt {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                }
+            } else {
+                err(e.to_string())
+            }
+        })?;
         let store = PersistentStore {
             db: Arc::new(db),
             path: path.to_path_buf(),

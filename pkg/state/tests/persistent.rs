@@ -105,10 +105,20 @@ async fn unknown_types_are_reported_and_kept() {
 fn a_corrupt_file_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");
-    std::fs::write(&path, vec![0x5a; 64 * 1024]).unwrap();
+    for garbage in [vec![0x5a; 64 * 1024], b"short".to_vec()] {
+        std::fs::write(&path, garbage).unwrap();
+        let err = open(dir.path()).unwrap_err();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("state.redb"), "{err}");
+    }
+}
+
+#[test]
+fn a_file_in_use_is_not_called_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_state, _) = open(dir.path()).unwrap();
     let err = open(dir.path()).unwrap_err();
     assert!(matches!(err, StateError::Persistence { .. }), "{err}");
-    assert!(err.to_string().contains("state.redb"), "{err}");
 }
 
 const CHILD_ENV: &str = "BASALT_STATE_CRASH_CHILD";
