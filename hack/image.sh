@@ -13,6 +13,7 @@
 # same binary in clean directories give bit-identical files.
 set -euo pipefail
 export LC_ALL=C
+umask 022
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 lock="$root/image/kernel.lock"
@@ -86,7 +87,6 @@ cmd_build() {
 
   # machined, as /init, without its debug information.
   strip --strip-debug -o "$tree/init" "$binary"
-  chmod 0755 "$tree/init"
   local lib
   for lib in $(libraries_of "$binary"); do
     mkdir -p "$tree$(dirname "$lib")"
@@ -112,6 +112,12 @@ cmd_build() {
   printf '127.0.0.1 localhost\n::1 localhost\n' > "$tree/etc/hosts"
   printf 'NAME=Basalt\nID=basalt\nPRETTY_NAME="Basalt"\nVERSION_ID=%s\n' \
     "$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)" > "$tree/etc/os-release"
+
+  # Modes from this script alone, not from the caller's umask or the host's files: only
+  # /init and the loader (which the kernel maps for it) are executable.
+  find "$tree" -type d -exec chmod 0755 {} +
+  find "$tree" -type f -exec chmod 0644 {} +
+  chmod 0755 "$tree/init" "$tree"/lib64/ld-linux-*.so.*
 
   mkdir -p "$out"
   find "$tree" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +

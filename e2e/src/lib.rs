@@ -84,8 +84,9 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Formats a STATE disk (ext4 labelled STATE, as the cluster tooling does) and boots.
-    pub async fn boot(image: &Image) -> Vm {
+    /// Formats a STATE disk (ext4 labelled STATE, as the cluster tooling does) and boots
+    /// with `kernel_args` added to the command line.
+    pub async fn boot(image: &Image, kernel_args: &[&str]) -> Vm {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("state.img");
         let file = std::fs::File::create(&disk).unwrap();
@@ -102,7 +103,8 @@ impl Vm {
         let api_port = free_port();
         let console = dir.path().join("console.log");
         let append = format!(
-            "console=ttyS0 panic=-1 basalt.platform=cloud ip={GUEST_IP}::{GUEST_GATEWAY}:255.255.255.0::eth0:off"
+            "console=ttyS0 panic=-1 basalt.platform=cloud ip={GUEST_IP}::{GUEST_GATEWAY}:255.255.255.0::eth0:off {}",
+            kernel_args.join(" ")
         );
         let child = Command::new("qemu-system-x86_64")
             .args([
@@ -140,6 +142,29 @@ impl Vm {
 
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.api_port)
+    }
+
+    /// The certificate the Machine API serves right now (PEM), as a TLS client sees it.
+    pub async fn served_certificate(&self) -> String {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &self.endpoint()])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .await
+            .expect("openssl is missing: run hack/setup.sh");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let begin = text.find("-----BEGIN CERTIFICATE-----");
+        let end = text.find("-----END CERTIFICATE-----");
+        match (begin, end) {
+            (Some(begin), Some(end)) => text[begin..end].to_string(),
+            _ => panic!("no certificate from {}: {text}", self.endpoint()),
+        }
+    }
+
+    /// How many times the kernel has booted in this VM.
+    pub fn boots(&self) -> usize {
+        self.console_text().matches("Linux version").count()
     }
 
     /// What the VM printed on its serial console so far.
