@@ -120,6 +120,13 @@ async fn a_vm_boots_to_maintenance_takes_a_config_reboots_with_it_and_powers_off
     assert_eq!(vm.boots(), boots, "the node restarted");
     osctl.ok(&["-e", &endpoint, "version"]).await;
 
+    // Each boot ran its sequences, timed phase by phase.
+    let console = vm.console_text();
+    for sequence in ["Initialize", "Boot", "Reboot"] {
+        let line = format!("sequence={sequence} elapsed=");
+        assert!(console.contains(&line), "no {line:?} in the console:\n{console}");
+    }
+
     // Shutdown powers the machine off: QEMU exits, successfully.
     osctl.ok(&["-e", &endpoint, "shutdown"]).await;
     let status = vm.exited(Duration::from_secs(60)).await;

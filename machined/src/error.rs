@@ -36,6 +36,10 @@ pub enum StartError {
 /// What can go wrong while PID 1 brings the machine up.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
+    #[error(transparent)]
+    Sequence(#[from] crate::sequencer::SequenceError),
+    #[error("the Boot sequence ended without starting the node")]
+    NodeMissing,
     #[error("creating {path}: {source}")]
     Directory {
         path: PathBuf,

@@ -14,6 +14,7 @@ mod error;
 pub mod events;
 mod node;
 pub mod parts;
+pub mod sequencer;
 
 pub use api::store_config;
 pub use error::{BootError, StartError};

@@ -1,9 +1,11 @@
 //! The boot on a real kernel (QEMU or hardware): machined is `/init` of the initramfs.
-//! Early mounts, kernel modules, the reaper, the first network, STATE, then the node;
-//! it runs until a power request, and the machine goes down as asked.
+//! Early mounts and the reaper, then the Initialize sequence (kernel modules; the first
+//! network and STATE together) and Boot (the node); it runs until a power request, and
+//! the Reboot, Shutdown or Reset sequence takes the machine down as asked.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use basalt_controllers::Sources;
@@ -15,6 +17,7 @@ use super::{modules, mounts, network, reaper, state_disk};
 use crate::acquire::{ConfigSources, FetchLimits};
 use crate::edge::ApidProcessOptions;
 use crate::parts::PowerRequest;
+use crate::sequencer::{Phase, Sequence, Sequencer, Task};
 use crate::{BootError, Node, NodeOptions};
 
 /// How long a failed boot shows its error on the console before the machine restarts.
@@ -52,74 +55,56 @@ pub fn main() -> ! {
 
 async fn boot(mounted: &mut Vec<PathBuf>) -> Result<Reboot, BootError> {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
-    let release = read("/proc/sys/kernel/osrelease").trim().to_string();
-    let modules_dir = Path::new("/lib/modules").join(&release);
-    match modules::load_listed(&Linux, &modules_dir, Path::new(MODULE_LIST)) {
-        Ok(loaded) => tracing::info!(loaded, kernel = %release, "kernel modules loaded"),
-        Err(e) => tracing::error!(error = %e, "loading kernel modules"),
-    }
-    tokio::spawn(reaper::run(PathBuf::from("/proc")));
-
     let cmdline = read("/proc/cmdline");
-    let platform = platform_of(&cmdline);
-    let ip = network::IpArg::from_cmdline(&cmdline).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "ignoring the kernel's ip= argument");
-        None
-    });
-    if let Err(e) = network::configure(ip.as_ref(), LINK_WAIT).await {
-        tracing::error!(error = %e, "configuring the network");
-    }
+    tokio::spawn(reaper::run(PathBuf::from("/proc")));
+    let sequencer = Sequencer::default();
 
-    let state =
-        tokio::task::spawn_blocking(|| state_disk::mount(&Linux, Path::new("/"), STATE_WAIT))
-            .await
-            .map_err(|e| BootError::Io {
-                what: "looking for STATE",
-                source: std::io::Error::other(e),
-            })?;
-    let state_dir = match state {
-        Ok(Some(target)) => {
-            mounted.push(target.clone());
-            Some(target.join("basalt"))
-        }
-        Ok(None) => {
-            tracing::warn!(
-                "no STATE disk (an ext4 filesystem labelled {}): the node's config lives in \
-                 memory and is lost when it restarts",
-                state_disk::LABEL
-            );
-            None
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "mounting STATE: the node's config lives in memory");
-            None
-        }
-    };
-    let config = ConfigSources {
-        embedded: std::fs::read_to_string(EMBEDDED_CONFIG).ok(),
-        url: ConfigSources::url_from_cmdline(&cmdline),
-        fetch: FetchLimits::default(),
-    };
+    // Steps that fail here are logged and the boot goes on: a node without its network
+    // or STATE still comes up, reachable where it can be, and says what is missing.
+    let state_mount = Arc::new(Mutex::new(None));
+    sequencer
+        .run(
+            Sequence::Initialize,
+            vec![
+                Phase::new("modules", vec![Task::new("load", load_modules())]),
+                Phase::new(
+                    "devices",
+                    vec![
+                        Task::new("network", configure_network(cmdline.clone())),
+                        Task::new("state", mount_state(state_mount.clone())),
+                    ],
+                ),
+            ],
+        )
+        .await?;
+    let state_target = state_mount
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    mounted.extend(state_target.clone());
+    let state_dir = state_target.map(|target| target.join("basalt"));
 
-    let node = Node::start(NodeOptions {
-        listen: SocketAddr::from(([0, 0, 0, 0], basalt_api::DEFAULT_PORT)),
-        state_dir,
-        config,
-        validation_mode: platform,
-        sans: ip.iter().map(|ip| ip.address.to_string()).collect(),
-        sources: Sources {
-            api_cert_validity: api_cert_lifetime(&cmdline),
-            ..Sources::default()
-        },
-        apid_process: Some(ApidProcessOptions {
-            uid: APID_UID,
-            gid: APID_UID,
-            run_dir: PathBuf::from("/run/basalt"),
-            binary: None,
-        }),
-        ..NodeOptions::default()
-    })
-    .await?;
+    let options = node_options(&cmdline, state_dir.clone());
+    let node = Arc::new(Mutex::new(None));
+    let started = node.clone();
+    sequencer
+        .run(
+            Sequence::Boot,
+            vec![Phase::new(
+                "node",
+                vec![Task::new("start", async move {
+                    let running = Node::start(options).await?;
+                    *started.lock().unwrap_or_else(PoisonError::into_inner) = Some(running);
+                    Ok::<(), BootError>(())
+                })],
+            )],
+        )
+        .await?;
+    let node = node
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+        .ok_or(BootError::NodeMissing)?;
 
     let mut requests = node.local().power.subscribe();
     let request = loop {
@@ -131,14 +116,118 @@ async fn boot(mounted: &mut Vec<PathBuf>) -> Result<Reboot, BootError> {
         }
     };
     tracing::info!(?request, "going down");
-    tokio::time::sleep(ANSWER_GRACE).await;
-    if let Err(e) = node.shutdown().await {
-        tracing::error!(error = %e, "stopping the node");
+    let (sequence, how) = match &request {
+        PowerRequest::Shutdown { .. } => (Sequence::Shutdown, Reboot::PowerOff),
+        PowerRequest::Reboot { .. } => (Sequence::Reboot, Reboot::Restart),
+        PowerRequest::Reset(options) if !options.reboot => (Sequence::Reset, Reboot::PowerOff),
+        PowerRequest::Reset(_) => (Sequence::Reset, Reboot::Restart),
+    };
+    let mut phases = vec![
+        Phase::new(
+            "answer",
+            vec![Task::new("grace", async {
+                tokio::time::sleep(ANSWER_GRACE).await;
+                Ok::<(), BootError>(())
+            })],
+        ),
+        Phase::new(
+            "node",
+            vec![Task::new("stop", async move { node.shutdown().await })],
+        ),
+    ];
+    if let (Sequence::Reset, Some(dir)) = (sequence, state_dir) {
+        phases.push(Phase::new("wipe", vec![Task::new("state", wipe(dir))]));
     }
-    Ok(match request {
-        PowerRequest::Shutdown { .. } => Reboot::PowerOff,
-        PowerRequest::Reboot { .. } | PowerRequest::Reset(_) => Reboot::Restart,
-    })
+    // Down it goes, even if a step of the way failed.
+    if let Err(e) = sequencer.run(sequence, phases).await {
+        tracing::error!(error = %e, "going down");
+    }
+    Ok(how)
+}
+
+async fn load_modules() -> Result<(), BootError> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = release.trim();
+    let modules_dir = Path::new("/lib/modules").join(release);
+    match modules::load_listed(&Linux, &modules_dir, Path::new(MODULE_LIST)) {
+        Ok(loaded) => tracing::info!(loaded, kernel = %release, "kernel modules loaded"),
+        Err(e) => tracing::error!(error = %e, "loading kernel modules"),
+    }
+    Ok(())
+}
+
+async fn configure_network(cmdline: String) -> Result<(), BootError> {
+    let ip = network::IpArg::from_cmdline(&cmdline).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "ignoring the kernel's ip= argument");
+        None
+    });
+    if let Err(e) = network::configure(ip.as_ref(), LINK_WAIT).await {
+        tracing::error!(error = %e, "configuring the network");
+    }
+    Ok(())
+}
+
+/// Mounts STATE and leaves where in `mounted`.
+async fn mount_state(mounted: Arc<Mutex<Option<PathBuf>>>) -> Result<(), BootError> {
+    let found =
+        tokio::task::spawn_blocking(|| state_disk::mount(&Linux, Path::new("/"), STATE_WAIT))
+            .await
+            .map_err(|e| BootError::Io {
+                what: "looking for STATE",
+                source: std::io::Error::other(e),
+            })?;
+    match found {
+        Ok(Some(target)) => *mounted.lock().unwrap_or_else(PoisonError::into_inner) = Some(target),
+        Ok(None) => tracing::warn!(
+            "no STATE disk (an ext4 filesystem labelled {}): the node's config lives in \
+             memory and is lost when it restarts",
+            state_disk::LABEL
+        ),
+        Err(e) => tracing::error!(error = %e, "mounting STATE: the node's config lives in memory"),
+    }
+    Ok(())
+}
+
+/// A reset forgets everything the node keeps on STATE: its config and its state.
+async fn wipe(dir: PathBuf) -> Result<(), BootError> {
+    match tokio::fs::remove_dir_all(&dir).await {
+        Ok(()) => {
+            tracing::info!(dir = %dir.display(), "the node's state is wiped");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(BootError::Io {
+            what: "wiping the node's state",
+            source,
+        }),
+    }
+}
+
+/// The node as the kernel command line and the image describe it.
+fn node_options(cmdline: &str, state_dir: Option<PathBuf>) -> NodeOptions {
+    let ip = network::IpArg::from_cmdline(cmdline).ok().flatten();
+    NodeOptions {
+        listen: SocketAddr::from(([0, 0, 0, 0], basalt_api::DEFAULT_PORT)),
+        state_dir,
+        config: ConfigSources {
+            embedded: std::fs::read_to_string(EMBEDDED_CONFIG).ok(),
+            url: ConfigSources::url_from_cmdline(cmdline),
+            fetch: FetchLimits::default(),
+        },
+        validation_mode: platform_of(cmdline),
+        sans: ip.iter().map(|ip| ip.address.to_string()).collect(),
+        sources: Sources {
+            api_cert_validity: api_cert_lifetime(cmdline),
+            ..Sources::default()
+        },
+        apid_process: Some(ApidProcessOptions {
+            uid: APID_UID,
+            gid: APID_UID,
+            run_dir: PathBuf::from("/run/basalt"),
+            binary: None,
+        }),
+        ..NodeOptions::default()
+    }
 }
 
 /// The platform the kernel command line names (`basalt.platform=metal|cloud`), which
