@@ -46,6 +46,131 @@ impl Image {
     }
 }
 
+impl Image {
+    /// Unpacks the initramfs into `dir`: the root a container node runs.
+    pub async fn unpack(&self, dir: &Path) {
+        let script = format!(
+            "zstd -dc '{}' | cpio -idm --quiet --no-absolute-filenames",
+            self.initramfs.display()
+        );
+        let status = Command::new("bash")
+            .args(["-c", &script])
+            .current_dir(dir)
+            .status()
+            .await
+            .unwrap();
+        assert!(
+            status.success(),
+            "unpacking {} failed",
+            self.initramfs.display()
+        );
+    }
+}
+
+/// A container node: the image's root unpacked, run by its shim in namespaces of its own
+/// (the cluster tooling's way), its STATE a directory. Killed with its shim when dropped.
+#[derive(Debug)]
+pub struct ContainerNode {
+    shim: Child,
+    pub console: PathBuf,
+    pub cluster: String,
+    pub node: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ContainerNode {
+    pub async fn start(
+        image: &Image,
+        cluster: &str,
+        node: &str,
+        kernel_args: &str,
+    ) -> ContainerNode {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        image.unpack(&root).await;
+        let console = dir.path().join("console.log");
+        let log = std::fs::File::create(&console).unwrap();
+        let shim = Command::new(root.join("init"))
+            .arg0("basalt-container")
+            .arg("--root")
+            .arg(&root)
+            .arg("--state")
+            .arg(&state)
+            .args(["--cluster", cluster, "--node", node])
+            .args(["--kernel-args", kernel_args])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        ContainerNode {
+            shim,
+            console,
+            cluster: cluster.to_string(),
+            node: node.to_string(),
+            _dir: dir,
+        }
+    }
+
+    /// The shim's pid: its network namespace is the node's.
+    pub fn pid(&self) -> u32 {
+        self.shim.id().unwrap()
+    }
+
+    /// Waits for the shim to exit (the node powered off).
+    pub async fn exited(&mut self, timeout: Duration) -> ExitStatus {
+        match tokio::time::timeout(timeout, self.shim.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!(
+                "the node did not exit within {timeout:?}; console:\n{}",
+                self.console_text()
+            ),
+        }
+    }
+}
+
+impl Drop for ContainerNode {
+    /// A test that failed leaves its node running: kill it (PID 1 goes with its shim)
+    /// and remove the cgroups the shim could not.
+    fn drop(&mut self) {
+        if let Ok(None) = self.shim.try_wait() {
+            let _ = self.shim.start_kill();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.shim.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let hierarchies = machined::boot::cgroups::hierarchies(
+            &read("/proc/self/mounts"),
+            &read("/proc/self/cgroup"),
+        );
+        // Its processes may take a moment to leave.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            machined::boot::cgroups::remove(&hierarchies, &self.cluster, &self.node);
+            let left = hierarchies
+                .iter()
+                .any(|h| machined::boot::cgroups::node_dir(h, &self.cluster, &self.node).exists());
+            if !left || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Console for ContainerNode {
+    fn console_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
+    }
+}
+
 /// A binary of the workspace, built beside this test by `cargo nextest run --workspace`.
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -184,21 +309,76 @@ impl Vm {
     }
 }
 
-/// The real `osctl`, with its own client config file.
+/// What a node printed on its console, to show when a test fails.
+pub trait Console {
+    fn console_text(&self) -> String;
+}
+
+impl Console for Vm {
+    fn console_text(&self) -> String {
+        Vm::console_text(self)
+    }
+}
+
+/// The real `osctl`, with its own client config file; run in the network namespace of
+/// the process `netns` when set (a container node's).
 #[derive(Debug)]
 pub struct Osctl {
     pub dir: PathBuf,
+    pub netns: Option<u32>,
 }
 
 impl Osctl {
     pub async fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new(workspace_binary("osctl"))
+        let mut command = match self.netns {
+            None => Command::new(workspace_binary("osctl")),
+            Some(pid) => {
+                let mut nsenter = Command::new("nsenter");
+                nsenter
+                    .arg(format!("--net=/proc/{pid}/ns/net"))
+                    .arg("--")
+                    .arg(workspace_binary("osctl"));
+                nsenter
+            }
+        };
+        command
             .args(args)
             .current_dir(&self.dir)
             .env("OSCONFIG", self.dir.join("osconfig"))
             .output()
             .await
             .unwrap()
+    }
+
+    /// Secrets and a control-plane config for a node called `hostname` whose API
+    /// certificate also names 127.0.0.1 (how the test reaches it); its client config
+    /// becomes this osctl's. The config is `gen/controlplane.yaml`.
+    pub async fn gen_controlplane(&self, hostname: &str) {
+        std::fs::write(
+            self.dir.join("patch.yaml"),
+            format!(
+                "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nhostname: {hostname}\n\
+                 certSans: [127.0.0.1]\n"
+            ),
+        )
+        .unwrap();
+        self.ok(&["gen", "secrets", "-o", "secrets.yaml"]).await;
+        self.ok(&[
+            "gen",
+            "config",
+            "e2e",
+            &format!("https://{GUEST_IP}:6443"),
+            "--with-secrets",
+            "secrets.yaml",
+            "--install-disk",
+            "none",
+            "--config-patch",
+            "@patch.yaml",
+            "-o",
+            "gen",
+        ])
+        .await;
+        std::fs::copy(self.dir.join("gen/osconfig"), self.dir.join("osconfig")).unwrap();
     }
 
     /// Runs osctl and returns its output, failing the test if it failed.
@@ -214,7 +394,7 @@ impl Osctl {
     }
 
     /// Retries `args` until it succeeds or `timeout` passes (a booting node).
-    pub async fn until_ok(&self, args: &[&str], timeout: Duration, vm: &Vm) -> String {
+    pub async fn until_ok(&self, args: &[&str], timeout: Duration, node: &dyn Console) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let out = self.run(args).await;
@@ -225,7 +405,7 @@ impl Osctl {
                 Instant::now() < deadline,
                 "osctl {args:?} still failing after {timeout:?}: {}\nconsole:\n{}",
                 String::from_utf8_lossy(&out.stderr),
-                vm.console_text()
+                node.console_text()
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use basalt_e2e::{Image, Osctl, Vm, GUEST_IP};
+use basalt_e2e::{Image, Osctl, Vm};
 
 /// Under TCG the kernel alone takes ~2 s to reach /init; a debug machined more to start.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -21,37 +21,13 @@ async fn a_vm_boots_to_maintenance_takes_a_config_reboots_with_it_and_powers_off
     let tmp = tempfile::tempdir().unwrap();
     let osctl = Osctl {
         dir: tmp.path().to_path_buf(),
+        netns: None,
     };
     let lifetime = format!("basalt.api-cert-lifetime={}s", CERT_LIFETIME.as_secs());
     let mut vm = Vm::boot(&image, &[&lifetime]).await;
     let endpoint = vm.endpoint();
 
-    // The config: a control plane whose API certificate also names the forwarded
-    // loopback address the host reaches it by.
-    std::fs::write(
-        tmp.path().join("patch.yaml"),
-        "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nhostname: qemu-1\n\
-         certSans: [127.0.0.1]\n",
-    )
-    .unwrap();
-    osctl.ok(&["gen", "secrets", "-o", "secrets.yaml"]).await;
-    osctl
-        .ok(&[
-            "gen",
-            "config",
-            "qemu",
-            &format!("https://{GUEST_IP}:6443"),
-            "--with-secrets",
-            "secrets.yaml",
-            "--install-disk",
-            "none",
-            "--config-patch",
-            "@patch.yaml",
-            "-o",
-            "gen",
-        ])
-        .await;
-    std::fs::copy(tmp.path().join("gen/osconfig"), tmp.path().join("osconfig")).unwrap();
+    osctl.gen_controlplane("qemu-1").await;
 
     // Maintenance mode, reached over the forwarded port.
     let out = osctl
@@ -124,7 +100,10 @@ async fn a_vm_boots_to_maintenance_takes_a_config_reboots_with_it_and_powers_off
     let console = vm.console_text();
     for sequence in ["Initialize", "Boot", "Reboot"] {
         let line = format!("sequence={sequence} elapsed=");
-        assert!(console.contains(&line), "no {line:?} in the console:\n{console}");
+        assert!(
+            console.contains(&line),
+            "no {line:?} in the console:\n{console}"
+        );
     }
 
     // Shutdown powers the machine off: QEMU exits, successfully.

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -76,25 +77,35 @@ fn positive_rate(text: &str) -> Result<f64, String> {
 }
 
 /// One binary, several roles, by the name it was started under: `apid` is the API's edge
-/// (started by machined); anything else is machined, PID 1 of a machine or a process on
-/// a host.
-fn main() -> Result<()> {
+/// (started by machined), `basalt-container` the shim of a container node; anything else
+/// is machined: PID 1 of a machine or a container, or a process on a host.
+fn main() -> Result<ExitCode> {
     let pid1 = std::process::id() == 1;
     machined::init_logging(pid1);
+    if machined::boot::container::is_container_init() {
+        machined::boot::container::main();
+    }
     if pid1 {
         machined::boot::metal::main();
     }
     let role = std::env::args_os()
         .next()
         .and_then(|arg0| Some(Path::new(&arg0).file_name()?.to_string_lossy().into_owned()));
+    if role.as_deref() == Some("basalt-container") {
+        // Before any thread starts: it makes namespaces for the children it spawns.
+        let args = machined::boot::container::ShimArgs::parse();
+        return Ok(machined::boot::container::run_shim(args));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     if role.as_deref() == Some("apid") {
         let args = machined::edge::ApidArgs::parse();
-        return Ok(runtime.block_on(machined::edge::run_apid(args))?);
+        runtime.block_on(machined::edge::run_apid(args))?;
+    } else {
+        runtime.block_on(run(Args::parse()))?;
     }
-    runtime.block_on(run(Args::parse()))
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run(args: Args) -> Result<()> {

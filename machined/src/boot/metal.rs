@@ -45,7 +45,12 @@ pub fn main() -> ! {
                 what: "starting the async runtime",
                 source,
             })?;
-        runtime.block_on(boot(mounted))
+        let machine = Machine {
+            hardware: true,
+            cmdline: std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+            cmdline_path: PathBuf::from("/proc/cmdline"),
+        };
+        runtime.block_on(boot(mounted, machine))
     });
     tracing::error!(error = %error, "the kernel refused to take the machine down");
     loop {
@@ -53,38 +58,55 @@ pub fn main() -> ! {
     }
 }
 
-async fn boot(mounted: &mut Vec<PathBuf>) -> Result<Reboot, BootError> {
-    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
-    let cmdline = read("/proc/cmdline");
+/// What PID 1 boots on.
+#[derive(Debug, Clone)]
+pub(crate) struct Machine {
+    /// A VM or hardware: kernel modules to load and a STATE disk to find. In a container
+    /// neither: STATE is a directory the host gave it, already at /system/state.
+    pub hardware: bool,
+    /// The kernel command line (a container node's own, not its host's).
+    pub cmdline: String,
+    /// Where the controllers read it.
+    pub cmdline_path: PathBuf,
+}
+
+/// From early mounts to a running node, and down again on a power request: the same
+/// on every machine, but for the hardware steps.
+pub(crate) async fn boot(
+    mounted: &mut Vec<PathBuf>,
+    machine: Machine,
+) -> Result<Reboot, BootError> {
+    let cmdline = machine.cmdline.clone();
     tokio::spawn(reaper::run(PathBuf::from("/proc")));
     let sequencer = Sequencer::default();
 
     // Steps that fail here are logged and the boot goes on: a node without its network
     // or STATE still comes up, reachable where it can be, and says what is missing.
     let state_mount = Arc::new(Mutex::new(None));
-    sequencer
-        .run(
-            Sequence::Initialize,
-            vec![
-                Phase::new("modules", vec![Task::new("load", load_modules())]),
-                Phase::new(
-                    "devices",
-                    vec![
-                        Task::new("network", configure_network(cmdline.clone())),
-                        Task::new("state", mount_state(state_mount.clone())),
-                    ],
-                ),
-            ],
-        )
-        .await?;
+    let mut phases = Vec::new();
+    let mut devices = vec![Task::new("network", configure_network(cmdline.clone()))];
+    if machine.hardware {
+        phases.push(Phase::new(
+            "modules",
+            vec![Task::new("load", load_modules())],
+        ));
+        devices.push(Task::new("state", mount_state(state_mount.clone())));
+    } else {
+        *state_mount.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(PathBuf::from(state_disk::MOUNT_POINT));
+    }
+    phases.push(Phase::new("devices", devices));
+    sequencer.run(Sequence::Initialize, phases).await?;
     let state_target = state_mount
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .take();
-    mounted.extend(state_target.clone());
-    let state_dir = state_target.map(|target| target.join("basalt"));
+    let state_dir = state_target.as_ref().map(|target| target.join("basalt"));
+    if machine.hardware {
+        mounted.extend(state_target);
+    }
 
-    let options = node_options(&cmdline, state_dir.clone());
+    let options = node_options(&machine, state_dir.clone());
     let node = Arc::new(Mutex::new(None));
     let started = node.clone();
     sequencer
@@ -204,7 +226,8 @@ async fn wipe(dir: PathBuf) -> Result<(), BootError> {
 }
 
 /// The node as the kernel command line and the image describe it.
-fn node_options(cmdline: &str, state_dir: Option<PathBuf>) -> NodeOptions {
+fn node_options(machine: &Machine, state_dir: Option<PathBuf>) -> NodeOptions {
+    let cmdline = machine.cmdline.as_str();
     let ip = network::IpArg::from_cmdline(cmdline).ok().flatten();
     NodeOptions {
         listen: SocketAddr::from(([0, 0, 0, 0], basalt_api::DEFAULT_PORT)),
@@ -214,9 +237,14 @@ fn node_options(cmdline: &str, state_dir: Option<PathBuf>) -> NodeOptions {
             url: ConfigSources::url_from_cmdline(cmdline),
             fetch: FetchLimits::default(),
         },
-        validation_mode: platform_of(cmdline),
+        validation_mode: if machine.hardware {
+            platform_of(cmdline)
+        } else {
+            Mode::Container
+        },
         sans: ip.iter().map(|ip| ip.address.to_string()).collect(),
         sources: Sources {
+            cmdline: machine.cmdline_path.clone(),
             api_cert_validity: api_cert_lifetime(cmdline),
             ..Sources::default()
         },

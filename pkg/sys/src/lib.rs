@@ -64,6 +64,8 @@ pub trait Sys: Send + Sync + 'static {
     /// Makes the mounts at and below `target` private: nothing mounted there propagates
     /// to other mount namespaces, or from them (needed before `pivot_root`).
     fn make_private(&self, target: &Path) -> Result<(), SysError>;
+    /// Makes the tree at `source` (with what is mounted below it) appear at `target` too.
+    fn bind(&self, source: &Path, target: &Path) -> Result<(), SysError>;
     /// Detaches the filesystem at `target` (lazily: it goes once nothing uses it).
     fn unmount(&self, target: &Path) -> Result<(), SysError>;
     /// Makes `new_root` the root filesystem; the old one is put at `put_old`.
@@ -77,6 +79,12 @@ pub trait Sys: Send + Sync + 'static {
     /// Moves the calling thread into new namespaces (mount namespaces of the process:
     /// call it before other threads start).
     fn unshare(&self, namespaces: Namespaces) -> Result<(), SysError>;
+    /// The next child goes into this process's own PID namespace again, undoing an
+    /// earlier `unshare` of it (so that another one can be made for the next child).
+    fn reset_pid_namespace_for_children(&self) -> Result<(), SysError>;
+    /// This process is killed when its parent dies (a container node's PID 1 goes with
+    /// its shim).
+    fn die_with_parent(&self) -> Result<(), SysError>;
     /// Neither this process nor its children gain privileges through exec.
     fn set_no_new_privs(&self) -> Result<(), SysError>;
     /// Orphaned descendants are re-parented to this process, which reaps them.

@@ -35,6 +35,11 @@ impl Sys for Linux {
             .map_err(|e| SysError::path("mount --make-rprivate", target, e.into()))
     }
 
+    fn bind(&self, source: &Path, target: &Path) -> Result<(), SysError> {
+        rustix::mount::mount_bind_recursive(source, target)
+            .map_err(|e| SysError::path("mount --rbind", target, e.into()))
+    }
+
     fn unmount(&self, target: &Path) -> Result<(), SysError> {
         rustix::mount::unmount(target, UnmountFlags::DETACH)
             .map_err(|e| SysError::path("umount", target, e.into()))
@@ -81,6 +86,21 @@ impl Sys for Linux {
         // threads using descriptors from a table this thread no longer shares. The flags
         // built above are namespace flags only, never FILES.
         unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(|e| SysError::call("unshare", e))
+    }
+
+    fn reset_pid_namespace_for_children(&self) -> Result<(), SysError> {
+        let own = std::fs::File::open("/proc/self/ns/pid")
+            .map_err(|e| SysError::path("open", Path::new("/proc/self/ns/pid"), e))?;
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&own),
+            Some(rustix::thread::LinkNameSpaceType::ProcessID),
+        )
+        .map_err(|e| SysError::call("setns(CLONE_NEWPID)", e))
+    }
+
+    fn die_with_parent(&self) -> Result<(), SysError> {
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+            .map_err(|e| SysError::call("prctl(PDEATHSIG)", e))
     }
 
     fn set_no_new_privs(&self) -> Result<(), SysError> {

@@ -17,6 +17,9 @@ pub enum Call {
     Sync,
     Reboot(Reboot),
     Unshare(Namespaces),
+    Bind { source: PathBuf, target: PathBuf },
+    ResetPidNamespaceForChildren,
+    DieWithParent,
     SetNoNewPrivs,
     SetChildSubreaper,
 }
@@ -33,6 +36,9 @@ impl Call {
             Call::Sync => "sync",
             Call::Reboot(_) => "reboot",
             Call::Unshare(_) => "unshare",
+            Call::Bind { .. } => "bind",
+            Call::ResetPidNamespaceForChildren => "reset_pid_namespace_for_children",
+            Call::DieWithParent => "die_with_parent",
             Call::SetNoNewPrivs => "set_no_new_privs",
             Call::SetChildSubreaper => "set_child_subreaper",
         }
@@ -96,6 +102,13 @@ impl Sys for Recording {
         self.record(Call::MakePrivate(target.to_path_buf()))
     }
 
+    fn bind(&self, source: &Path, target: &Path) -> Result<(), SysError> {
+        self.record(Call::Bind {
+            source: source.to_path_buf(),
+            target: target.to_path_buf(),
+        })
+    }
+
     fn unmount(&self, target: &Path) -> Result<(), SysError> {
         self.record(Call::Unmount(target.to_path_buf()))
     }
@@ -124,6 +137,14 @@ impl Sys for Recording {
 
     fn unshare(&self, namespaces: Namespaces) -> Result<(), SysError> {
         self.record(Call::Unshare(namespaces))
+    }
+
+    fn reset_pid_namespace_for_children(&self) -> Result<(), SysError> {
+        self.record(Call::ResetPidNamespaceForChildren)
+    }
+
+    fn die_with_parent(&self) -> Result<(), SysError> {
+        self.record(Call::DieWithParent)
     }
 
     fn set_no_new_privs(&self) -> Result<(), SysError> {
