@@ -67,6 +67,8 @@ async fn a_vm_boots_to_maintenance_takes_a_config_reboots_with_it_and_powers_off
     osctl.ok(&["-e", &endpoint, "services"]).await;
     let dmesg = osctl.ok(&["-e", &endpoint, "dmesg"]).await;
     assert!(dmesg.contains("Linux version"), "{dmesg}");
+    // PID 1 logs to the kernel log too.
+    assert!(dmesg.contains("machined: "), "{dmesg}");
 
     // A reboot comes back configured, from STATE.
     osctl.ok(&["-e", &endpoint, "reboot"]).await;

@@ -81,8 +81,9 @@ fn positive_rate(text: &str) -> Result<f64, String> {
 /// is machined: PID 1 of a machine or a container, or a process on a host.
 fn main() -> Result<ExitCode> {
     let pid1 = std::process::id() == 1;
+    let container = machined::boot::container::is_container_init();
     machined::init_logging(pid1);
-    if machined::boot::container::is_container_init() {
+    if container {
         machined::boot::container::main();
     }
     if pid1 {

@@ -38,6 +38,9 @@ pub fn main() -> ! {
     let sys = Linux;
     let error = super::guard(&sys, FATAL_DELAY, |mounted| {
         mounted.extend(mounts::mount_all(&sys, Path::new("/"), &mounts::early())?);
+        if let Err(e) = crate::log_to_kmsg() {
+            tracing::warn!(error = %e, "logging to the console only, not the kernel log");
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
