@@ -124,13 +124,8 @@ impl ContainerNode {
 
     /// Waits for the shim to exit (the node powered off).
     pub async fn exited(&mut self, timeout: Duration) -> ExitStatus {
-        match tokio::time::timeout(timeout, self.shim.wait()).await {
-            Ok(status) => status.unwrap(),
-            Err(_) => panic!(
-                "the node did not exit within {timeout:?}; console:\n{}",
-                self.console_text()
-            ),
-        }
+        let console = self.console.clone();
+        exited(&mut self.shim, timeout, &console).await
     }
 }
 
@@ -299,13 +294,19 @@ impl Vm {
 
     /// Waits for QEMU to exit.
     pub async fn exited(&mut self, timeout: Duration) -> ExitStatus {
-        match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(status) => status.unwrap(),
-            Err(_) => panic!(
-                "the VM did not exit within {timeout:?}; console:\n{}",
-                self.console_text()
-            ),
-        }
+        let console = self.console.clone();
+        exited(&mut self.child, timeout, &console).await
+    }
+}
+
+/// Waits for `child` (a node) to exit; fails with its console if it does not.
+async fn exited(child: &mut Child, timeout: Duration, console: &Path) -> ExitStatus {
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => status.unwrap(),
+        Err(_) => panic!(
+            "the node did not exit within {timeout:?}; console:\n{}",
+            String::from_utf8_lossy(&std::fs::read(console).unwrap_or_default())
+        ),
     }
 }
 

@@ -161,13 +161,7 @@ pub fn main() -> ! {
         mounted.extend(mounts::mount_all(&sys, Path::new("/"), &early())?);
         let cmdline = std::env::var(CMDLINE_ENV).unwrap_or_default();
         write_cmdline(&cmdline)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(|source| BootError::Io {
-                what: "starting the async runtime",
-                source,
-            })?;
+        let runtime = super::runtime()?;
         let machine = Machine {
             hardware: false,
             cmdline,

@@ -41,13 +41,7 @@ pub fn main() -> ! {
         if let Err(e) = crate::log_to_kmsg() {
             tracing::warn!(error = %e, "logging to the console only, not the kernel log");
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(|source| BootError::Io {
-                what: "starting the async runtime",
-                source,
-            })?;
+        let runtime = super::runtime()?;
         let machine = Machine {
             hardware: true,
             cmdline: std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),

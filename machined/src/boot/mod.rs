@@ -53,6 +53,17 @@ pub fn guard(
     halt::go_down(sys, &mounted, how)
 }
 
+/// PID 1's async runtime, started once the early mounts are there.
+fn runtime() -> Result<tokio::runtime::Runtime, BootError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| BootError::Io {
+            what: "starting the async runtime",
+            source,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use basalt_sys::{Call, Recording};
