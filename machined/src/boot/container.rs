@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use basalt_sys::{Linux, Mount, MountFlags, Namespaces, Sys};
 
-use super::metal::{self, Machine};
+use super::pid1::{self, Machine};
 use super::{cgroups, mounts};
 use crate::BootError;
 
@@ -151,7 +151,7 @@ pub fn is_container_init() -> bool {
 /// PID 1's main in a container: never returns.
 pub fn main() -> ! {
     let sys = Linux;
-    let error = super::guard(&sys, metal::FATAL_DELAY, |mounted| {
+    let error = super::guard(&sys, pid1::FATAL_DELAY, |mounted| {
         if let Err(e) = sys.die_with_parent() {
             tracing::warn!(error = %e, "the node will not go with its shim");
         }
@@ -167,7 +167,7 @@ pub fn main() -> ! {
             cmdline,
             cmdline_path: PathBuf::from(CMDLINE_FILE),
         };
-        runtime.block_on(metal::boot(mounted, machine))
+        runtime.block_on(pid1::boot(mounted, machine))
     });
     tracing::error!(error = %error, "the kernel refused to take the node down");
     loop {

@@ -10,6 +10,7 @@ pub mod metal;
 pub mod modules;
 pub mod mounts;
 pub mod network;
+pub mod pid1;
 pub mod reaper;
 pub mod state_disk;
 
