@@ -169,8 +169,13 @@ async fn a_port_that_cannot_be_bound_is_reported_and_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_names_are_resolved_again() {
     let ca = TestCa::new().unwrap();
-    let b0 = TestBackend::start("b0", &ca).await.unwrap();
-    let b1 = TestBackend::start("b1", &ca).await.unwrap();
+    // The checks verify the endpoint's name, so the backends' certificates carry it.
+    let b0 = TestBackend::start_for("b0", &ca, &["api.cluster.test"])
+        .await
+        .unwrap();
+    let b1 = TestBackend::start_for("b1", &ca, &["api.cluster.test"])
+        .await
+        .unwrap();
     let dns = TestDns::default();
     let h = harness(&dns);
     let name = "api.cluster.test:6443";
@@ -199,8 +204,12 @@ async fn endpoint_names_are_resolved_again() {
     // The name moves to another address: so does the upstream, with no input changed
     // (the old address drains under the connection still held).
     dns.set(name, Some(b1.addr()));
+    // Healthy by a passed check, not only by a new upstream's optimistic start.
     h.assert_resource::<KubePrismUpstreamSpec>(name, |r| {
-        r.spec.address == b1.addr().to_string() && r.spec.state == "healthy"
+        r.spec.address == b1.addr().to_string()
+            && r.spec.state == "healthy"
+            && r.spec.check_latency_us.is_some()
+            && r.spec.check_failures == 0
     })
     .await;
     assert_eq!(get(listen, "/name").await.unwrap(), (200, "b1".into()));

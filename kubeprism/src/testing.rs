@@ -106,12 +106,13 @@ impl TestCa {
         &self.pem
     }
 
-    /// A server configuration for `127.0.0.1` and `localhost`.
-    fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, Error> {
+    /// A server configuration for `127.0.0.1`, `localhost` and `names`.
+    fn server_config(&self, names: &[&str]) -> Result<Arc<rustls::ServerConfig>, Error> {
         let tls = |e: rcgen::Error| Error::Tls(e.to_string());
         let key = KeyPair::generate().map_err(tls)?;
-        let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .map_err(tls)?;
+        let sans = ["127.0.0.1", "localhost"].iter().chain(names);
+        let params =
+            CertificateParams::new(sans.map(|n| n.to_string()).collect::<Vec<_>>()).map_err(tls)?;
         let cert = params.signed_by(&key, &self.issuer).map_err(tls)?;
         let chain = vec![CertificateDer::from(cert.der().to_vec())];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
@@ -145,8 +146,15 @@ pub struct TestBackend {
 }
 
 impl TestBackend {
-    /// Starts a backend on a free loopback port.
+    /// Starts a backend on a free loopback port, with a certificate for `127.0.0.1` and
+    /// `localhost`.
     pub async fn start(name: &str, ca: &TestCa) -> Result<Self, Error> {
+        Self::start_for(name, ca, &[]).await
+    }
+
+    /// Starts a backend whose certificate also names `names`: for upstreams known by a
+    /// DNS name, whose health checks verify it.
+    pub async fn start_for(name: &str, ca: &TestCa, names: &[&str]) -> Result<Self, Error> {
         let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr().map_err(|source| Error::Bind {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -157,7 +165,7 @@ impl TestBackend {
             shared: Arc::new(Shared {
                 name: name.to_string(),
                 mode: watch::Sender::new(Mode::Ready),
-                tls: ca.server_config()?,
+                tls: ca.server_config(names)?,
                 connections: AtomicU64::new(0),
             }),
             running: Mutex::new(None),
