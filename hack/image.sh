@@ -3,7 +3,8 @@
 # initramfs (initramfs.cpio.zst) holding machined as /init, the shared libraries it links
 # (glibc's loader and libraries: see "Linking" in README), the kernel modules image/modules
 # lists with their dependencies and a generated modules.dep, and a few data files. Nothing
-# else: no shell, no interpreter, no tool that runs commands.
+# else: no shell, no interpreter, no tool that runs commands. rootfs/ holds the same files
+# unpacked, for container nodes.
 #
 #   hack/image.sh build BINARY   build the image around this machined binary
 #   hack/image.sh lock           pin the newest linux-image-cloud-amd64 in image/kernel.lock
@@ -125,6 +126,9 @@ cmd_build() {
     | cpio --null --create --format=newc --reproducible --owner=0:0 --quiet) \
     | zstd -q -19 -T1 -f -o "$out/initramfs.cpio.zst"
   cp "$work/kernel/boot/vmlinuz-$kernel" "$out/vmlinuz"
+  # The same files unpacked: what container nodes run (`osctl cluster create`).
+  rm -rf "$out/rootfs"
+  cp -a "$tree" "$out/rootfs"
   touch -d "@$SOURCE_DATE_EPOCH" "$out/vmlinuz" "$out/initramfs.cpio.zst"
   (cd "$out" && sha256sum vmlinuz initramfs.cpio.zst > SHA256SUMS)
   echo "image: $out/vmlinuz ($kernel), $out/initramfs.cpio.zst ($(stat -c %s "$out/initramfs.cpio.zst") bytes)"

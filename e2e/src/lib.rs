@@ -141,17 +141,17 @@ impl Drop for ContainerNode {
             }
         }
         let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
-        let hierarchies = machined::boot::cgroups::hierarchies(
+        let hierarchies = basalt_sys::cgroups::hierarchies(
             &read("/proc/self/mounts"),
             &read("/proc/self/cgroup"),
         );
         // Its processes may take a moment to leave.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            machined::boot::cgroups::remove(&hierarchies, &self.cluster, &self.node);
+            let _ = basalt_sys::cgroups::remove(&hierarchies, &self.cluster, &self.node);
             let left = hierarchies
                 .iter()
-                .any(|h| machined::boot::cgroups::node_dir(h, &self.cluster, &self.node).exists());
+                .any(|h| basalt_sys::cgroups::node_dir(h, &self.cluster, &self.node).exists());
             if !left || Instant::now() > deadline {
                 break;
             }

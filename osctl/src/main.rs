@@ -11,6 +11,7 @@ use basalt_machine_config::{Config, Mode, Patch};
 use basalt_pki::{write_private_file, SecretsBundle};
 use clap::{Parser, Subcommand};
 
+mod cluster;
 mod connect;
 mod machine;
 mod resources;
@@ -75,6 +76,8 @@ enum Command {
     Config(ConfigCmd),
     /// Show resources.
     Get(resources::GetArgs),
+    /// Local clusters: create, show and destroy them.
+    Cluster(cluster::ClusterArgs),
     #[command(flatten)]
     Machine(machine::MachineCmd),
 }
@@ -248,6 +251,7 @@ fn run(cli: Cli) -> Result<()> {
             let command = command.clone();
             remote(&cli, async |c| machine::run(c, command).await)?;
         }
+        Command::Cluster(args) => cluster::run(args, &osconfig_path(&cli.osconfig)?)?,
         Command::Gen(Gen::Secrets { output, force }) => {
             refuse_overwrite(&output, force)?;
             SecretsBundle::generate()?.write_to(&output)?;

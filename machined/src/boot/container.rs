@@ -17,10 +17,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use basalt_sys::{Linux, Mount, MountFlags, Namespaces, Sys};
+use basalt_sys::{cgroups, netns, Linux, Mount, MountFlags, Namespaces, Sys};
 
+use super::mounts;
 use super::pid1::{self, Machine};
-use super::{cgroups, mounts};
 use crate::BootError;
 
 /// The environment that tells PID 1 it is a container node, and its settings.
@@ -54,6 +54,10 @@ pub struct ShimArgs {
     /// The node's kernel command line (`basalt.config=`, `basalt.api-cert-lifetime=`...).
     #[arg(long, default_value = "")]
     pub kernel_args: String,
+    /// The node's network namespace, made and cabled by the cluster tooling (a pinned
+    /// namespace file); a fresh one without it.
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
 }
 
 /// The shim's main: runs the node until it powers off; its exit code is the node's.
@@ -71,19 +75,24 @@ pub fn run_shim(args: ShimArgs) -> ExitCode {
         "the node's cgroups"
     );
     let code = run_boots(&sys, &args);
-    cgroups::remove(&joined, &args.cluster, &args.node);
+    for problem in cgroups::remove(&joined, &args.cluster, &args.node) {
+        tracing::warn!(problem = %problem, "removing the node's cgroups");
+    }
     code
 }
 
 fn run_boots(sys: &dyn Sys, args: &ShimArgs) -> ExitCode {
     // The node's network namespace is the shim's: it survives the node's reboots, as a
     // machine's network card does.
-    let net = Namespaces {
-        net: true,
-        ..Namespaces::default()
+    let joined = match &args.netns {
+        Some(path) => netns::enter(path),
+        None => sys.unshare(Namespaces {
+            net: true,
+            ..Namespaces::default()
+        }),
     };
-    if let Err(e) = sys.unshare(net) {
-        tracing::error!(error = %e, "cannot make the node's network namespace");
+    if let Err(e) = joined {
+        tracing::error!(error = %e, "cannot enter the node's network namespace");
         return ExitCode::FAILURE;
     }
     let init = args.root.join("init");

@@ -3,7 +3,6 @@
 //! early mounts, kernel modules, the first network, the STATE disk, reaping, and taking
 //! the machine down. [`metal`] strings them together on a real kernel.
 
-pub mod cgroups;
 pub mod container;
 pub mod halt;
 pub mod metal;

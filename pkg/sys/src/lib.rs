@@ -7,9 +7,11 @@
 //! This is the one crate of the workspace allowed `unsafe`, and each block says why it is
 //! sound. Most calls need none: rustix wraps them safely.
 
+pub mod cgroups;
 mod error;
 pub mod kmsg;
 mod linux;
+pub mod netns;
 mod recording;
 
 use std::path::{Path, PathBuf};

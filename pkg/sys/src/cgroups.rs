@@ -1,4 +1,4 @@
-//! A container node's cgroups: its own subtree, `basalt/<cluster>/<node>`, in every
+//! A container node's cgroups on its host: its own subtree, `basalt/<cluster>/<node>`, in every
 //! hierarchy the host offers: the unified (v2) one and, on a v1/v2 hybrid host, each v1
 //! hierarchy with controllers. What cannot be used is reported and skipped, never fatal:
 //! a node runs without a controller rather than not at all.
@@ -170,8 +170,9 @@ fn inherit_cpuset(hierarchy: &Hierarchy, dir: &Path) -> std::io::Result<()> {
 
 /// Moves this process back where it was and removes the node's cgroups (once nothing is
 /// left in them), its cluster's when it was the last node, and `basalt` when that was
-/// the last cluster.
-pub fn remove(hierarchies: &[Hierarchy], cluster: &str, node: &str) {
+/// the last cluster. Returns what it could not do.
+pub fn remove(hierarchies: &[Hierarchy], cluster: &str, node: &str) -> Vec<String> {
+    let mut problems = Vec::new();
     for hierarchy in hierarchies {
         let below = hierarchy
             .current
@@ -179,7 +180,10 @@ pub fn remove(hierarchies: &[Hierarchy], cluster: &str, node: &str) {
             .unwrap_or(&hierarchy.current);
         let back = hierarchy.mount.join(below).join("cgroup.procs");
         if let Err(e) = std::fs::write(&back, std::process::id().to_string()) {
-            tracing::warn!(cgroup = %back.display(), error = %e, "cannot leave the node's cgroup");
+            problems.push(format!(
+                "cannot leave the node's cgroup for {}: {e}",
+                back.display()
+            ));
         }
         // Fails while processes or other nodes are left: that is the point.
         let dir = node_dir(hierarchy, cluster, node);
@@ -187,6 +191,7 @@ pub fn remove(hierarchies: &[Hierarchy], cluster: &str, node: &str) {
             let _ = std::fs::remove_dir(dir);
         }
     }
+    problems
 }
 
 #[cfg(test)]

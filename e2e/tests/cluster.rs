@@ -1,0 +1,296 @@
+//! Local clusters as a user makes them: `osctl cluster create` (container provider, the
+//! files of `_out/rootfs`), `osctl` through one endpoint to every node, `osctl cluster
+//! show` and `destroy`, and after it nothing left on the host: no process, network
+//! namespace, veth, cgroup, mount or directory. Also a node killed while the cluster is
+//! made, a second cluster of the same name, and a half-made cluster destroyed.
+//!
+//! Each test has its own cluster name and subnet; a test that fails destroys its cluster.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use basalt_e2e::{repo_root, workspace_binary, Image};
+use tokio::process::Command;
+
+/// A cluster's name and subnet, with its own files and client config; destroyed when
+/// dropped if a test left it behind.
+struct Cluster {
+    name: String,
+    cidr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn new(name: &str, subnet: u8) -> Cluster {
+        Image::locate();
+        Cluster {
+            name: name.to_string(),
+            cidr: format!("10.213.{subnet}.0/24"),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn clusters_dir(&self) -> PathBuf {
+        self.dir.path().join("clusters")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(workspace_binary("osctl"));
+        command
+            .args(args)
+            .env("OSCONFIG", self.dir.path().join("osconfig"))
+            .env("BASALT_CLUSTERS_DIR", self.clusters_dir())
+            .kill_on_drop(true);
+        command
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().await.unwrap()
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "osctl {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn create_args(&self, controlplanes: usize) -> Vec<String> {
+        let image = repo_root().join("_out");
+        [
+            "cluster",
+            "create",
+            "--name",
+            &self.name,
+            "--cidr",
+            &self.cidr,
+            "--controlplanes",
+            &controlplanes.to_string(),
+            "--workers",
+            "0",
+            "--image",
+            image.to_str().unwrap(),
+            "--wait-timeout",
+            "60s",
+        ]
+        .map(str::to_string)
+        .to_vec()
+    }
+
+    fn node(&self, role_index: usize) -> String {
+        format!("{}-controlplane-{role_index}", self.name)
+    }
+
+    /// Fails the test naming every piece of the cluster still on the host.
+    fn assert_nothing_left(&self) {
+        let mut left = Vec::new();
+        for entry in std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file == format!("basalt-{}", self.name)
+                || file.starts_with(&format!("basalt-{}-", self.name))
+            {
+                left.push(format!("network namespace {file}"));
+            }
+        }
+        if Path::new("/sys/class/net")
+            .join(format!("bs-{}", self.name))
+            .exists()
+        {
+            left.push(format!("link bs-{}", self.name));
+        }
+        left.extend(
+            processes_of(&self.clusters_dir())
+                .iter()
+                .map(|p| format!("process {p}")),
+        );
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        for h in
+            basalt_sys::cgroups::hierarchies(&read("/proc/self/mounts"), &read("/proc/self/cgroup"))
+        {
+            let dir = basalt_sys::cgroups::node_dir(&h, &self.name, "x");
+            let cluster = dir.parent().unwrap();
+            if cluster.exists() {
+                left.push(format!("cgroup {}", cluster.display()));
+            }
+        }
+        for line in read("/proc/self/mounts").lines() {
+            if line.contains(&format!("basalt-{}", self.name))
+                || line.contains(self.dir.path().to_str().unwrap())
+            {
+                left.push(format!("mount {line}"));
+            }
+        }
+        if self.clusters_dir().join(&self.name).exists() {
+            left.push(format!(
+                "directory {}",
+                self.clusters_dir().join(&self.name).display()
+            ));
+        }
+        assert!(left.is_empty(), "left behind: {left:#?}");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.clusters_dir().join(&self.name).exists() {
+            let _ = std::process::Command::new(workspace_binary("osctl"))
+                .args(["cluster", "destroy", "--name", &self.name])
+                .env("BASALT_CLUSTERS_DIR", self.clusters_dir())
+                .status();
+        }
+    }
+}
+
+/// The pids of the shims of clusters kept in `clusters_dir`, by their command lines.
+fn processes_of(clusters_dir: &Path) -> Vec<u32> {
+    shims(&format!("\0--root\0{}/", clusters_dir.display()))
+}
+
+fn shims(wanted: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| cmdline_of(*pid).contains(wanted))
+        .collect()
+}
+
+fn cmdline_of(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmdline).into_owned()
+}
+
+/// The shim of node `node` of `cluster`, once it runs.
+async fn shim_of(cluster: &Cluster, node: &str, timeout: Duration) -> u32 {
+    let wanted = format!("\0--node\0{node}\0");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = processes_of(&cluster.clusters_dir())
+            .into_iter()
+            .find(|pid| cmdline_of(*pid).contains(&wanted));
+        if let Some(pid) = found {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no shim for {node} after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn kill(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_three_node_cluster_is_made_used_through_one_endpoint_and_destroyed_leaving_nothing() {
+    let cluster = Cluster::new("e2e3n", 31);
+    let args = cluster.create_args(3);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let out = cluster.ok(&args).await;
+    println!("create took {:?}:\n{out}", started.elapsed());
+    let nodes: Vec<String> = (1..=3).map(|i| cluster.node(i)).collect();
+    for node in &nodes {
+        assert!(out.contains(&format!("{node}\tcontrolplane\t")), "{out}");
+    }
+
+    // A second cluster of the same name is refused, naming it, and the first is untouched.
+    let again = cluster.run(&args).await;
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success());
+    assert!(
+        stderr.contains(&format!("cluster \"{}\" exists", cluster.name)),
+        "{stderr}"
+    );
+
+    // Every node, through the first one (the context's endpoint), over mTLS.
+    let addresses: Vec<String> = (2..=4).map(|i| format!("10.213.31.{i}")).collect();
+    let out = cluster.ok(&["-n", &addresses.join(","), "version"]).await;
+    for address in &addresses {
+        assert!(out.contains(&format!("NODE: {address}")), "{out}");
+    }
+    assert!(!out.contains("Maintenance: true"), "{out}");
+    let out = cluster.ok(&["-n", &addresses[2], "get", "hostname"]).await;
+    assert!(out.contains(&nodes[2]), "{out}");
+
+    let shown = cluster
+        .ok(&["cluster", "show", "--name", &cluster.name])
+        .await;
+    assert_eq!(shown.matches("\trunning").count(), 3, "{shown}");
+
+    cluster
+        .ok(&["cluster", "destroy", "--name", &cluster.name])
+        .await;
+    cluster.assert_nothing_left();
+    let again = cluster
+        .run(&["cluster", "destroy", "--name", &cluster.name])
+        .await;
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no cluster"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_while_the_cluster_is_made_fails_create_naming_it_and_nothing_is_left() {
+    let cluster = Cluster::new("e2ekill", 32);
+    let args = cluster.create_args(2);
+    let create = cluster
+        .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .output();
+    let victim = cluster.node(2);
+    let killer = async {
+        let pid = shim_of(&cluster, &victim, Duration::from_secs(30)).await;
+        kill(pid);
+    };
+    let (out, ()) = tokio::join!(create, killer);
+    let out = out.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "create succeeded: {stderr}");
+    assert!(
+        stderr.contains(&format!("node {victim} stopped")),
+        "{stderr}"
+    );
+    cluster.assert_nothing_left();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_half_made_cluster_is_destroyed() {
+    let cluster = Cluster::new("e2ehalf", 33);
+    let args = cluster.create_args(2);
+    let create = cluster
+        .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // osctl dies as soon as the first node runs: the rest is left as it was.
+    shim_of(&cluster, &cluster.node(1), Duration::from_secs(30)).await;
+    kill(create.id().unwrap());
+    let out = create.wait_with_output().await.unwrap();
+    assert!(
+        cluster.clusters_dir().join(&cluster.name).exists(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster
+        .ok(&["cluster", "destroy", "--name", &cluster.name])
+        .await;
+    cluster.assert_nothing_left();
+}
