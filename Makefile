@@ -2,9 +2,19 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: test setup fmt fmt-check lint unit image image-lock bench fuzz-smoke clean
+.PHONY: cluster test setup fmt fmt-check lint unit image image-lock bench fuzz-smoke clean
 
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+
+## cluster: a local Basalt cluster from this tree (1 control plane and 2 workers on the
+## container provider; root): machined and osctl built, the image, `osctl cluster create`.
+## CLUSTER_ARGS adds flags (`--workers 3`, `--name lab --cidr 10.6.0.0/24`...).
+CLUSTER_ARGS ?=
+cluster: setup
+	$(CARGO) build --locked -p basalt-machined -p osctl
+	bash hack/image.sh build $(TARGET_DIR)/debug/machined
+	$(TARGET_DIR)/debug/osctl cluster create --image _out $(CLUSTER_ARGS)
+	@echo "osctl is $(abspath $(TARGET_DIR))/debug/osctl: export PATH=\"$(abspath $(TARGET_DIR))/debug:\$$PATH\""
 
 ## test: format check, clippy with warnings as errors, the boot image, every test (unit,
 ## property, integration, QEMU end to end)

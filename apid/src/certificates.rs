@@ -20,7 +20,7 @@ use crate::ApidError;
 const REWATCH_DELAY: Duration = Duration::from_secs(1);
 
 /// A client of the node's resource service, calling as apid itself.
-fn node_resources(
+pub(crate) fn node_resources(
     backend: &Backend,
 ) -> ResourceServiceClient<
     tonic::service::interceptor::InterceptedService<

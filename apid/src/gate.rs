@@ -220,9 +220,17 @@ async fn forward(
     let Ok(path) = PathAndQuery::try_from(path) else {
         return reply(Status::invalid_argument("malformed method path"));
     };
+    let nodes = match nodes
+        .iter()
+        .map(|n| shared.members.resolve(n))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(nodes) => nodes,
+        Err(status) => return reply(status),
+    };
     let target = ForwardTo {
         forwarder,
-        nodes: nodes.to_vec(),
+        nodes,
         path,
         roles: caller.roles_header(),
     };

@@ -14,6 +14,7 @@ mod gate;
 pub mod identity;
 pub mod limits;
 pub mod listener;
+mod members;
 mod server;
 mod shared;
 pub mod socket;

@@ -15,6 +15,7 @@ use crate::gate::{Gate, MachineRoute, ResourceRoute};
 use crate::identity::{MaintenanceIdentity, NodeIdentity};
 use crate::limits::{Limiter, Limits};
 use crate::listener::{self, maintenance_config};
+use crate::members::{follow_members, Members};
 use crate::shared::{Backend, Mode, Shared};
 use crate::ApidError;
 
@@ -63,6 +64,7 @@ impl Apid {
             tls,
             maintenance_over: CancellationToken::new(),
             open_streams: Arc::new(AtomicUsize::new(0)),
+            members: Members::default(),
         });
         let listener =
             TcpListener::bind(options.listen)
@@ -91,6 +93,7 @@ impl Apid {
             certificates,
             cancel.clone(),
         ));
+        tokio::spawn(follow_members(shared.clone(), cancel.clone()));
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(listener::accept(
             listener,

@@ -261,6 +261,18 @@ fn validate_name(name: &str) -> Result<(), ClusterError> {
     Ok(())
 }
 
+/// Making a cluster's namespaces, links and cgroups takes root.
+pub fn require_root() -> Result<(), ClusterError> {
+    if rustix::process::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(ClusterError::Invalid(
+            "local clusters need root (network namespaces, veth pairs, cgroups): run with sudo"
+                .into(),
+        ))
+    }
+}
+
 /// Removes every piece of the cluster the record names that is still there: the nodes'
 /// processes and cgroups, the network namespaces and the veth pair, and the directory.
 /// Goes on past a piece it cannot remove, and returns what is left.

@@ -2,11 +2,13 @@
 //! finds a controller by its output's domain. The `config` domain is the only one that
 //! reads the machine config; the others read the typed resources it publishes.
 
+pub mod cluster;
 pub mod config;
 pub mod k8s;
 pub mod network;
 pub mod runtime;
 pub mod secrets;
+mod trustd;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -29,6 +31,8 @@ pub struct Sources {
     pub api_sans: Vec<String>,
     /// How long the API certificates live; renewed at half their life.
     pub api_cert_validity: Duration,
+    /// Where a node without the CA key finds trustd on the control-plane endpoint's host.
+    pub trustd_port: u16,
 }
 
 impl Default for Sources {
@@ -38,6 +42,7 @@ impl Default for Sources {
             kubeprism_listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
             api_sans: Vec::new(),
             api_cert_validity: DEFAULT_API_CERT_VALIDITY,
+            trustd_port: basalt_api::TRUSTD_PORT,
         }
     }
 }
@@ -53,6 +58,11 @@ pub fn register_all(engine: &mut Engine, sources: &Sources) -> Result<(), Regist
     engine.register(secrets::ApiCertificatesController::new(
         sources.api_sans.clone(),
         sources.api_cert_validity,
+        sources.trustd_port,
+    ))?;
+    engine.register(cluster::MembersController::new(
+        sources.api_sans.clone(),
+        sources.trustd_port,
     ))?;
     engine.register(k8s::KubePrismEndpointsController)?;
     engine.register(k8s::KubePrismController::new(sources.kubeprism_listen))?;

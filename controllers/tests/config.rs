@@ -181,6 +181,7 @@ fn certificates_harness(validity: Duration) -> Harness {
         .with(ApiCertificatesController::new(
             vec!["127.0.0.1".into()],
             validity,
+            basalt_api::TRUSTD_PORT,
         ))
         .unwrap()
         .with(MachineStatusController)

@@ -62,7 +62,7 @@ impl Cluster {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    fn create_args(&self, controlplanes: usize) -> Vec<String> {
+    fn create_args(&self, controlplanes: usize, workers: usize) -> Vec<String> {
         let image = repo_root().join("_out");
         [
             "cluster",
@@ -74,7 +74,7 @@ impl Cluster {
             "--controlplanes",
             &controlplanes.to_string(),
             "--workers",
-            "0",
+            &workers.to_string(),
             "--image",
             image.to_str().unwrap(),
             "--wait-timeout",
@@ -84,8 +84,12 @@ impl Cluster {
         .to_vec()
     }
 
-    fn node(&self, role_index: usize) -> String {
-        format!("{}-controlplane-{role_index}", self.name)
+    fn controlplane(&self, index: usize) -> String {
+        format!("{}-controlplane-{index}", self.name)
+    }
+
+    fn worker(&self, index: usize) -> String {
+        format!("{}-worker-{index}", self.name)
     }
 
     /// Fails the test naming every piece of the cluster still on the host.
@@ -201,14 +205,18 @@ fn kill(pid: u32) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_three_node_cluster_is_made_used_through_one_endpoint_and_destroyed_leaving_nothing() {
     let cluster = Cluster::new("e2e3n", 31);
-    let args = cluster.create_args(3);
+    let args = cluster.create_args(1, 2);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let started = Instant::now();
     let out = cluster.ok(&args).await;
     println!("create took {:?}:\n{out}", started.elapsed());
-    let nodes: Vec<String> = (1..=3).map(|i| cluster.node(i)).collect();
-    for node in &nodes {
-        assert!(out.contains(&format!("{node}\tcontrolplane\t")), "{out}");
+    let nodes = [
+        cluster.controlplane(1),
+        cluster.worker(1),
+        cluster.worker(2),
+    ];
+    for (node, role) in nodes.iter().zip(["controlplane", "worker", "worker"]) {
+        assert!(out.contains(&format!("{node}\t{role}\t")), "{out}");
     }
 
     // A second cluster of the same name is refused, naming it, and the first is untouched.
@@ -220,7 +228,7 @@ async fn a_three_node_cluster_is_made_used_through_one_endpoint_and_destroyed_le
         "{stderr}"
     );
 
-    // Every node, through the first one (the context's endpoint), over mTLS.
+    // Every node, through the control plane (the context's endpoint), over mTLS.
     let addresses: Vec<String> = (2..=4).map(|i| format!("10.213.31.{i}")).collect();
     let out = cluster.ok(&["-n", &addresses.join(","), "version"]).await;
     for address in &addresses {
@@ -229,6 +237,27 @@ async fn a_three_node_cluster_is_made_used_through_one_endpoint_and_destroyed_le
     assert!(!out.contains("Maintenance: true"), "{out}");
     let out = cluster.ok(&["-n", &addresses[2], "get", "hostname"]).await;
     assert!(out.contains(&nodes[2]), "{out}");
+
+    // The workers hold no CA key: their API certificates came from the control plane's
+    // trustd; the control plane issued its own.
+    let out = cluster
+        .ok(&["-n", &addresses.join(","), "get", "apicertificates"])
+        .await;
+    let mut issuers: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit('\t').next().unwrap())
+        .collect();
+    issuers.sort_unstable();
+    assert_eq!(
+        issuers,
+        [
+            "self",
+            "trustd 10.213.31.2:50001",
+            "trustd 10.213.31.2:50001"
+        ],
+        "{out}"
+    );
 
     let shown = cluster
         .ok(&["cluster", "show", "--name", &cluster.name])
@@ -249,11 +278,11 @@ async fn a_three_node_cluster_is_made_used_through_one_endpoint_and_destroyed_le
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_killed_while_the_cluster_is_made_fails_create_naming_it_and_nothing_is_left() {
     let cluster = Cluster::new("e2ekill", 32);
-    let args = cluster.create_args(2);
+    let args = cluster.create_args(2, 0);
     let create = cluster
         .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
         .output();
-    let victim = cluster.node(2);
+    let victim = cluster.controlplane(2);
     let killer = async {
         let pid = shim_of(&cluster, &victim, Duration::from_secs(30)).await;
         kill(pid);
@@ -272,7 +301,7 @@ async fn a_node_killed_while_the_cluster_is_made_fails_create_naming_it_and_noth
 #[tokio::test(flavor = "multi_thread")]
 async fn a_half_made_cluster_is_destroyed() {
     let cluster = Cluster::new("e2ehalf", 33);
-    let args = cluster.create_args(2);
+    let args = cluster.create_args(2, 0);
     let create = cluster
         .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
         .stdout(std::process::Stdio::piped())
@@ -280,7 +309,7 @@ async fn a_half_made_cluster_is_destroyed() {
         .spawn()
         .unwrap();
     // osctl dies as soon as the first node runs: the rest is left as it was.
-    shim_of(&cluster, &cluster.node(1), Duration::from_secs(30)).await;
+    shim_of(&cluster, &cluster.controlplane(1), Duration::from_secs(30)).await;
     kill(create.id().unwrap());
     let out = create.wait_with_output().await.unwrap();
     assert!(

@@ -4,7 +4,8 @@
 //! like any other input.
 //!
 //! It runs as `/init` of a real kernel ([`boot::metal`]) or as a process on a host;
-//! apid runs in its own process ([`edge`]) on a machine, in this one in tests.
+//! apid runs in its own process ([`edge`]) on a machine, in this one in tests. A node
+//! with the OS CA key also runs trustd, which signs the other nodes' API certificates.
 
 pub mod acquire;
 mod api;
@@ -15,6 +16,7 @@ pub mod events;
 mod node;
 pub mod parts;
 pub mod sequencer;
+mod trustd;
 
 pub use api::store_config;
 pub use error::{BootError, StartError};

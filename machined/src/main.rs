@@ -65,6 +65,13 @@ struct Args {
     /// Where machined's socket for apid lives.
     #[arg(long, default_value = "/run/basalt")]
     run_dir: PathBuf,
+    /// Where trustd listens once the node holds the OS CA key; no trustd without it.
+    #[arg(long)]
+    trustd_listen: Option<SocketAddr>,
+    /// The port of trustd on the control-plane endpoint's host, for a node without the
+    /// OS CA key.
+    #[arg(long, default_value_t = basalt_api::TRUSTD_PORT)]
+    trustd_port: u16,
 }
 
 fn positive_rate(text: &str) -> Result<f64, String> {
@@ -144,6 +151,7 @@ async fn run(args: Args) -> Result<()> {
             cmdline: args.cmdline,
             kubeprism_listen: args.kubeprism_listen,
             api_cert_validity: Duration::from_secs(args.api_cert_lifetime.max(1)),
+            trustd_port: args.trustd_port,
             ..Sources::default()
         },
         sans: args.sans,
@@ -153,6 +161,7 @@ async fn run(args: Args) -> Result<()> {
             run_dir: args.run_dir,
             binary: None,
         }),
+        trustd_listen: args.trustd_listen,
     })
     .await?;
     // Tools (tests, benchmarks) read the address from here when the port was 0.

@@ -20,6 +20,7 @@ use crate::api::{self, Shared};
 use crate::edge::{self, ApidProcess, ApidProcessOptions};
 use crate::events::EventLog;
 use crate::parts::{LocalNode, ServiceDefinition};
+use crate::trustd::Trustd;
 use crate::StartError;
 
 /// The state's file in the state directory.
@@ -51,6 +52,8 @@ pub struct NodeOptions {
     /// Run apid in its own process (reaching the node over a unix socket) rather than
     /// in this one.
     pub apid_process: Option<ApidProcessOptions>,
+    /// Where trustd listens once the node holds the OS CA key; no trustd without it.
+    pub trustd_listen: Option<SocketAddr>,
 }
 
 impl Default for NodeOptions {
@@ -66,6 +69,7 @@ impl Default for NodeOptions {
             sources: Sources::default(),
             sans: Vec::new(),
             apid_process: None,
+            trustd_listen: None,
         }
     }
 }
@@ -77,6 +81,7 @@ pub struct Node {
     local: LocalNode,
     events: EventLog,
     edge: Edge,
+    trustd: Option<Trustd>,
     stop: CancellationToken,
     controllers: JoinHandle<()>,
 }
@@ -151,11 +156,15 @@ impl Node {
                 }
             }
         };
+        let trustd = options
+            .trustd_listen
+            .map(|listen| Trustd::start(state.clone(), listen, options.sources.api_cert_validity));
         Ok(Node {
             state,
             local,
             events,
             edge,
+            trustd,
             stop,
             controllers,
         })
@@ -211,6 +220,9 @@ impl Node {
 
     /// Stops the API, the services and the controllers, in that order.
     pub async fn shutdown(self) -> Result<(), StartError> {
+        if let Some(trustd) = self.trustd {
+            trustd.stop().await;
+        }
         let api = match self.edge {
             Edge::InProcess(apid) => apid.shutdown().await,
             Edge::Process {

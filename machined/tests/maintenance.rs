@@ -203,7 +203,7 @@ async fn unconfigured_node_accepts_one_insecure_apply_then_requires_mtls() {
 }
 
 #[tokio::test]
-async fn a_config_without_the_os_ca_key_leaves_the_node_in_maintenance() {
+async fn a_worker_config_without_a_machine_token_leaves_the_node_in_maintenance() {
     let cluster = Cluster::new();
     let apid = cluster.start_unconfigured("127.0.0.1").await;
     let fingerprint = parse_fingerprint(&apid.maintenance_fingerprint().unwrap()).unwrap();
@@ -222,16 +222,17 @@ async fn a_config_without_the_os_ca_key_leaves_the_node_in_maintenance() {
         install_disk: None,
         admin_validity: HOUR,
     };
-    let worker = basalt_machine_config::generate::generate(&cluster.bundle, &options)
+    // Without the OS CA key the node asks trustd, which needs the machine token.
+    let mut worker = basalt_machine_config::generate::generate(&cluster.bundle, &options)
         .unwrap()
-        .worker
-        .to_yaml()
-        .unwrap();
+        .worker;
+    worker.machine.as_mut().unwrap().token = Default::default();
+    let worker = worker.to_yaml().unwrap();
     let status = machine
         .apply_configuration(apply(&worker))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
-    assert!(status.message().contains("trustd"), "{status:?}");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("machine token"), "{status:?}");
     assert!(apid.in_maintenance());
 }

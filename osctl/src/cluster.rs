@@ -93,6 +93,9 @@ pub fn run(args: ClusterArgs, osconfig: &Path) -> Result<()> {
             PathBuf::from(home).join(".basalt").join("clusters")
         }
     };
+    if !matches!(args.command, ClusterCmd::Show { .. }) {
+        basalt_cluster::require_root()?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -162,13 +165,18 @@ async fn create(args: CreateArgs, clusters_dir: &Path, osconfig: &Path) -> Resul
         record.cidr
     );
     print_table(&record, |_| "running".to_string());
-    let first = &record.nodes[0].address;
+    let all: Vec<String> = record.nodes.iter().map(|n| n.address.to_string()).collect();
+    let name = if record.name == DEFAULT_NAME {
+        String::new()
+    } else {
+        format!(" --name {}", record.name)
+    };
     println!(
-        "\ncontext {:?} is current in {}. Next:\n  osctl -n {first} version\n  osctl -n {first} get members\n  osctl cluster show --name {}\n  osctl cluster destroy --name {}",
+        "\ncontext {:?} is current in {}. Next:\n  osctl -n {} version\n  osctl -n {} get apicertificates\n  osctl cluster show{name}\n  osctl cluster destroy{name}",
         client.context,
         osconfig.display(),
-        record.name,
-        record.name
+        all.join(","),
+        all.last().map_or("", String::as_str),
     );
     Ok(())
 }
@@ -190,6 +198,13 @@ async fn make(
     let mut steps: Vec<Step> = vec![Step::Booting; record.nodes.len()];
     let osconfig = record.dir.join("osconfig");
     loop {
+        // Workers get their certificates from the control plane's trustd: they are
+        // configured once it runs.
+        let control_plane_up = record
+            .nodes
+            .iter()
+            .zip(&steps)
+            .all(|(n, s)| n.role == Role::Worker || *s == Step::Running);
         for (i, node) in record.nodes.iter().enumerate() {
             if steps[i] == Step::Running {
                 continue;
@@ -206,11 +221,15 @@ async fn make(
                 Role::ControlPlane => &controlplane,
                 Role::Worker => &worker,
             };
+            if node.role == Role::Worker && !control_plane_up {
+                progress.set(i, "booting (waiting for the control plane)");
+                continue;
+            }
             steps[i] = advance(steps[i], node, config, &osconfig).await?;
             progress.set(i, steps[i].describe());
         }
         progress.draw();
-        if steps.iter().all(|s| *s == Step::Running) {
+        if steps.iter().all(|s| *s == Step::Running) && all_members(record, &osconfig).await {
             return Ok(client);
         }
         if Instant::now() > deadline {
@@ -331,6 +350,40 @@ async fn advance(step: Step, node: &NodeRecord, config: &Config, osconfig: &Path
         }
         Step::Running => Ok(Step::Running),
     }
+}
+
+/// Whether every node knows every node as a member: then calls through any node reach
+/// any other at once.
+async fn all_members(record: &ClusterRecord, osconfig: &Path) -> bool {
+    for node in &record.nodes {
+        if member_count(node, osconfig).await < record.nodes.len() {
+            return false;
+        }
+    }
+    true
+}
+
+/// How many members `node` knows (0 when it cannot be asked).
+async fn member_count(node: &NodeRecord, osconfig: &Path) -> usize {
+    let Ok(connection) = open(&node.address.to_string(), false, osconfig).await else {
+        return 0;
+    };
+    let request = basalt_api::resource::v1::ListRequest {
+        r#type: "members".into(),
+        ..Default::default()
+    };
+    let mut client = basalt_api::resource::v1::resource_service_client::ResourceServiceClient::new(
+        connection.channel.clone(),
+    );
+    let Ok(answer) = client.list(connection.request(request)).await else {
+        return 0;
+    };
+    let mut stream = answer.into_inner();
+    let mut count = 0;
+    while let Ok(Some(_)) = stream.message().await {
+        count += 1;
+    }
+    count
 }
 
 /// A connection to one node: insecure (maintenance mode) or with the cluster's client

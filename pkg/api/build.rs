@@ -9,17 +9,25 @@ const PROTOS: &[&str] = &[
     "proto/basalt/common/v1/common.proto",
     "proto/basalt/resource/v1/resource.proto",
     "proto/basalt/machine/v1/machine.proto",
+    "proto/basalt/trustd/v1/trustd.proto",
 ];
+
+/// trustd's service is served on its own port, not through apid: it is not a Machine API
+/// method.
+const NOT_MACHINE_API: &[&str] = &["basalt.trustd.v1"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(PROTOS, ["proto"])?;
 
     let mut methods = String::from(
-        "/// Every RPC of every service: (path, server streaming).\n\
+        "/// Every RPC of every Machine API service: (path, server streaming).\n\
          pub const METHODS: &[(&str, bool)] = &[\n",
     );
     for file in &fds.file {
+        if NOT_MACHINE_API.contains(&file.package()) {
+            continue;
+        }
         for service in &file.service {
             for method in &service.method {
                 writeln!(

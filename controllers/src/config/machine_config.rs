@@ -1,7 +1,8 @@
 use async_trait::async_trait;
 use basalt_controller_runtime::{Action, Controller, ControllerError, Input, Output, Runtime};
 use basalt_machine_config::Config;
-use basalt_resources::config::{HostnameConfigSpec, MachineConfigSpec};
+use basalt_resources::cluster::MachineRole;
+use basalt_resources::config::{HostnameConfigSpec, MachineConfigSpec, MachineTypeSpec};
 use basalt_resources::k8s::{ControlPlaneEndpointSpec, KubePrismConfigSpec};
 use basalt_resources::kubespan::KubeSpanConfigSpec;
 use basalt_resources::network::{LinkConfigSpec, NetworkServersConfigSpec, RouteConfig};
@@ -9,7 +10,7 @@ use basalt_resources::runtime::{ExtensionServiceConfigSpec, ExtensionServiceFile
 use basalt_resources::secrets::OsRootSpec;
 
 /// Parses the machine config in effect (`MachineConfig/active`) and publishes it per
-/// concern: the hostname, links and servers (network), the OS CA (secrets), KubePrism
+/// concern: the role, the hostname, links and servers (network), the OS CA (secrets), KubePrism
 /// and the control-plane endpoint (k8s), KubeSpan, and extension services. Without a
 /// config (maintenance mode) there are none; a document removed from the config takes
 /// its resources with it.
@@ -24,6 +25,7 @@ impl Controller for MachineConfigController {
             Input::weak::<MachineConfigSpec>().with_id(MachineConfigSpec::ACTIVE),
         ],
         outputs: [
+            Output::exclusive::<MachineTypeSpec>(),
             Output::exclusive::<HostnameConfigSpec>(),
             Output::exclusive::<LinkConfigSpec>(),
             Output::exclusive::<NetworkServersConfigSpec>(),
@@ -57,6 +59,12 @@ async fn publish_machine(rt: &mut Runtime, config: &Config) -> Result<(), Contro
     let Some(machine) = &config.machine else {
         return Ok(());
     };
+    let role = match machine.role {
+        basalt_machine_config::Role::Controlplane => MachineRole::ControlPlane,
+        basalt_machine_config::Role::Worker => MachineRole::Worker,
+    };
+    rt.put_spec(MachineTypeSpec::ID, MachineTypeSpec { role })
+        .await?;
     if let Some(hostname) = &machine.hostname {
         let spec = HostnameConfigSpec {
             hostname: hostname.clone(),
@@ -68,6 +76,7 @@ async fn publish_machine(rt: &mut Runtime, config: &Config) -> Result<(), Contro
             ca: ca.crt.clone(),
             ca_key: ca.key.expose().to_string(),
             cert_sans: machine.cert_sans.clone(),
+            token: machine.token.expose().to_string(),
         };
         rt.put_spec(OsRootSpec::ID, spec).await?;
     }

@@ -177,7 +177,7 @@ async fn apply_whole(
     );
     if plan.action != Action::Stage && !certificates_from(&shared.state, &plan.os_ca).await {
         result.warnings.push(format!(
-            "the API certificates from the config's OS CA did not come within {CERTIFICATES_TIMEOUT:?}; see the secrets.ApiCertificatesController logs"
+            "the API certificates did not come within {CERTIFICATES_TIMEOUT:?} (without the OS CA key they come from trustd at the control-plane endpoint); see the secrets.ApiCertificatesController logs"
         ));
     }
     Ok(result)

@@ -5,7 +5,7 @@ mod apply;
 mod machine;
 mod resources;
 pub(crate) mod socket;
-mod status;
+pub(crate) mod status;
 
 use std::convert::Infallible;
 use std::sync::Arc;

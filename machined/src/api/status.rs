@@ -91,7 +91,8 @@ pub(crate) fn plan_code(e: &PlanError) -> Code {
         | PlanError::NothingToRevertTo
         | PlanError::NoMachineConfig
         | PlanError::NoOsCa
-        | PlanError::NoOsCaKey
+        | PlanError::NoToken
+        | PlanError::NoEndpoint
         | PlanError::ApiCertificate(_) => Code::FailedPrecondition,
         PlanError::Config(e) => config_code(e),
     }
@@ -111,7 +112,8 @@ pub(crate) fn pki_code(e: &PkiError) -> Code {
         PkiError::UnknownRole(_)
         | PkiError::InvalidSan { .. }
         | PkiError::InvalidCommonName { .. }
-        | PkiError::InvalidValidity { .. } => Code::InvalidArgument,
+        | PkiError::InvalidValidity { .. }
+        | PkiError::InvalidRequest { .. } => Code::InvalidArgument,
         PkiError::Yaml { .. }
         | PkiError::InvalidField { .. }
         | PkiError::InvalidCertificate { .. }
@@ -320,7 +322,8 @@ mod tests {
             (PlanError::NothingToRevertTo, Code::FailedPrecondition),
             (PlanError::NoMachineConfig, Code::FailedPrecondition),
             (PlanError::NoOsCa, Code::FailedPrecondition),
-            (PlanError::NoOsCaKey, Code::FailedPrecondition),
+            (PlanError::NoToken, Code::FailedPrecondition),
+            (PlanError::NoEndpoint, Code::FailedPrecondition),
             (
                 PlanError::ApiCertificate(PkiError::Random),
                 Code::FailedPrecondition,
@@ -377,6 +380,13 @@ mod tests {
             (
                 PkiError::Yaml { reason: "r".into() },
                 Code::FailedPrecondition,
+            ),
+            (
+                PkiError::InvalidRequest {
+                    what: "the server request",
+                    reason: "r".into(),
+                },
+                Code::InvalidArgument,
             ),
             (PkiError::Random, Code::Internal),
             (PkiError::Encode { reason: "r".into() }, Code::Internal),

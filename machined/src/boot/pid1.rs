@@ -229,6 +229,7 @@ fn node_options(machine: &Machine, state_dir: Option<PathBuf>) -> NodeOptions {
             run_dir: PathBuf::from("/run/basalt"),
             binary: None,
         }),
+        trustd_listen: Some(SocketAddr::from(([0, 0, 0, 0], basalt_api::TRUSTD_PORT))),
         ..NodeOptions::default()
     }
 }

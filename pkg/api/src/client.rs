@@ -32,6 +32,9 @@ pub enum ClientTls {
         crt: String,
         key: String,
     },
+    /// The server must present a certificate from `ca`; we present none (a node asking
+    /// trustd for its first certificate).
+    ServerOnly { ca: String },
     /// No client certificate and no CA (maintenance mode). With `pin`, the server's
     /// certificate must have exactly this SHA-256 fingerprint.
     Insecure { pin: Option<[u8; 32]> },
@@ -41,6 +44,7 @@ impl fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ClientTls::Mutual { .. } => f.write_str("Mutual { .. }"),
+            ClientTls::ServerOnly { .. } => f.write_str("ServerOnly { .. }"),
             ClientTls::Insecure { pin } => f
                 .debug_struct("Insecure")
                 .field("pin", &pin.map(|p| fingerprint_hex(&p)))
@@ -173,17 +177,21 @@ pub fn client_config(tls: &ClientTls) -> Result<ClientConfig, ClientError> {
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Rustls)?;
-    let mut config = match tls {
-        ClientTls::Mutual { ca, crt, key } => {
-            let mut roots = RootCertStore::empty();
-            for cert in tls::certs_from_pem("ca", ca)? {
-                roots.add(cert).map_err(TlsError::Rustls)?;
-            }
-            builder
-                .with_root_certificates(roots)
-                .with_client_auth_cert(tls::certs_from_pem("crt", crt)?, tls::key_from_pem(key)?)
-                .map_err(TlsError::Rustls)?
+    let roots = |ca: &str| -> Result<RootCertStore, ClientError> {
+        let mut roots = RootCertStore::empty();
+        for cert in tls::certs_from_pem("ca", ca)? {
+            roots.add(cert).map_err(TlsError::Rustls)?;
         }
+        Ok(roots)
+    };
+    let mut config = match tls {
+        ClientTls::Mutual { ca, crt, key } => builder
+            .with_root_certificates(roots(ca)?)
+            .with_client_auth_cert(tls::certs_from_pem("crt", crt)?, tls::key_from_pem(key)?)
+            .map_err(TlsError::Rustls)?,
+        ClientTls::ServerOnly { ca } => builder
+            .with_root_certificates(roots(ca)?)
+            .with_no_client_auth(),
         ClientTls::Insecure { pin } => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Unverified {

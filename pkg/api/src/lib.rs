@@ -30,6 +30,12 @@ pub mod machine {
     }
 }
 
+pub mod trustd {
+    pub mod v1 {
+        tonic::include_proto!("basalt.trustd.v1");
+    }
+}
+
 include!(concat!(env!("OUT_DIR"), "/methods.rs"));
 
 /// The directory holding the `.proto` files, for clients generated in other languages.
@@ -40,6 +46,12 @@ pub const NODES_HEADER: &str = "nodes";
 
 /// The default API port.
 pub const DEFAULT_PORT: u16 = 50000;
+
+/// trustd's port on control-plane nodes.
+pub const TRUSTD_PORT: u16 = 50001;
+
+/// The gRPC metadata key carrying the machine token in calls to trustd.
+pub const TOKEN_HEADER: &str = "token";
 
 #[cfg(test)]
 mod tests {
@@ -53,5 +65,8 @@ mod tests {
         assert_eq!(paths.len(), METHODS.len());
         assert!(METHODS.contains(&("/basalt.machine.v1.MachineService/Version", false)));
         assert!(METHODS.contains(&("/basalt.resource.v1.ResourceService/Watch", true)));
+        assert!(!METHODS
+            .iter()
+            .any(|(p, _)| p.starts_with("/basalt.trustd.")));
     }
 }

@@ -21,6 +21,7 @@ const ACTED_ON: &[&str] = &[
     "MachineConfig.hostname",
     "MachineConfig.ca",
     "MachineConfig.certSANs",
+    "MachineConfig.token",
     "MachineConfig.install",
     "MachineConfig.kernelArgs",
     "ClusterConfig.apiVersion",
@@ -116,10 +117,15 @@ pub enum PlanError {
     #[error("machine.ca is missing")]
     NoOsCa,
     #[error(
-        "machine.ca has no key: worker nodes need the control plane to issue their API \
-         certificate (trustd), which is not built yet"
+        "machine.token is empty: a node without the OS CA key (a worker) gets its API \
+         certificate from the control plane's trustd, which asks for the machine token"
     )]
-    NoOsCaKey,
+    NoToken,
+    #[error(
+        "cluster.controlPlane.endpoint is missing: a node without the OS CA key (a worker) \
+         gets its API certificate from trustd there"
+    )]
+    NoEndpoint,
     #[error("the node's API certificate cannot be issued: {0}")]
     ApiCertificate(#[from] basalt_pki::PkiError),
     #[error(transparent)]
@@ -216,22 +222,36 @@ fn under(path: &str, prefix: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
 }
 
-/// The node's API certificates come from the config's OS CA: a config that cannot give
-/// them (no CA, no CA key, names a certificate cannot carry) is refused now, dry run
-/// included, rather than leaving the node without an API. Returns the CA's PEM.
+/// The node's API certificates come from the config's OS CA, or without its key from
+/// trustd: a config that cannot give them (no CA; no key and no token or endpoint to ask
+/// trustd with; names a certificate cannot carry) is refused now, dry run included,
+/// rather than leaving the node without an API. Returns the CA's PEM.
 fn check_api_identity(config: &Config) -> Result<String, PlanError> {
     let machine = config.machine.as_ref().ok_or(PlanError::NoMachineConfig)?;
     let ca = machine.ca.as_ref().ok_or(PlanError::NoOsCa)?;
+    let name = machine.hostname.as_deref().unwrap_or("basalt");
+    let mut sans = machine.cert_sans.clone();
+    sans.push(name.to_string());
     if ca.key.is_empty() {
-        return Err(PlanError::NoOsCaKey);
+        if machine.token.is_empty() {
+            return Err(PlanError::NoToken);
+        }
+        let endpoint = config
+            .cluster
+            .as_ref()
+            .map(|c| c.control_plane.endpoint.as_str())
+            .unwrap_or_default();
+        if endpoint.is_empty() {
+            return Err(PlanError::NoEndpoint);
+        }
+        // The names are checked as trustd will: a request for them can be made.
+        basalt_pki::request_node_certs(name, &sans)?;
+        return Ok(ca.crt.clone());
     }
     let ca = CertAndKey {
         crt: ca.crt.clone(),
         key: ca.key.expose().to_string(),
     };
-    let name = machine.hostname.as_deref().unwrap_or("basalt");
-    let mut sans = machine.cert_sans.clone();
-    sans.push(name.to_string());
     issue_node_certs(&ca, name, &sans, Duration::from_secs(3600))?;
     Ok(ca.crt)
 }
@@ -407,16 +427,38 @@ mod tests {
 
     #[test]
     fn a_config_that_cannot_give_the_api_its_certificates_is_refused_in_every_mode() {
+        // Without the CA key (a worker), trustd is asked: with the token, at the endpoint.
         let mut worker = base();
         worker.machine.as_mut().unwrap().ca.as_mut().unwrap().key = Default::default();
+        let mut no_token = worker.clone();
+        no_token.machine.as_mut().unwrap().token = Default::default();
+        let mut no_endpoint = worker.clone();
+        no_endpoint.cluster.as_mut().unwrap().control_plane.endpoint = String::new();
+        let mut worker_bad_name = worker.clone();
+        worker_bad_name.machine.as_mut().unwrap().cert_sans = vec!["not a name!".into()];
         let mut bad_name = base();
         bad_name.machine.as_mut().unwrap().cert_sans = vec!["not a name!".into()];
         let mut no_ca = base();
         no_ca.machine.as_mut().unwrap().ca = None;
         for mode in MODES {
+            assert!(
+                !matches!(
+                    plan(None, &worker, mode),
+                    Err(PlanError::NoToken | PlanError::NoEndpoint | PlanError::ApiCertificate(_))
+                ),
+                "{mode:?}"
+            );
             assert!(matches!(
-                plan(None, &worker, mode),
-                Err(PlanError::NoOsCaKey)
+                plan(None, &no_token, mode),
+                Err(PlanError::NoToken)
+            ));
+            assert!(matches!(
+                plan(None, &no_endpoint, mode),
+                Err(PlanError::NoEndpoint)
+            ));
+            assert!(matches!(
+                plan(None, &worker_bad_name, mode),
+                Err(PlanError::ApiCertificate(_))
             ));
             assert!(matches!(plan(None, &no_ca, mode), Err(PlanError::NoOsCa)));
             assert!(matches!(

@@ -81,6 +81,9 @@ pub enum PkiError {
     #[error("cannot generate {what}: {reason}")]
     Generate { what: String, reason: String },
 
+    #[error("{what} is not a valid certificate signing request: {reason}")]
+    InvalidRequest { what: &'static str, reason: String },
+
     #[error("the system random number generator failed")]
     Random,
 

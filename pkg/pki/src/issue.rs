@@ -128,7 +128,7 @@ pub fn issue_server_cert(
     )
 }
 
-struct Leaf<'a> {
+pub(crate) struct Leaf<'a> {
     common_name: &'a str,
     organizations: Vec<&'a str>,
     sans: Vec<San>,
@@ -136,13 +136,13 @@ struct Leaf<'a> {
     validity: Duration,
 }
 
-enum San {
+pub(crate) enum San {
     Dns(String),
     Ip(IpAddr),
 }
 
 impl San {
-    fn parse(value: &str) -> Result<Self, PkiError> {
+    pub(crate) fn parse(value: &str) -> Result<Self, PkiError> {
         if let Ok(ip) = value.parse::<IpAddr>() {
             return Ok(San::Ip(ip));
         }
@@ -184,6 +184,25 @@ impl San {
 }
 
 fn issue(ca: &CertAndKey, leaf: &Leaf<'_>) -> Result<CertAndKey, PkiError> {
+    // Server keys are ECDSA P-256 whatever the CA's: TLS stacks built on BoringSSL (gRPC
+    // C-core: Python, C++, Ruby clients) do not offer Ed25519 handshake signatures, but
+    // they verify an Ed25519 CA's signature on the certificate.
+    let key_algorithm = if leaf.server_auth {
+        KeyAlgorithm::EcdsaP256
+    } else {
+        let ca_key = parse_key(&ca.key, "the key of the CA")?;
+        KeyAlgorithm::of(&ca_key, "the key of the CA")?
+    };
+    let key = key_algorithm.generate(&format!("the key of {:?}", leaf.common_name))?;
+    Ok(CertAndKey {
+        crt: sign(ca, leaf, &key.subject_public_key_info())?,
+        key: key.serialize_pem(),
+    })
+}
+
+/// The certificate `leaf` describes, for the public key `spki` (SubjectPublicKeyInfo,
+/// DER), signed by `ca`; PEM.
+pub(crate) fn sign(ca: &CertAndKey, leaf: &Leaf<'_>, spki: &[u8]) -> Result<String, PkiError> {
     check_common_name(leaf.common_name)?;
     let ca_der = certificate_der(&ca.crt, "the CA certificate")?;
     let ca_cert = parse_certificate(&ca_der, "the CA certificate")?;
@@ -199,16 +218,6 @@ fn issue(ca: &CertAndKey, leaf: &Leaf<'_>) -> Result<CertAndKey, PkiError> {
     let algorithm = KeyAlgorithm::of(&ca_key, &format!("the key of CA {ca_name:?}"))?;
 
     let (not_before, not_after) = leaf_validity(&ca_cert, &ca_name, leaf)?;
-    // Server keys are ECDSA P-256 whatever the CA's: TLS stacks built on BoringSSL (gRPC
-    // C-core: Python, C++, Ruby clients) do not offer Ed25519 handshake signatures, but
-    // they verify an Ed25519 CA's signature on the certificate.
-    let key_algorithm = if leaf.server_auth {
-        KeyAlgorithm::EcdsaP256
-    } else {
-        algorithm
-    };
-    let key = key_algorithm.generate(&format!("the key of {:?}", leaf.common_name))?;
-    let spki = key.subject_public_key_info();
 
     // Neither algorithm takes parameters (RFC 8410 3, RFC 5758 3.2).
     let signature_oid = match algorithm {
@@ -223,18 +232,15 @@ fn issue(ca: &CertAndKey, leaf: &Leaf<'_>) -> Result<CertAndKey, PkiError> {
         ca_cert.subject().as_raw(),
         &der::sequence(&[&der::time(not_before), &der::time(not_after)]),
         &subject(leaf),
-        &spki,
-        &der::explicit(3, &extensions(leaf, &spki, &ca_cert)),
+        spki,
+        &der::explicit(3, &extensions(leaf, spki, &ca_cert)),
     ]);
     let signature = ca_key.sign(&tbs).map_err(|e| PkiError::Generate {
         what: format!("the signature of {:?}", leaf.common_name),
         reason: e.to_string(),
     })?;
     let cert = der::sequence(&[&tbs, &signature_algorithm, &der::bit_string(&signature)]);
-    Ok(CertAndKey {
-        crt: pem_certificate(&cert),
-        key: key.serialize_pem(),
-    })
+    Ok(pem_certificate(&cert))
 }
 
 fn check_common_name(name: &str) -> Result<(), PkiError> {
@@ -397,6 +403,186 @@ fn pem_certificate(der: &[u8]) -> String {
     out
 }
 
+/// A node's request for its API certificates: certificate signing requests (PEM) for two
+/// keys the node made and keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCertRequest {
+    /// For the server certificate: the node's name as common name, and every name and
+    /// address it is reached by as subject alternative names.
+    pub server_csr: String,
+    /// For the `os:impersonator` client certificate: only its key is used.
+    pub peer_csr: String,
+}
+
+/// The keys behind a [`NodeCertRequest`] (PEM); they never leave the node.
+#[derive(Clone)]
+pub struct NodeKeys {
+    pub server: String,
+    pub peer: String,
+}
+
+impl std::fmt::Debug for NodeKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeKeys { .. }")
+    }
+}
+
+/// The certificates signed for a [`NodeCertRequest`] (PEM), with what they say.
+#[derive(Debug, Clone)]
+pub struct SignedNodeCerts {
+    pub server_crt: String,
+    pub peer_crt: String,
+    pub name: String,
+    pub sans: Vec<String>,
+    pub not_after: OffsetDateTime,
+}
+
+/// Makes the node's two keys (ECDSA P-256, which every TLS stack speaks) and the request
+/// for their certificates.
+pub fn request_node_certs(
+    name: &str,
+    sans: &[String],
+) -> Result<(NodeCertRequest, NodeKeys), PkiError> {
+    check_common_name(name)?;
+    for san in sans {
+        San::parse(san)?;
+    }
+    let csr = |sans: Vec<String>, what: &str| -> Result<(String, String), PkiError> {
+        let generate = |e: rcgen::Error| PkiError::Generate {
+            what: format!("the {what} request of {name:?}"),
+            reason: e.to_string(),
+        };
+        let key = KeyAlgorithm::EcdsaP256.generate(&format!("the {what} key of {name:?}"))?;
+        let mut params = CertificateParams::new(sans).map_err(generate)?;
+        let mut subject = DistinguishedName::new();
+        subject.push(DnType::CommonName, name);
+        params.distinguished_name = subject;
+        let request = params.serialize_request(&key).map_err(generate)?;
+        Ok((request.pem().map_err(generate)?, key.serialize_pem()))
+    };
+    let (server_csr, server) = csr(sans.to_vec(), "server")?;
+    let (peer_csr, peer) = csr(Vec::new(), "peer")?;
+    Ok((
+        NodeCertRequest {
+            server_csr,
+            peer_csr,
+        },
+        NodeKeys { server, peer },
+    ))
+}
+
+/// Signs a node's request with the OS CA. Each request's signature is checked (the
+/// requester holds the key); from the requests only the keys, the common name and the
+/// server's subject alternative names are taken. Usages, the `os:impersonator` role and
+/// the validity are the issuer's, as for [`issue_node_certs`].
+pub fn sign_node_request(
+    ca: &CertAndKey,
+    request: &NodeCertRequest,
+    validity: Duration,
+) -> Result<SignedNodeCerts, PkiError> {
+    let server = parse_request(&request.server_csr, "the server request")?;
+    let peer = parse_request(&request.peer_csr, "the peer request")?;
+    let invalid = |reason: String| PkiError::InvalidRequest {
+        what: "the server request",
+        reason,
+    };
+    let name = server
+        .params
+        .distinguished_name
+        .get(&DnType::CommonName)
+        .and_then(|value| match value {
+            rcgen::DnValue::Utf8String(s) => Some(s.clone()),
+            rcgen::DnValue::PrintableString(s) => Some(s.as_str().to_string()),
+            _ => None,
+        })
+        .ok_or_else(|| invalid("its subject has no common name".into()))?;
+    let mut sans = Vec::new();
+    for san in &server.params.subject_alt_names {
+        sans.push(match san {
+            rcgen::SanType::DnsName(dns) => dns.as_str().to_string(),
+            rcgen::SanType::IpAddress(ip) => ip.to_string(),
+            other => {
+                return Err(invalid(format!(
+                    "{other:?} is not a DNS name or an IP address"
+                )))
+            }
+        });
+    }
+    let parsed_sans = sans
+        .iter()
+        .map(|s| San::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let server_crt = sign(
+        ca,
+        &Leaf {
+            common_name: &name,
+            organizations: Vec::new(),
+            sans: parsed_sans,
+            server_auth: true,
+            validity,
+        },
+        &server.public_key.subject_public_key_info(),
+    )?;
+    let peer_crt = sign(
+        ca,
+        &Leaf {
+            common_name: &name,
+            organizations: vec![Role::Impersonator.as_str()],
+            sans: Vec::new(),
+            server_auth: false,
+            validity,
+        },
+        &peer.public_key.subject_public_key_info(),
+    )?;
+    let not_after = crate::inspect(&server_crt)?.not_after;
+    Ok(SignedNodeCerts {
+        server_crt,
+        peer_crt,
+        name,
+        sans,
+        not_after,
+    })
+}
+
+fn parse_request(
+    pem: &str,
+    what: &'static str,
+) -> Result<rcgen::CertificateSigningRequestParams, PkiError> {
+    rcgen::CertificateSigningRequestParams::from_pem(pem).map_err(|e| PkiError::InvalidRequest {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+/// The certificates of a node's Machine API: the server certificate it serves, and the
+/// `os:impersonator` client certificate it presents to other nodes when it forwards a
+/// call.
+#[derive(Debug, Clone)]
+pub struct NodeCertificates {
+    pub server: CertAndKey,
+    pub peer: CertAndKey,
+    /// When the server certificate expires.
+    pub not_after: OffsetDateTime,
+}
+
+/// Issues a node's API certificates from the OS CA: `name` is the node's name (the common
+/// name of both), `sans` every name and address it is reached by.
+pub fn issue_node_certs(
+    ca: &CertAndKey,
+    name: &str,
+    sans: &[String],
+    validity: Duration,
+) -> Result<NodeCertificates, PkiError> {
+    let server = issue_server_cert(ca, name, sans, validity)?;
+    let peer = issue_client_cert(ca, name, &[Role::Impersonator], validity)?;
+    let not_after = crate::inspect(&server.crt)?.not_after;
+    Ok(NodeCertificates {
+        server,
+        peer,
+        not_after,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,33 +625,76 @@ mod tests {
         assert_eq!(lines[1].len(), 64);
         assert_eq!(lines.last().copied(), Some("-----END CERTIFICATE-----"));
     }
-}
 
-/// The certificates of a node's Machine API: the server certificate it serves, and the
-/// `os:impersonator` client certificate it presents to other nodes when it forwards a
-/// call.
-#[derive(Debug, Clone)]
-pub struct NodeCertificates {
-    pub server: CertAndKey,
-    pub peer: CertAndKey,
-    /// When the server certificate expires.
-    pub not_after: OffsetDateTime,
-}
+    #[test]
+    fn a_node_request_is_signed_with_the_issuers_profile() {
+        let bundle = crate::SecretsBundle::generate().unwrap();
+        let ca = &bundle.certs.os;
+        let sans = vec!["10.5.0.3".to_string(), "w-1".to_string()];
+        let (request, keys) = request_node_certs("w-1", &sans).unwrap();
+        let signed = sign_node_request(ca, &request, Duration::from_secs(3600)).unwrap();
+        assert_eq!(signed.name, "w-1");
+        assert_eq!(signed.sans, sans);
+        let now = OffsetDateTime::now_utc();
+        let server = crate::verify(&signed.server_crt, &ca.crt, now).unwrap();
+        assert!(server.organizations.is_empty());
+        assert_eq!(server.dns_sans, ["w-1"]);
+        let peer = crate::verify(&signed.peer_crt, &ca.crt, now).unwrap();
+        assert_eq!(peer.organizations, [Role::Impersonator.as_str()]);
+        assert!(peer.dns_sans.is_empty() && peer.ip_sans.is_empty());
+        // Each certificate is for the key the node kept.
+        for (crt, key) in [
+            (&signed.server_crt, &keys.server),
+            (&signed.peer_crt, &keys.peer),
+        ] {
+            let cert = CertAndKey {
+                crt: crt.clone(),
+                key: key.clone(),
+            };
+            assert!(cert.check("node").is_ok());
+        }
+        assert_eq!(format!("{keys:?}"), "NodeKeys { .. }");
+    }
 
-/// Issues a node's API certificates from the OS CA: `name` is the node's name (the common
-/// name of both), `sans` every name and address it is reached by.
-pub fn issue_node_certs(
-    ca: &CertAndKey,
-    name: &str,
-    sans: &[String],
-    validity: Duration,
-) -> Result<NodeCertificates, PkiError> {
-    let server = issue_server_cert(ca, name, sans, validity)?;
-    let peer = issue_client_cert(ca, name, &[Role::Impersonator], validity)?;
-    let not_after = crate::inspect(&server.crt)?.not_after;
-    Ok(NodeCertificates {
-        server,
-        peer,
-        not_after,
-    })
+    #[test]
+    fn a_bad_or_forged_request_is_refused() {
+        let bundle = crate::SecretsBundle::generate().unwrap();
+        let ca = &bundle.certs.os;
+        let (good, _) = request_node_certs("w-1", &["10.5.0.3".into()]).unwrap();
+        let refused = |request: NodeCertRequest| {
+            sign_node_request(ca, &request, Duration::from_secs(60)).unwrap_err()
+        };
+        let garbage = NodeCertRequest {
+            server_csr: "not a request".into(),
+            ..good.clone()
+        };
+        assert!(matches!(
+            refused(garbage),
+            PkiError::InvalidRequest {
+                what: "the server request",
+                ..
+            }
+        ));
+        // A character of the signed part changed: the signature no longer holds.
+        let mut lines: Vec<String> = good.peer_csr.lines().map(str::to_string).collect();
+        let flipped = if lines[1].as_bytes()[30] == b'A' {
+            "B"
+        } else {
+            "A"
+        };
+        lines[1].replace_range(30..31, flipped);
+        let forged = NodeCertRequest {
+            peer_csr: lines.join("\n"),
+            ..good.clone()
+        };
+        assert!(matches!(
+            refused(forged),
+            PkiError::InvalidRequest {
+                what: "the peer request",
+                ..
+            }
+        ));
+        assert!(request_node_certs("", &[]).is_err());
+        assert!(request_node_certs("w-1", &["not a name!".into()]).is_err());
+    }
 }

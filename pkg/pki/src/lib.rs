@@ -23,7 +23,8 @@ pub use error::PkiError;
 pub use file::write_private_file;
 pub use inspect::{inspect, roles_of, verify, CertInfo};
 pub use issue::{
-    issue_client_cert, issue_node_certs, issue_server_cert, NodeCertificates, CA_VALIDITY,
+    issue_client_cert, issue_node_certs, issue_server_cert, request_node_certs, sign_node_request,
+    NodeCertRequest, NodeCertificates, NodeKeys, SignedNodeCerts, CA_VALIDITY,
     CLOCK_SKEW_ALLOWANCE,
 };
 pub use keys::{CertAndKey, KeyPem};

@@ -3,6 +3,7 @@
 //! its name, namespace, aliases and print columns with `#[derive(ResourceSpec)]`;
 //! [`meta::builtin_registry`] registers every one.
 
+pub mod cluster;
 pub mod config;
 pub mod k8s;
 pub mod kubespan;

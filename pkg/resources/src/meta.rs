@@ -4,13 +4,15 @@
 pub use basalt_resource::{PrintColumn, ResourceDefinitionSpec};
 use basalt_resource::{Registry, ResourceError};
 
-use crate::{config, k8s, kubespan, network, runtime, secrets};
+use crate::{cluster, config, k8s, kubespan, network, runtime, secrets};
 
 /// A registry with every built-in resource type.
 pub fn builtin_registry() -> Result<Registry, ResourceError> {
     let mut registry = Registry::new();
     registry.register::<config::HostnameConfigSpec>()?;
     registry.register::<config::MachineConfigSpec>()?;
+    registry.register::<config::MachineTypeSpec>()?;
+    registry.register::<cluster::MemberSpec>()?;
     registry.register::<network::HostnameSpec>()?;
     registry.register::<network::LinkConfigSpec>()?;
     registry.register::<network::NetworkServersConfigSpec>()?;

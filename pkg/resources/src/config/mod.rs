@@ -3,6 +3,8 @@
 
 mod hostname;
 mod machine_config;
+mod machine_type;
 
 pub use hostname::*;
 pub use machine_config::*;
+pub use machine_type::*;

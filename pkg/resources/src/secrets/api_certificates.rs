@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
     sensitive,
     column("SANs", "sans"),
     column("NotAfter", "notAfter"),
+    column("Issuer", "issuer"),
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiCertificatesSpec {
@@ -25,6 +26,9 @@ pub struct ApiCertificatesSpec {
     pub sans: Vec<String>,
     /// When the server certificate expires (RFC 3339).
     pub not_after: String,
+    /// Who signed them: `self` (from the config's CA key) or `trustd <endpoint>`.
+    #[serde(default)]
+    pub issuer: String,
 }
 
 impl ApiCertificatesSpec {

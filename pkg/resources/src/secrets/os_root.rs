@@ -22,6 +22,10 @@ pub struct OsRootSpec {
     /// Extra names and addresses for the node's API certificate (`certSANs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cert_sans: Vec<String>,
+    /// The machine token (`machine.token`): what a node without the CA key presents to
+    /// trustd for its certificates, and what trustd checks.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
 }
 
 impl OsRootSpec {

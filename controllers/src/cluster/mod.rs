@@ -1,0 +1,5 @@
+//! Controllers of the cluster domain.
+
+mod members;
+
+pub use members::MembersController;

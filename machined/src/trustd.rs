@@ -1,0 +1,372 @@
+//! trustd: on a node that holds the OS CA key (a control-plane node), the signer of the
+//! API certificates of nodes that do not (workers). Its own port (50001), TLS with the
+//! node's API server certificate and no client certificate (the caller has none yet);
+//! the caller proves it belongs to the cluster with the machine token, compared in
+//! constant time. Only the keys, the node's name and its server names are taken from a
+//! request: the usages, the `os:impersonator` role and the validity are trustd's.
+//!
+//! It starts serving once the node has the CA key and its own certificates (watched, so
+//! at once), follows the certificates as they are renewed, and never listens on a node
+//! without the key.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use apid::listener::Peer;
+use basalt_api::trustd::v1::trust_service_server::{TrustService, TrustServiceServer};
+use basalt_api::trustd::v1::{
+    CertificateRequest, CertificateResponse, Member, RegisterRequest, RegisterResponse,
+};
+use basalt_pki::{sign_node_request, CertAndKey, NodeCertRequest};
+use basalt_resource::{Resource, ResourceKey};
+use basalt_resources::secrets::{ApiCertificatesSpec, OsRootSpec};
+use basalt_state::State;
+use rustls::ServerConfig;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::api::status::pki_status;
+
+/// A member not heard from for this long is dropped (members register every 10 s).
+const MEMBER_TTL: Duration = Duration::from_secs(60);
+/// The most members, and addresses per member, trustd keeps: the registry's memory is
+/// bounded whatever token holders send.
+const MAX_MEMBERS: usize = 1024;
+const MAX_ADDRESSES: usize = 16;
+
+/// The running trustd task of a node.
+#[derive(Debug)]
+pub(crate) struct Trustd {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Trustd {
+    /// Waits (in the background) for the CA key and the node's certificates, then serves
+    /// on `listen`; certificates it signs live `validity`.
+    pub fn start(state: State, listen: SocketAddr, validity: Duration) -> Trustd {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(state, listen, validity, stop.clone()));
+        Trustd { stop, task }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn current(state: &State) -> Option<(OsRootSpec, ApiCertificatesSpec)> {
+    let root = state
+        .get(&ResourceKey::of::<OsRootSpec>(OsRootSpec::ID))
+        .await
+        .ok()?;
+    let root = Resource::<OsRootSpec>::try_from(root.as_ref()).ok()?.spec;
+    if root.ca_key.is_empty() {
+        return None;
+    }
+    let certs = state
+        .get(&ResourceKey::of::<ApiCertificatesSpec>(
+            ApiCertificatesSpec::ID,
+        ))
+        .await
+        .ok()?;
+    let certs = Resource::<ApiCertificatesSpec>::try_from(certs.as_ref())
+        .ok()?
+        .spec;
+    Some((root, certs))
+}
+
+fn server_config(certs: &ApiCertificatesSpec) -> Result<Arc<ServerConfig>, String> {
+    use basalt_api::tls;
+    let mut config = ServerConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(
+            tls::certs_from_pem("server certificate", &certs.server_crt)
+                .map_err(|e| e.to_string())?,
+            tls::key_from_pem(&certs.server_key).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+async fn run(state: State, listen: SocketAddr, validity: Duration, stop: CancellationToken) {
+    let watch = |key: ResourceKey| {
+        let state = state.clone();
+        async move { state.watch(&key).await }
+    };
+    let (Ok(mut roots), Ok(mut api)) = (
+        watch(ResourceKey::of::<OsRootSpec>(OsRootSpec::ID)).await,
+        watch(ResourceKey::of::<ApiCertificatesSpec>(
+            ApiCertificatesSpec::ID,
+        ))
+        .await,
+    ) else {
+        tracing::error!("trustd cannot watch the node's CA and certificates");
+        return;
+    };
+    // Until this node can sign, it does not listen.
+    let mut certs = loop {
+        if let Some((_, certs)) = current(&state).await {
+            break certs;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = roots.next() => {}
+            _ = api.next() => {}
+        }
+    };
+    let config = match server_config(&certs) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(error = %e, "trustd cannot use the node's certificate");
+            return;
+        }
+    };
+    let listener = match TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(%listen, error = %e, "trustd cannot listen");
+            return;
+        }
+    };
+    tracing::info!(%listen, "trustd serving");
+    let (tls, tls_rx) = watch::channel(config);
+    let (tx, rx) = mpsc::channel(64);
+    // The connections never end with maintenance mode: that token is never cancelled.
+    let accept = tokio::spawn(apid::listener::accept(
+        listener,
+        tls_rx,
+        tx,
+        stop.clone(),
+        CancellationToken::new(),
+    ));
+    let service = TrustServiceServer::new(Signer {
+        state: state.clone(),
+        validity,
+        members: Mutex::default(),
+    });
+    let server = tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(10))
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            stop.clone().cancelled_owned(),
+        );
+    let follow = async {
+        while api.next().await.is_some() {
+            if let Some((_, renewed)) = current(&state).await {
+                if renewed.server_crt != certs.server_crt {
+                    match server_config(&renewed) {
+                        Ok(config) => {
+                            tls.send_replace(config);
+                            certs = renewed;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "trustd cannot use the renewed certificate")
+                        }
+                    }
+                }
+            }
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        result = server => if let Err(e) = result {
+            tracing::error!(error = %e, "trustd stopped");
+        },
+        () = follow => {}
+    }
+    accept.abort();
+}
+
+struct Signer {
+    state: State,
+    validity: Duration,
+    /// The members that registered, by name, with when they were last heard from.
+    members: Mutex<BTreeMap<String, (Member, Instant)>>,
+}
+
+impl Signer {
+    /// The caller's address, for logs.
+    fn who<T>(request: &Request<T>) -> String {
+        request
+            .extensions()
+            .get::<Arc<Peer>>()
+            .map_or_else(|| "unknown".to_string(), |p| p.addr.to_string())
+    }
+
+    /// The OS CA of a node that can sign, once the caller's token is checked.
+    async fn authorize<T>(&self, request: &Request<T>) -> Result<OsRootSpec, Status> {
+        let Some((root, _)) = current(&self.state).await else {
+            return Err(Status::failed_precondition(
+                "this node holds no OS CA key: ask a control-plane node",
+            ));
+        };
+        let token = request
+            .metadata()
+            .get(basalt_api::TOKEN_HEADER)
+            .and_then(|t| t.to_str().ok())
+            .unwrap_or_default();
+        if !token_matches(token, &root.token) {
+            tracing::warn!(peer = %Self::who(request), "trustd refused a call with a wrong or missing machine token");
+            return Err(Status::permission_denied(
+                "the machine token is wrong or missing",
+            ));
+        }
+        Ok(root)
+    }
+}
+
+/// A member as a node describes itself: a name, a known role, IP addresses.
+fn check_member(member: &Member) -> Result<(), Status> {
+    let invalid = |reason: String| Err(Status::invalid_argument(format!("member: {reason}")));
+    if member.name.is_empty()
+        || member.name.len() > 253
+        || !member
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return invalid(format!("{:?} is not a node name", member.name));
+    }
+    if !matches!(member.role.as_str(), "controlplane" | "worker") {
+        return invalid(format!(
+            "role {:?} is not controlplane or worker",
+            member.role
+        ));
+    }
+    if member.addresses.is_empty() || member.addresses.len() > MAX_ADDRESSES {
+        return invalid(format!(
+            "1 to {MAX_ADDRESSES} addresses, not {}",
+            member.addresses.len()
+        ));
+    }
+    if let Some(bad) = member
+        .addresses
+        .iter()
+        .find(|a| a.parse::<IpAddr>().is_err())
+    {
+        return invalid(format!("{bad:?} is not an IP address"));
+    }
+    Ok(())
+}
+
+/// Whether the token a caller gave is the machine token: compared through their digests,
+/// in constant time, so that neither the bytes nor the length of the token leak.
+fn token_matches(given: &str, expected: &str) -> bool {
+    !expected.is_empty()
+        && bool::from(Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(expected.as_bytes())))
+}
+
+#[tonic::async_trait]
+impl TrustService for Signer {
+    async fn certificate(
+        &self,
+        request: Request<CertificateRequest>,
+    ) -> Result<Response<CertificateResponse>, Status> {
+        let root = self.authorize(&request).await?;
+        let who = Self::who(&request);
+        let request = request.into_inner();
+        let ca = CertAndKey {
+            crt: root.ca.clone(),
+            key: root.ca_key.clone(),
+        };
+        let signed = sign_node_request(
+            &ca,
+            &NodeCertRequest {
+                server_csr: request.server_csr,
+                peer_csr: request.peer_csr,
+            },
+            self.validity,
+        )
+        .map_err(pki_status)?;
+        tracing::info!(peer = %who, node = %signed.name, sans = ?signed.sans, not_after = %signed.not_after, "trustd signed a node's API certificates");
+        Ok(Response::new(CertificateResponse {
+            ca: root.ca,
+            server_crt: signed.server_crt,
+            peer_crt: signed.peer_crt,
+        }))
+    }
+
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        self.authorize(&request).await?;
+        let who = Self::who(&request);
+        let member = request
+            .into_inner()
+            .member
+            .ok_or_else(|| Status::invalid_argument("member: missing"))?;
+        check_member(&member)?;
+        let now = Instant::now();
+        let mut members = self
+            .members
+            .lock()
+            .map_err(|_| Status::internal("the member registry is poisoned"))?;
+        members.retain(|_, (_, seen)| now.duration_since(*seen) < MEMBER_TTL);
+        if !members.contains_key(&member.name) && members.len() >= MAX_MEMBERS {
+            return Err(Status::resource_exhausted(format!(
+                "the cluster has {MAX_MEMBERS} members already"
+            )));
+        }
+        let changed = members
+            .get(&member.name)
+            .is_none_or(|(known, _)| *known != member);
+        if changed {
+            tracing::info!(peer = %who, name = %member.name, role = %member.role, addresses = ?member.addresses, "member registered");
+        }
+        members.insert(member.name.clone(), (member, now));
+        Ok(Response::new(RegisterResponse {
+            members: members.values().map(|(m, _)| m.clone()).collect(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_machine_token_matches() {
+        assert!(token_matches("abc.def", "abc.def"));
+        assert!(!token_matches("abc.deg", "abc.def"));
+        assert!(!token_matches("", "abc.def"));
+        assert!(!token_matches("abc.def.", "abc.def"));
+        // A node without a token accepts nobody.
+        assert!(!token_matches("", ""));
+    }
+
+    #[test]
+    fn a_member_is_a_name_a_role_and_ip_addresses() {
+        let member = |name: &str, role: &str, addresses: &[&str]| Member {
+            name: name.into(),
+            role: role.into(),
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+        };
+        assert!(check_member(&member("w-1", "worker", &["10.5.0.3"])).is_ok());
+        for (bad, why) in [
+            (member("", "worker", &["10.5.0.3"]), "node name"),
+            (member("a b", "worker", &["10.5.0.3"]), "node name"),
+            (member("w-1", "admin", &["10.5.0.3"]), "role"),
+            (member("w-1", "worker", &[]), "addresses"),
+            (member("w-1", "worker", &["example.com"]), "IP address"),
+            (member("w-1", "worker", &["10.0.0.1"; 17]), "addresses"),
+        ] {
+            let status = check_member(&bad).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().contains(why), "{status:?}");
+        }
+    }
+}
