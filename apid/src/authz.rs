@@ -54,6 +54,7 @@ macro_rules! resource {
 pub const RULES: &[Rule] = &[
     maintenance(rule(machine!("ApplyConfiguration"), ADMIN, true)),
     maintenance(rule(machine!("Version"), ALL, false)),
+    rule(machine!("Time"), ALL, false),
     rule(machine!("ServiceList"), ALL, false),
     rule(machine!("ServiceStart"), OPERATE, true),
     rule(machine!("ServiceStop"), OPERATE, true),

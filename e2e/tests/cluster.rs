@@ -1,6 +1,6 @@
 //! Local clusters as a user makes them: `osctl cluster create` (container provider, the
-//! files of `_out/rootfs`), `osctl` through one endpoint to every node, `osctl cluster
-//! show` and `destroy`, and after it nothing left on the host: no process, network
+//! files of `_out/rootfs`), `osctl` through one endpoint to every node, trustd's
+//! certificates, membership, `osctl health`, `osctl cluster show` and `destroy`, and after it nothing left on the host: no process, network
 //! namespace, veth, cgroup, mount or directory. Also a node killed while the cluster is
 //! made, a second cluster of the same name, and a half-made cluster destroyed.
 //!
@@ -259,10 +259,28 @@ async fn a_three_node_cluster_is_made_used_through_one_endpoint_and_destroyed_le
         "{out}"
     );
 
+    // osctl health: every check of every node, printed as it runs.
+    let out = cluster.ok(&["health", "--wait-timeout", "30s"]).await;
+    for node in &nodes {
+        assert!(out.contains(&format!("{node} (")), "{out}");
+    }
+    assert_eq!(out.matches(" OK ").count(), 15, "{out}");
+    assert!(out.contains("healthy: 3 nodes"), "{out}");
+
     let shown = cluster
         .ok(&["cluster", "show", "--name", &cluster.name])
         .await;
     assert_eq!(shown.matches("\trunning").count(), 3, "{shown}");
+
+    // A node gone: health fails, naming it and the check.
+    kill(shim_of(&cluster, &nodes[2], Duration::from_secs(5)).await);
+    let failed = cluster.run(&["health", "--wait-timeout", "2s"]).await;
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success());
+    assert!(
+        stderr.contains(&format!("{} (10.213.31.4): reachable", nodes[2])),
+        "{stderr}"
+    );
 
     cluster
         .ok(&["cluster", "destroy", "--name", &cluster.name])

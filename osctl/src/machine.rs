@@ -46,6 +46,8 @@ pub enum ServiceAction {
 pub enum MachineCmd {
     /// Client and server versions.
     Version,
+    /// Each node's clock, and how far it is from this machine's.
+    Time,
     /// Apply a machine configuration to the nodes.
     ApplyConfig {
         #[arg(long, short)]
@@ -195,6 +197,25 @@ pub async fn run(connection: &Connection, command: MachineCmd) -> Result<()> {
         };
     }
     match command {
+        MachineCmd::Time => {
+            let sent = std::time::SystemTime::now();
+            let answer = client.time(connection.request(api::TimeRequest {})).await?;
+            let local = crate::health::midpoint(sent, std::time::SystemTime::now());
+            println!("NODE\tTIME\tOFFSET");
+            each!(answer, |node, m| {
+                let time = m.time.unwrap_or_default();
+                let offset = crate::health::offset(&time, local);
+                let shown = time::OffsetDateTime::from_unix_timestamp(time.seconds)
+                    .map(|t| t + time::Duration::nanoseconds(i64::from(time.nanos)))
+                    .ok()
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_else(|| format!("{}s", time.seconds));
+                println!("{node}\t{shown}\t{offset:+.3} s");
+            });
+        }
         MachineCmd::Version => {
             println!("Client:\n\tTag: {}", env!("CARGO_PKG_VERSION"));
             let answer = client

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 mod cluster;
 mod connect;
+mod health;
 mod machine;
 mod resources;
 
@@ -78,6 +79,9 @@ enum Command {
     Get(resources::GetArgs),
     /// Local clusters: create, show and destroy them.
     Cluster(cluster::ClusterArgs),
+    /// Check the cluster: every member (or the -n nodes) reachable, its clock, services,
+    /// membership and KubePrism.
+    Health(health::HealthArgs),
     #[command(flatten)]
     Machine(machine::MachineCmd),
 }
@@ -252,6 +256,10 @@ fn run(cli: Cli) -> Result<()> {
             remote(&cli, async |c| machine::run(c, command).await)?;
         }
         Command::Cluster(args) => cluster::run(args, &osconfig_path(&cli.osconfig)?)?,
+        Command::Health(ref args) => {
+            let args = args.clone();
+            remote(&cli, async |c| health::run(c, args).await)?;
+        }
         Command::Gen(Gen::Secrets { output, force }) => {
             refuse_overwrite(&output, force)?;
             SecretsBundle::generate()?.write_to(&output)?;

@@ -103,6 +103,24 @@ impl MachineService for MachineApi {
         }))
     }
 
+    async fn time(
+        &self,
+        _request: Request<api::TimeRequest>,
+    ) -> Result<Response<api::TimeResponse>, Status> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(Response::new(api::TimeResponse {
+            messages: vec![api::TimeResult {
+                metadata: here(),
+                time: Some(basalt_resource::proto::Timestamp {
+                    seconds: now.as_secs() as i64,
+                    nanos: now.subsec_nanos() as i32,
+                }),
+            }],
+        }))
+    }
+
     async fn version(
         &self,
         _request: Request<api::VersionRequest>,
