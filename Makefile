@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: cluster test setup fmt fmt-check lint unit image image-lock bench fuzz-smoke clean
+.PHONY: cluster reload test setup fmt fmt-check lint unit image image-lock bench fuzz-smoke clean
 
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
@@ -15,6 +15,15 @@ cluster: setup
 	bash hack/image.sh build $(TARGET_DIR)/debug/machined
 	$(TARGET_DIR)/debug/osctl cluster create --image _out $(CLUSTER_ARGS)
 	@echo "osctl is $(abspath $(TARGET_DIR))/debug/osctl: export PATH=\"$(abspath $(TARGET_DIR))/debug:\$$PATH\""
+
+## reload: the inner loop: machined rebuilt (incrementally) and put into _out/rootfs,
+## then into the running cluster's nodes one at a time, each keeping its state
+## (`osctl cluster reload`; RELOAD_ARGS adds flags, e.g. `--name lab`)
+RELOAD_ARGS ?=
+reload: setup
+	$(CARGO) build --locked -p basalt-machined -p osctl
+	bash hack/image.sh init $(TARGET_DIR)/debug/machined
+	$(TARGET_DIR)/debug/osctl cluster reload --image _out $(RELOAD_ARGS)
 
 ## test: format check, clippy with warnings as errors, the boot image, every test (unit,
 ## property, integration, QEMU end to end)
@@ -47,9 +56,11 @@ image: setup
 image-lock:
 	bash hack/image.sh lock
 
-## bench: criterion benchmarks; figures are recorded in docs/benchmarks.md
+## bench: criterion benchmarks, then the local-cluster figures (hack/bench-cluster.sh,
+## root); figures are recorded in docs/benchmarks.md
 bench: setup
 	$(CARGO) bench --workspace --locked
+	bash hack/bench-cluster.sh
 
 ## fuzz-smoke: every fuzz target for FUZZ_SECONDS (default 60) each
 FUZZ_SECONDS ?= 60

@@ -7,6 +7,7 @@
 # unpacked, for container nodes.
 #
 #   hack/image.sh build BINARY   build the image around this machined binary
+#   hack/image.sh init BINARY    only replace rootfs/init (for `make reload`)
 #   hack/image.sh lock           pin the newest linux-image-cloud-amd64 in image/kernel.lock
 #
 # Reproducible: every entry is sorted, owned by root, dated SOURCE_DATE_EPOCH (default: the
@@ -134,8 +135,25 @@ cmd_build() {
   echo "image: $out/vmlinuz ($kernel), $out/initramfs.cpio.zst ($(stat -c %s "$out/initramfs.cpio.zst") bytes)"
 }
 
+# Puts BINARY (stripped) at _out/rootfs/init, leaving the rest: the inner loop's step
+# (`make reload`), a second where a whole build takes twenty. The libraries it links
+# must be the ones already there (the same toolchain and host), which is checked.
+cmd_init() {
+  local binary="$1" lib
+  [[ -x "$binary" ]] || die "$binary is not an executable (build machined first)"
+  [[ -f "$out/rootfs/init" ]] || die "no $out/rootfs: run make image first"
+  for lib in $(libraries_of "$binary"); do
+    [[ -e "$out/rootfs$lib" ]] || die "$binary needs $lib, which $out/rootfs lacks: run make image"
+  done
+  strip --strip-debug -o "$out/rootfs/init.new" "$binary"
+  chmod 0755 "$out/rootfs/init.new"
+  mv -f "$out/rootfs/init.new" "$out/rootfs/init"
+  echo "image: $out/rootfs/init from $binary"
+}
+
 case "${1:-}" in
   build) [[ $# -eq 2 ]] || die "usage: hack/image.sh build BINARY"; cmd_build "$2" ;;
+  init) [[ $# -eq 2 ]] || die "usage: hack/image.sh init BINARY"; cmd_init "$2" ;;
   lock) cmd_lock ;;
   *) die "usage: hack/image.sh build BINARY | lock" ;;
 esac

@@ -28,6 +28,47 @@ pub fn prepare_rootfs(image_dir: &Path, record: &ClusterRecord) -> Result<(), Cl
     copy_tree(&source, &record.rootfs)
 }
 
+/// Puts the image's files (`<image_dir>/rootfs`) in place of the cluster's, for nodes
+/// that boot from now on: the new tree is copied beside the old one and renamed over it.
+/// Running nodes keep the files they were started from; the old tree, which their mounts
+/// hold, is returned for removal once they have all booted again.
+pub fn replace_rootfs(image_dir: &Path, record: &ClusterRecord) -> Result<PathBuf, ClusterError> {
+    let source = image_dir.join("rootfs");
+    if !source.join("init").is_file() {
+        return Err(ClusterError::NoImage {
+            dir: image_dir.to_path_buf(),
+        });
+    }
+    let fresh = record.dir.join("rootfs.new");
+    let old = record.dir.join("rootfs.old");
+    for leftover in [&fresh, &old] {
+        match std::fs::remove_dir_all(leftover) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ClusterError::io("removing", leftover, e))
+            }
+            _ => {}
+        }
+    }
+    copy_tree(&source, &fresh)?;
+    std::fs::rename(&record.rootfs, &old)
+        .map_err(|e| ClusterError::io("moving aside", &record.rootfs, e))?;
+    std::fs::rename(&fresh, &record.rootfs)
+        .map_err(|e| ClusterError::io("putting in place", &record.rootfs, e))?;
+    Ok(old)
+}
+
+/// The pid (on the host) of the node's PID 1 now: the shim's child, which a reboot
+/// replaces.
+pub fn init_pid(node: &NodeRecord) -> Option<u32> {
+    let shim = node.pid?;
+    std::fs::read_to_string(format!("/proc/{shim}/task/{shim}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// A copy of a tree of directories, files and symbolic links, modes kept.
 fn copy_tree(from: &Path, to: &Path) -> Result<(), ClusterError> {
     let meta = std::fs::symlink_metadata(from).map_err(|e| ClusterError::io("reading", from, e))?;

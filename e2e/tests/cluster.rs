@@ -272,6 +272,22 @@ async fn a_three_node_cluster_is_made_used_through_one_endpoint_and_destroyed_le
         .await;
     assert_eq!(shown.matches("\trunning").count(), 3, "{shown}");
 
+    // The inner loop: the image put into the running nodes one at a time; each comes
+    // back with its state (its hostname is from the config it kept on STATE).
+    let out = cluster
+        .ok(&[
+            "cluster",
+            "reload",
+            "--name",
+            &cluster.name,
+            "--image",
+            repo_root().join("_out").to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(out.matches("running the new image").count(), 3, "{out}");
+    let out = cluster.ok(&["-n", &nodes[1], "get", "hostname"]).await;
+    assert!(out.contains(&nodes[1]), "{out}");
+
     // A node gone: health fails, naming it and the check.
     kill(shim_of(&cluster, &nodes[2], Duration::from_secs(5)).await);
     let failed = cluster.run(&["health", "--wait-timeout", "2s"]).await;

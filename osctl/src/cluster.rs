@@ -47,6 +47,18 @@ enum ClusterCmd {
         #[arg(long, default_value = DEFAULT_NAME)]
         name: String,
     },
+    /// Put a freshly built image (`make reload` builds it) into the running nodes, one at
+    /// a time: each reboots into it keeping its state, and is back before the next goes.
+    Reload {
+        #[arg(long, default_value = DEFAULT_NAME)]
+        name: String,
+        /// The directory `make image` (or `make reload`) writes.
+        #[arg(long, default_value = "_out")]
+        image: PathBuf,
+        /// How long each node may take to come back.
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        wait_timeout: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -106,6 +118,11 @@ pub fn run(args: ClusterArgs, osconfig: &Path) -> Result<()> {
             ClusterCmd::Create(create_args) => create(create_args, &clusters_dir, osconfig).await,
             ClusterCmd::Show { name } => show(&clusters_dir, &name),
             ClusterCmd::Destroy { name } => destroy(&clusters_dir, &name).await,
+            ClusterCmd::Reload {
+                name,
+                image,
+                wait_timeout,
+            } => reload(&clusters_dir, &name, &image, wait_timeout).await,
         }
     })
 }
@@ -333,21 +350,11 @@ async fn advance(step: Step, node: &NodeRecord, config: &Config, osconfig: &Path
                 .with_context(|| format!("applying the config of {}", node.name))?;
             Ok(Step::Configuring)
         }
-        Step::Configuring => {
-            let Ok(connection) = open(&endpoint, false, osconfig).await else {
-                return Ok(Step::Configuring);
-            };
-            let answer = MachineServiceClient::new(connection.channel.clone())
-                .version(connection.request(api::VersionRequest {}))
-                .await;
-            let running =
-                answer.is_ok_and(|a| a.into_inner().messages.iter().all(|m| !m.maintenance));
-            Ok(if running {
-                Step::Running
-            } else {
-                Step::Configuring
-            })
-        }
+        Step::Configuring => Ok(if runs_config(node, osconfig).await {
+            Step::Running
+        } else {
+            Step::Configuring
+        }),
         Step::Running => Ok(Step::Running),
     }
 }
@@ -361,6 +368,17 @@ async fn all_members(record: &ClusterRecord, osconfig: &Path) -> bool {
         }
     }
     true
+}
+
+/// Whether `node` answers over mTLS, out of maintenance mode.
+async fn runs_config(node: &NodeRecord, osconfig: &Path) -> bool {
+    let Ok(connection) = open(&node.address.to_string(), false, osconfig).await else {
+        return false;
+    };
+    let answer = MachineServiceClient::new(connection.channel.clone())
+        .version(connection.request(api::VersionRequest {}))
+        .await;
+    answer.is_ok_and(|a| a.into_inner().messages.iter().all(|m| !m.maintenance))
 }
 
 /// How many members `node` knows (0 when it cannot be asked).
@@ -484,6 +502,66 @@ fn show(clusters_dir: &Path, name: &str) -> Result<()> {
             "stopped".into()
         }
     });
+    Ok(())
+}
+
+async fn reload(
+    clusters_dir: &Path,
+    name: &str,
+    image: &Path,
+    wait_timeout: Duration,
+) -> Result<()> {
+    let record = ClusterRecord::load(clusters_dir, name)?;
+    let started = Instant::now();
+    let old = container::replace_rootfs(image, &record)?;
+    let osconfig = record.dir.join("osconfig");
+    // Workers first: the control plane's trustd serves them while they come back.
+    let mut order: Vec<&NodeRecord> = record.nodes.iter().collect();
+    order.sort_by_key(|n| n.role == Role::ControlPlane);
+    for node in order {
+        let node_started = Instant::now();
+        let before = container::init_pid(node)
+            .ok_or_else(|| anyhow!("node {} is not running", node.name))?;
+        let connection = open(&node.address.to_string(), false, &osconfig).await?;
+        let request = api::RebootRequest {
+            mode: api::RebootMode::Default as i32,
+        };
+        MachineServiceClient::new(connection.channel.clone())
+            .reboot(connection.request(request))
+            .await
+            .with_context(|| format!("rebooting {}", node.name))?;
+        let deadline = Instant::now() + wait_timeout;
+        loop {
+            let rebooted = container::init_pid(node).is_some_and(|pid| pid != before);
+            if rebooted
+                && runs_config(node, &osconfig).await
+                && member_count(node, &osconfig).await >= record.nodes.len()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {} is not back after {wait_timeout:?}; its console ({}) ends with:\n{}",
+                    node.name,
+                    node.console.display(),
+                    tail(&node.console, 15)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "  {}: running the new image ({:.1} s)",
+            node.name,
+            node_started.elapsed().as_secs_f64()
+        );
+    }
+    std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+    println!(
+        "cluster {} reloaded in {:.1} s ({} nodes)",
+        record.name,
+        started.elapsed().as_secs_f64(),
+        record.nodes.len()
+    );
     Ok(())
 }
 
