@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Local-cluster figures (part of `make bench`; root): time-to-healthy of a 3-node
-# container cluster (create, then `osctl health` passing), the memory its nodes use, and
+# container cluster and of a 2-node qemu one (create, then `osctl health` passing), the
+# memory the container nodes use, and
 # the inner loop: a source edit of machined to that machined running on all three nodes
 # (`make reload`, warm build). Builds what it measures the way `make cluster` does.
 #
@@ -37,8 +38,20 @@ for i in $(seq "$runs"); do
   "$osctl" health >/dev/null
   t1="$(now)"
   echo "  run $i: $(secs "$t0" "$t1") s"
-  [[ "$i" == "$runs" ]] || "$osctl" cluster destroy --name "$name" >/dev/null
+  "$osctl" cluster destroy --name "$name" >/dev/null
 done
+
+"$osctl" cluster destroy --name "$name" >/dev/null 2>&1 || true
+echo "time to healthy, 2-node qemu cluster under TCG (create + osctl health), $runs runs:"
+for i in $(seq "$runs"); do
+  t0="$(now)"
+  "$osctl" cluster create --provider qemu --name "$name" --cidr "$cidr" --workers 1 --image _out >/dev/null
+  "$osctl" health >/dev/null
+  t1="$(now)"
+  echo "  run $i: $(secs "$t0" "$t1") s"
+  "$osctl" cluster destroy --name "$name" >/dev/null
+done
+"$osctl" cluster create --name "$name" --cidr "$cidr" --image _out >/dev/null
 
 # Memory: the proportional set size of every process in the nodes' cgroups (shims, PID
 # 1s, apid), shared pages split among them.

@@ -174,12 +174,14 @@ pub async fn stop(record: &ClusterRecord, node: &NodeRecord) -> Result<(), Clust
         node: node.name.clone(),
         what: format!("{what} after {STOP_TIMEOUT:?}"),
     };
+    let mut killed = std::collections::BTreeSet::new();
     loop {
         let mut pids: Vec<u32> = node.cgroups.iter().flat_map(|dir| processes(dir)).collect();
         pids.extend(shims(&record.rootfs, &node.name));
         if pids.is_empty() {
             break;
         }
+        killed.extend(pids.iter().copied());
         for pid in &pids {
             if let Some(pid) = rustix::process::Pid::from_raw(*pid as i32) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
@@ -187,6 +189,16 @@ pub async fn stop(record: &ClusterRecord, node: &NodeRecord) -> Result<(), Clust
         }
         if Instant::now() > deadline {
             return Err(late(format!("processes {pids:?} are still there")));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Out of the cgroups is not yet gone: wait until their parents have reaped them.
+    while killed
+        .iter()
+        .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    {
+        if Instant::now() > deadline {
+            return Err(late(format!("processes {killed:?} are not reaped")));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -267,9 +279,11 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Whether the node's shim still runs.
+/// Whether the node still runs: a process in its cgroups (QEMU, or a container node's
+/// PID 1), or its shim.
 pub fn is_running(record: &ClusterRecord, node: &NodeRecord) -> bool {
-    !shims(&record.rootfs, &node.name).is_empty()
+    node.cgroups.iter().any(|dir| !processes(dir).is_empty())
+        || !shims(&record.rootfs, &node.name).is_empty()
 }
 
 #[cfg(test)]

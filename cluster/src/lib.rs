@@ -19,8 +19,28 @@ use serde::{Deserialize, Serialize};
 pub mod container;
 mod error;
 pub mod network;
+pub mod qemu;
 
 pub use error::ClusterError;
+
+/// How the nodes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// machined in container mode, each node in namespaces of its own.
+    Container,
+    /// The boot image under QEMU, each node with a STATE disk and a tap on the bridge.
+    Qemu,
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Provider::Container => "container",
+            Provider::Qemu => "qemu",
+        })
+    }
+}
 
 /// A node's part in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +63,7 @@ impl std::fmt::Display for Role {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub name: String,
+    pub provider: Provider,
     pub controlplanes: usize,
     pub workers: usize,
     /// The cluster's private subnet: the host takes its first address, the nodes the next.
@@ -55,7 +76,7 @@ pub struct Options {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterRecord {
     pub name: String,
-    pub provider: String,
+    pub provider: Provider,
     pub dir: PathBuf,
     pub cidr: Ipv4Net,
     /// The host's address on the cluster's bridge: the nodes' gateway.
@@ -74,9 +95,10 @@ pub struct NodeRecord {
     pub name: String,
     pub role: Role,
     pub address: Ipv4Addr,
-    /// The pin of the node's network namespace.
+    /// The pin of the node's network namespace (container nodes).
     pub netns: PathBuf,
-    /// The node's STATE: kept across its reboots.
+    /// The node's STATE, kept across its reboots: a directory (container nodes) or a
+    /// disk image (qemu nodes).
     pub state: PathBuf,
     /// What the node printed (the shim's and PID 1's logs).
     pub console: PathBuf,
@@ -127,9 +149,13 @@ impl ClusterRecord {
                 let n = &mut counts[role as usize];
                 *n += 1;
                 let name = format!("{}-{role}-{n}", options.name);
+                let state = match options.provider {
+                    Provider::Container => "state",
+                    Provider::Qemu => "state.img",
+                };
                 NodeRecord {
                     netns: basalt_sys::netns::path_of(&format!("basalt-{name}")),
-                    state: dir.join("nodes").join(&name).join("state"),
+                    state: dir.join("nodes").join(&name).join(state),
                     console: dir.join("nodes").join(&name).join("console.log"),
                     name,
                     role,
@@ -141,7 +167,7 @@ impl ClusterRecord {
             .collect();
         Ok(ClusterRecord {
             name: options.name.clone(),
-            provider: "container".into(),
+            provider: options.provider,
             netns: basalt_sys::netns::path_of(&format!("basalt-{}", options.name)),
             host_link: format!("bs-{}", options.name),
             rootfs: dir.join("rootfs"),
@@ -299,6 +325,7 @@ mod tests {
     fn options(dir: &Path) -> Options {
         Options {
             name: "lab".into(),
+            provider: Provider::Container,
             controlplanes: 1,
             workers: 2,
             cidr: "10.5.0.0/24".parse().unwrap(),

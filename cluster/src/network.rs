@@ -12,7 +12,7 @@ use futures::TryStreamExt as _;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth};
 
-use crate::{ClusterError, ClusterRecord, NodeRecord};
+use crate::{ClusterError, ClusterRecord, NodeRecord, Provider};
 
 const BRIDGE: &str = "br0";
 const UPLINK: &str = "uplink";
@@ -178,8 +178,9 @@ pub async fn check_free(cidr: ipnet::Ipv4Net) -> Result<(), ClusterError> {
     Ok(())
 }
 
-/// Makes the cluster's namespace, bridge and uplink, then each node's namespace and
-/// cable. The host's end of the uplink gets the host's address.
+/// Makes the cluster's namespace, bridge and uplink, then each container node's
+/// namespace and cable (a qemu node's tap is plugged when QEMU has made it:
+/// [`plug_tap`]). The host's end of the uplink gets the host's address.
 pub async fn create(record: &ClusterRecord) -> Result<(), ClusterError> {
     netns::create(&record.netns)?;
     let cluster = Netlink::inside(&record.netns)?;
@@ -228,10 +229,31 @@ pub async fn create(record: &ClusterRecord) -> Result<(), ClusterError> {
         )))?;
     host.up(&record.host_link).await?;
 
-    for (i, node) in record.nodes.iter().enumerate() {
-        attach(&cluster, bridge, node, i).await?;
+    if record.provider == Provider::Container {
+        for (i, node) in record.nodes.iter().enumerate() {
+            attach(&cluster, bridge, node, i).await?;
+        }
     }
     Ok(())
+}
+
+/// Plugs the tap QEMU made for node `index` (in the cluster's namespace, where QEMU runs)
+/// into the bridge, once it is there.
+pub async fn plug_tap(record: &ClusterRecord, index: usize) -> Result<(), ClusterError> {
+    let cluster = Netlink::inside(&record.netns)?;
+    let bridge = cluster.must_index(BRIDGE).await?;
+    let tap = crate::qemu::tap_name(index);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while cluster.index(&tap).await?.is_none() {
+        if std::time::Instant::now() > deadline {
+            return Err(ClusterError::Node {
+                node: record.nodes[index].name.clone(),
+                what: format!("QEMU made no tap {tap} within 10 s"),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    cluster.plug(&tap, bridge).await
 }
 
 /// The node's namespace, and a veth pair from the bridge (`n<i>`) to it (`eth0`). The

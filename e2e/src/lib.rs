@@ -330,7 +330,9 @@ pub struct Osctl {
 }
 
 impl Osctl {
-    pub async fn run(&self, args: &[&str]) -> std::process::Output {
+    /// osctl with `args`, this osctl's client config and clusters directory (`clusters/`
+    /// in its directory), killed if dropped before it ends.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut command = match self.netns {
             None => Command::new(workspace_binary("osctl")),
             Some(pid) => {
@@ -346,9 +348,18 @@ impl Osctl {
             .args(args)
             .current_dir(&self.dir)
             .env("OSCONFIG", self.dir.join("osconfig"))
-            .output()
-            .await
-            .unwrap()
+            .env("BASALT_CLUSTERS_DIR", self.clusters_dir())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Where `osctl cluster` keeps this osctl's clusters.
+    pub fn clusters_dir(&self) -> PathBuf {
+        self.dir.join("clusters")
+    }
+
+    pub async fn run(&self, args: &[&str]) -> std::process::Output {
+        self.command(args).output().await.unwrap()
     }
 
     /// Secrets and a control-plane config for a node called `hostname` whose API

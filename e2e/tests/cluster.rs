@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use basalt_e2e::{repo_root, workspace_binary, Image};
+use basalt_e2e::{repo_root, workspace_binary, Image, Osctl};
 use tokio::process::Command;
 
 /// A cluster's name and subnet, with its own files and client config; destroyed when
@@ -20,46 +20,39 @@ use tokio::process::Command;
 struct Cluster {
     name: String,
     cidr: String,
-    dir: tempfile::TempDir,
+    osctl: Osctl,
+    _dir: tempfile::TempDir,
 }
 
 impl Cluster {
     fn new(name: &str, subnet: u8) -> Cluster {
         Image::locate();
+        let dir = tempfile::tempdir().unwrap();
         Cluster {
             name: name.to_string(),
             cidr: format!("10.213.{subnet}.0/24"),
-            dir: tempfile::tempdir().unwrap(),
+            osctl: Osctl {
+                dir: dir.path().to_path_buf(),
+                netns: None,
+            },
+            _dir: dir,
         }
     }
 
     fn clusters_dir(&self) -> PathBuf {
-        self.dir.path().join("clusters")
+        self.osctl.clusters_dir()
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(workspace_binary("osctl"));
-        command
-            .args(args)
-            .env("OSCONFIG", self.dir.path().join("osconfig"))
-            .env("BASALT_CLUSTERS_DIR", self.clusters_dir())
-            .kill_on_drop(true);
-        command
+        self.osctl.command(args)
     }
 
     async fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().await.unwrap()
+        self.osctl.run(args).await
     }
 
     async fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args).await;
-        assert!(
-            out.status.success(),
-            "osctl {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        self.osctl.ok(args).await
     }
 
     fn create_args(&self, controlplanes: usize, workers: usize) -> Vec<String> {
@@ -67,6 +60,8 @@ impl Cluster {
         [
             "cluster",
             "create",
+            "--wait-timeout",
+            "3m",
             "--name",
             &self.name,
             "--cidr",
@@ -77,8 +72,6 @@ impl Cluster {
             &workers.to_string(),
             "--image",
             image.to_str().unwrap(),
-            "--wait-timeout",
-            "60s",
         ]
         .map(str::to_string)
         .to_vec()
@@ -130,7 +123,7 @@ impl Cluster {
         }
         for line in read("/proc/self/mounts").lines() {
             if line.contains(&format!("basalt-{}", self.name))
-                || line.contains(self.dir.path().to_str().unwrap())
+                || line.contains(self.osctl.dir.to_str().unwrap())
             {
                 left.push(format!("mount {line}"));
             }
@@ -156,9 +149,10 @@ impl Drop for Cluster {
     }
 }
 
-/// The pids of the shims of clusters kept in `clusters_dir`, by their command lines.
+/// The pids of the processes of clusters kept in `clusters_dir` (shims, QEMU), by their
+/// command lines, which name files there.
 fn processes_of(clusters_dir: &Path) -> Vec<u32> {
-    shims(&format!("\0--root\0{}/", clusters_dir.display()))
+    shims(&format!("{}/", clusters_dir.display()))
 }
 
 fn shims(wanted: &str) -> Vec<u32> {
@@ -195,8 +189,12 @@ async fn shim_of(cluster: &Cluster, node: &str, timeout: Duration) -> u32 {
 }
 
 fn kill(pid: u32) {
+    signal(pid, "KILL");
+}
+
+fn signal(pid: u32, name: &str) {
     let status = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
+        .args([&format!("-{name}"), &pid.to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -352,6 +350,63 @@ async fn a_half_made_cluster_is_destroyed() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    cluster
+        .ok(&["cluster", "destroy", "--name", &cluster.name])
+        .await;
+    cluster.assert_nothing_left();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_while_the_cluster_is_made_removes_everything_it_made() {
+    let cluster = Cluster::new("e2eintr", 35);
+    let args = cluster.create_args(1, 1);
+    let create = cluster
+        .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    shim_of(&cluster, &cluster.controlplane(1), Duration::from_secs(30)).await;
+    signal(create.id().unwrap(), "INT");
+    let out = create.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("interrupted") && stderr.contains("removing everything"),
+        "{stderr}"
+    );
+    cluster.assert_nothing_left();
+}
+
+/// The qemu provider: the boot image under QEMU (TCG), a STATE disk and a tap on the
+/// bridge per node; the same checks, lean (two nodes).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_two_node_qemu_cluster_is_made_checked_and_destroyed_leaving_nothing() {
+    let cluster = Cluster::new("e2eqemu", 34);
+    let mut args = cluster.create_args(1, 1);
+    args.extend(["--provider", "qemu"].map(str::to_string));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let out = cluster.ok(&args).await;
+    println!("create took {:?}:\n{out}", started.elapsed());
+    let nodes = [cluster.controlplane(1), cluster.worker(1)];
+    let addresses = ["10.213.34.2", "10.213.34.3"];
+
+    let out = cluster.ok(&["health", "--wait-timeout", "60s"]).await;
+    assert!(out.contains("healthy: 2 nodes"), "{out}");
+    let out = cluster.ok(&["-n", &addresses.join(","), "version"]).await;
+    assert_eq!(out.matches("Maintenance: false").count(), 2, "{out}");
+    let out = cluster
+        .ok(&["-n", &addresses.join(","), "get", "members"])
+        .await;
+    for node in &nodes {
+        assert_eq!(out.matches(&format!("\t{node}\t")).count(), 2, "{out}");
+    }
+    let out = cluster
+        .ok(&["-n", &nodes[1], "get", "apicertificates"])
+        .await;
+    assert!(out.contains("trustd 10.213.34.2:50001"), "{out}");
+
     cluster
         .ok(&["cluster", "destroy", "--name", &cluster.name])
         .await;

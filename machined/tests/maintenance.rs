@@ -216,16 +216,8 @@ async fn a_worker_config_without_a_machine_token_leaves_the_node_in_maintenance(
         )
         .await,
     );
-    let options = basalt_machine_config::generate::GenerateOptions {
-        cluster_name: "test".into(),
-        endpoint: "https://127.0.0.1:6443".into(),
-        install_disk: None,
-        admin_validity: HOUR,
-    };
     // Without the OS CA key the node asks trustd, which needs the machine token.
-    let mut worker = basalt_machine_config::generate::generate(&cluster.bundle, &options)
-        .unwrap()
-        .worker;
+    let mut worker = common::generated(&cluster).worker;
     worker.machine.as_mut().unwrap().token = Default::default();
     let worker = worker.to_yaml().unwrap();
     let status = machine

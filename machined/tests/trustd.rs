@@ -34,15 +34,7 @@ fn free_port() -> u16 {
 
 /// The generated worker config (no CA key), its control-plane endpoint on 127.0.0.1.
 fn worker_yaml(cluster: &Cluster, token: Option<&str>) -> String {
-    let options = basalt_machine_config::generate::GenerateOptions {
-        cluster_name: "test".into(),
-        endpoint: "https://127.0.0.1:6443".into(),
-        install_disk: None,
-        admin_validity: HOUR,
-    };
-    let mut config = basalt_machine_config::generate::generate(&cluster.bundle, &options)
-        .unwrap()
-        .worker;
+    let mut config = common::generated(cluster).worker;
     let machine = config.machine.as_mut().unwrap();
     machine.hostname = Some("worker-1".into());
     if let Some(token) = token {
@@ -251,7 +243,7 @@ async fn trustd_signs_nothing_for_a_wrong_or_missing_token_or_a_bad_request() {
         server_csr: request.server_csr.clone(),
         peer_csr: request.peer_csr.clone(),
     };
-    let token = cluster.bundle.bootstrap_token.0.clone();
+    let token = cluster.bundle.trustdinfo.token.0.clone();
     // One character off.
     let mut wrong = token.clone();
     let last = wrong.pop().unwrap();

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use basalt_api::machine::v1 as api;
 use basalt_api::machine::v1::machine_service_client::MachineServiceClient;
-use basalt_cluster::{container, network, ClusterRecord, NodeRecord, Options, Role};
+use basalt_cluster::{
+    container, network, qemu, ClusterRecord, NodeRecord, Options, Provider, Role,
+};
 use basalt_machine_config::client::ClientConfig;
 use basalt_machine_config::generate::{generate, GenerateOptions};
 use basalt_machine_config::{Config, Mode, Patch};
@@ -62,9 +64,18 @@ enum ClusterCmd {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Provider {
+enum ProviderArg {
     /// machined in container mode, each node in namespaces of its own (no VM, no Docker).
     Container,
+    /// The boot image under QEMU, each node with a STATE disk and a tap on the bridge.
+    Qemu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Accel {
+    /// QEMU's emulator: works everywhere, slowly.
+    Tcg,
+    Kvm,
 }
 
 #[derive(Debug, clap::Args)]
@@ -72,7 +83,7 @@ struct CreateArgs {
     #[arg(long, default_value = DEFAULT_NAME)]
     name: String,
     #[arg(long, value_enum, default_value = "container")]
-    provider: Provider,
+    provider: ProviderArg,
     #[arg(long, default_value_t = 1)]
     controlplanes: usize,
     #[arg(long, default_value_t = 2)]
@@ -83,18 +94,20 @@ struct CreateArgs {
     /// The directory `make image` writes (its rootfs/ is what the nodes run).
     #[arg(long, default_value = "_out")]
     image: PathBuf,
-    /// A patch for every node's config: @FILE or inline YAML/JSON (repeatable).
-    #[arg(long)]
-    config_patch: Vec<String>,
-    /// A patch for the control-plane nodes' config.
-    #[arg(long)]
-    config_patch_control_plane: Vec<String>,
-    /// A patch for the workers' config.
-    #[arg(long)]
-    config_patch_worker: Vec<String>,
+    #[command(flatten)]
+    patches: crate::ConfigPatches,
     /// How long to wait for every node to run its config.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     wait_timeout: Duration,
+    /// qemu: virtual CPUs per node.
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// qemu: memory per node, MiB.
+    #[arg(long, default_value_t = 512)]
+    memory: u32,
+    /// qemu: the accelerator (KVM hangs stock kernels on some hosts: TCG unless asked).
+    #[arg(long, value_enum, default_value = "tcg")]
+    accel: Accel,
 }
 
 pub fn run(args: ClusterArgs, osconfig: &Path) -> Result<()> {
@@ -128,9 +141,12 @@ pub fn run(args: ClusterArgs, osconfig: &Path) -> Result<()> {
 }
 
 async fn create(args: CreateArgs, clusters_dir: &Path, osconfig: &Path) -> Result<()> {
-    let Provider::Container = args.provider;
     let options = Options {
         name: args.name.clone(),
+        provider: match args.provider {
+            ProviderArg::Container => Provider::Container,
+            ProviderArg::Qemu => Provider::Qemu,
+        },
         controlplanes: args.controlplanes,
         workers: args.workers,
         cidr: args.cidr,
@@ -205,10 +221,24 @@ async fn make(
     children: &mut Vec<Child>,
 ) -> Result<ClientConfig> {
     let (controlplane, worker, client) = configs(record, args)?;
-    container::prepare_rootfs(&args.image, record)?;
+    match record.provider {
+        Provider::Container => container::prepare_rootfs(&args.image, record)?,
+        Provider::Qemu => qemu::prepare_image(&args.image, record)?,
+    }
     network::create(record).await?;
+    let vm = qemu::VmOptions {
+        cpus: args.cpus,
+        memory_mib: args.memory,
+        kvm: args.accel == Accel::Kvm,
+    };
     for i in 0..record.nodes.len() {
-        children.push(container::start(record, i, "")?);
+        match record.provider {
+            Provider::Container => children.push(container::start(record, i, "")?),
+            Provider::Qemu => {
+                children.push(qemu::start(record, i, vm)?);
+                network::plug_tap(record, i).await?;
+            }
+        }
     }
     let deadline = Instant::now() + args.wait_timeout;
     let mut progress = Progress::new(record);
@@ -228,10 +258,11 @@ async fn make(
             }
             if let Some(status) = children[i].try_wait().context("waiting for a node")? {
                 bail!(
-                    "node {} stopped ({status}) before it was up; its console ({}) ends with:\n{}",
+                    "node {} stopped ({status}) before it was up; its console ({}) ends with:\n{}{}",
                     node.name,
                     node.console.display(),
-                    tail(&node.console, 15)
+                    tail(&node.console, 15),
+                    tail(&node.console.with_file_name("qemu.log"), 5)
                 );
             }
             let config = match node.role {
@@ -275,10 +306,9 @@ fn configs(record: &ClusterRecord, args: &CreateArgs) -> Result<(Config, Config,
         admin_validity: Duration::from_secs(365 * 24 * 3600),
     };
     let generated = generate(&bundle, &options)?;
-    let controlplane = crate::apply_patches(generated.controlplane, &args.config_patch)?;
-    let controlplane = crate::apply_patches(controlplane, &args.config_patch_control_plane)?;
-    let worker = crate::apply_patches(generated.worker, &args.config_patch)?;
-    let worker = crate::apply_patches(worker, &args.config_patch_worker)?;
+    let (controlplane, worker) = args
+        .patches
+        .apply(generated.controlplane, generated.worker)?;
     controlplane
         .validate(Mode::Container)
         .context("the control-plane config")?;
@@ -512,6 +542,13 @@ async fn reload(
     wait_timeout: Duration,
 ) -> Result<()> {
     let record = ClusterRecord::load(clusters_dir, name)?;
+    if record.provider != Provider::Container {
+        bail!(
+            "cluster {name} runs on {}: reload puts a new machined into container nodes; \
+             destroy and create it again",
+            record.provider
+        );
+    }
     let started = Instant::now();
     let old = container::replace_rootfs(image, &record)?;
     let osconfig = record.dir.join("osconfig");

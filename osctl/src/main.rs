@@ -105,15 +105,8 @@ enum Gen {
         /// Use this secrets bundle instead of generating one.
         #[arg(long)]
         with_secrets: Option<PathBuf>,
-        /// A patch for both configs: @FILE or inline YAML/JSON (repeatable).
-        #[arg(long)]
-        config_patch: Vec<String>,
-        /// A patch for the control-plane config only.
-        #[arg(long)]
-        config_patch_control_plane: Vec<String>,
-        /// A patch for the worker config only.
-        #[arg(long)]
-        config_patch_worker: Vec<String>,
+        #[command(flatten)]
+        patches: ConfigPatches,
         /// The install disk (metal); `none` for cloud and container nodes.
         #[arg(long, default_value = "/dev/sda")]
         install_disk: String,
@@ -181,6 +174,31 @@ fn patch_arg(arg: &str, index: usize) -> Result<Patch> {
         None => arg.to_string(),
     };
     Patch::parse(&text).with_context(|| patch_name(arg, index))
+}
+
+/// The patches of the generated configs (`gen config`, `cluster create`).
+#[derive(Debug, Clone, clap::Args)]
+struct ConfigPatches {
+    /// A patch for both configs: @FILE or inline YAML/JSON (repeatable).
+    #[arg(long)]
+    config_patch: Vec<String>,
+    /// A patch for the control-plane config only.
+    #[arg(long)]
+    config_patch_control_plane: Vec<String>,
+    /// A patch for the worker config only.
+    #[arg(long)]
+    config_patch_worker: Vec<String>,
+}
+
+impl ConfigPatches {
+    /// The control-plane and worker configs, patched.
+    fn apply(&self, controlplane: Config, worker: Config) -> Result<(Config, Config)> {
+        let controlplane = apply_patches(controlplane, &self.config_patch)?;
+        let controlplane = apply_patches(controlplane, &self.config_patch_control_plane)?;
+        let worker = apply_patches(worker, &self.config_patch)?;
+        let worker = apply_patches(worker, &self.config_patch_worker)?;
+        Ok((controlplane, worker))
+    }
 }
 
 fn apply_patches(mut config: Config, patches: &[String]) -> Result<Config> {
@@ -269,9 +287,7 @@ fn run(cli: Cli) -> Result<()> {
             name,
             endpoint,
             with_secrets,
-            config_patch,
-            config_patch_control_plane,
-            config_patch_worker,
+            patches,
             install_disk,
             output_dir,
             force,
@@ -287,10 +303,7 @@ fn run(cli: Cli) -> Result<()> {
                 admin_validity: Duration::from_secs(365 * 24 * 3600),
             };
             let generated = generate(&bundle, &options)?;
-            let controlplane = apply_patches(generated.controlplane, &config_patch)?;
-            let controlplane = apply_patches(controlplane, &config_patch_control_plane)?;
-            let worker = apply_patches(generated.worker, &config_patch)?;
-            let worker = apply_patches(worker, &config_patch_worker)?;
+            let (controlplane, worker) = patches.apply(generated.controlplane, generated.worker)?;
             let mode = if options.install_disk.is_some() {
                 Mode::Metal
             } else {

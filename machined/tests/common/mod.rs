@@ -166,16 +166,19 @@ pub fn to_nodes<T>(message: T, nodes: &[String]) -> tonic::Request<T> {
 
 /// A generated control-plane config for this cluster's secrets, with KubePrism off (API
 /// tests have no use for it, and nodes on one address would compete for its port).
-pub fn controlplane_yaml(cluster: &Cluster) -> String {
+/// The configs generated from the cluster's bundle, the endpoint on 127.0.0.1.
+pub fn generated(cluster: &Cluster) -> basalt_machine_config::generate::Generated {
     let options = basalt_machine_config::generate::GenerateOptions {
         cluster_name: "test".into(),
         endpoint: "https://127.0.0.1:6443".into(),
         install_disk: None,
         admin_validity: HOUR,
     };
-    let mut config = basalt_machine_config::generate::generate(&cluster.bundle, &options)
-        .unwrap()
-        .controlplane;
+    basalt_machine_config::generate::generate(&cluster.bundle, &options).unwrap()
+}
+
+pub fn controlplane_yaml(cluster: &Cluster) -> String {
+    let mut config = generated(cluster).controlplane;
     config.kubeprism = Some(basalt_machine_config::KubePrismConfig {
         enabled: false,
         ..Default::default()

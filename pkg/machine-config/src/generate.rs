@@ -67,10 +67,11 @@ pub fn generate(
     options: &GenerateOptions,
 ) -> Result<Generated, ConfigError> {
     let certs = &bundle.certs;
-    let token = Secret::new(bundle.bootstrap_token.0.clone());
+    let bootstrap_token = Secret::new(bundle.bootstrap_token.0.clone());
+    let machine_token = Secret::new(bundle.trustdinfo.token.0.clone());
     let machine = |role: crate::Role, ca: CertKey| MachineConfig {
         role,
-        token: token.clone(),
+        token: machine_token.clone(),
         ca: Some(ca),
         install: options.install_disk.as_ref().map(|disk| Install {
             disk: disk.clone(),
@@ -96,7 +97,7 @@ pub fn generate(
         } else {
             Secret::default()
         },
-        bootstrap_token: token.clone(),
+        bootstrap_token: bootstrap_token.clone(),
         etcd: controlplane.then(|| Etcd {
             ca: Some(with_key(&certs.etcd)),
             ..Default::default()
@@ -135,4 +136,31 @@ pub fn generate(
         worker,
         client,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_machine_token_is_trustds_and_workers_get_no_ca_key() {
+        let bundle = SecretsBundle::generate().unwrap();
+        let options = GenerateOptions {
+            cluster_name: "lab".into(),
+            endpoint: "https://10.5.0.2:6443".into(),
+            install_disk: None,
+            admin_validity: std::time::Duration::from_secs(60),
+        };
+        let generated = generate(&bundle, &options).unwrap();
+        for config in [&generated.controlplane, &generated.worker] {
+            let machine = config.machine.as_ref().unwrap();
+            assert_eq!(machine.token.expose(), bundle.trustdinfo.token.0);
+            let cluster = config.cluster.as_ref().unwrap();
+            assert_eq!(cluster.bootstrap_token.expose(), bundle.bootstrap_token.0);
+        }
+        let worker = generated.worker.machine.as_ref().unwrap();
+        assert!(worker.ca.as_ref().unwrap().key.is_empty());
+        let controlplane = generated.controlplane.machine.as_ref().unwrap();
+        assert!(!controlplane.ca.as_ref().unwrap().key.is_empty());
+    }
 }

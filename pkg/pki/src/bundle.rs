@@ -31,7 +31,16 @@ const TOKEN_ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 pub struct SecretsBundle {
     pub cluster: ClusterSecrets,
     pub bootstrap_token: BootstrapToken,
+    pub trustdinfo: TrustdInfo,
     pub certs: BundleCerts,
+}
+
+/// trustd's part: the machine token (`machine.token`), which nodes without the OS CA key
+/// present to trustd for their certificates. Its own, not the Kubernetes bootstrap token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustdInfo {
+    pub token: BootstrapToken,
 }
 
 /// The cluster's identity and shared secret.
@@ -146,7 +155,7 @@ impl BundleCerts {
 }
 
 impl SecretsBundle {
-    /// A new bundle: random cluster id, secret and bootstrap token, four self-signed CAs
+    /// A new bundle: random cluster id, secret, bootstrap and machine tokens, four self-signed CAs
     /// valid for [`crate::CA_VALIDITY`], and a service-account key.
     pub fn generate() -> Result<Self, PkiError> {
         let now = OffsetDateTime::now_utc();
@@ -158,6 +167,9 @@ impl SecretsBundle {
                 secret: BASE64.encode(random_bytes::<CLUSTER_BYTES>()?),
             },
             bootstrap_token: BootstrapToken::generate()?,
+            trustdinfo: TrustdInfo {
+                token: BootstrapToken::generate()?,
+            },
             certs: BundleCerts {
                 os: os?,
                 k8s: k8s?,
@@ -199,11 +211,16 @@ impl SecretsBundle {
     pub fn validate(&self) -> Result<(), PkiError> {
         self.cluster.id_bytes()?;
         self.cluster.secret_bytes()?;
-        if !self.bootstrap_token.is_well_formed() {
-            return Err(PkiError::InvalidField {
-                field: "bootstrapToken".to_owned(),
-                reason: "must match [a-z0-9]{6}.[a-z0-9]{16}".to_owned(),
-            });
+        for (field, token) in [
+            ("bootstrapToken", &self.bootstrap_token),
+            ("trustdinfo.token", &self.trustdinfo.token),
+        ] {
+            if !token.is_well_formed() {
+                return Err(PkiError::InvalidField {
+                    field: field.to_owned(),
+                    reason: "must match [a-z0-9]{6}.[a-z0-9]{16}".to_owned(),
+                });
+            }
         }
         for (name, pair) in self.certs.cas() {
             let field = format!("certs.{name}");

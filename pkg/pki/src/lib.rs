@@ -18,7 +18,7 @@ mod issue;
 mod keys;
 mod role;
 
-pub use bundle::{BootstrapToken, BundleCerts, ClusterSecrets, SecretsBundle};
+pub use bundle::{BootstrapToken, BundleCerts, ClusterSecrets, SecretsBundle, TrustdInfo};
 pub use error::PkiError;
 pub use file::write_private_file;
 pub use inspect::{inspect, roles_of, verify, CertInfo};

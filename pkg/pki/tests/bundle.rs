@@ -32,7 +32,11 @@ fn round_trip_and_shape() {
     assert_eq!(SecretsBundle::from_yaml(&yaml).unwrap(), bundle);
 
     let doc: Value = serde_yaml_ng::from_str(&yaml).unwrap();
-    assert_eq!(keys_of(&doc), ["cluster", "bootstrapToken", "certs"]);
+    assert_eq!(
+        keys_of(&doc),
+        ["cluster", "bootstrapToken", "trustdinfo", "certs"]
+    );
+    assert_ne!(bundle.trustdinfo.token, bundle.bootstrap_token);
     let cluster = yaml_map(&doc, "cluster");
     assert_eq!(keys_of(cluster), ["id", "secret"]);
     for field in ["id", "secret"] {
@@ -254,6 +258,12 @@ fn from_yaml_names_the_bad_field() {
             "a malformed bootstrap token",
             Box::new(|b| b.bootstrap_token.0 = "ABCDEF.0123456789abcdef".into()),
             "bootstrapToken",
+            invalid_field,
+        ),
+        (
+            "a malformed machine token",
+            Box::new(|b| b.trustdinfo.token.0 = "abcdef".into()),
+            "trustdinfo.token",
             invalid_field,
         ),
     ];
