@@ -19,8 +19,9 @@ use crate::ApidError;
 /// failed.
 const REWATCH_DELAY: Duration = Duration::from_secs(1);
 
-/// A client of the node's resource service, calling as apid itself.
-pub(crate) fn node_resources(
+/// A client of the node's resource service over `backend`, calling as apid itself (also
+/// what trustd, beside it, reads the node's CA and certificates with).
+pub fn node_resources(
     backend: &Backend,
 ) -> ResourceServiceClient<
     tonic::service::interceptor::InterceptedService<

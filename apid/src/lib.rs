@@ -20,6 +20,7 @@ mod shared;
 pub mod socket;
 
 pub use caller::AuthorizedCaller;
+pub use certificates::node_resources;
 pub use error::ApidError;
 pub use forward::{label_items, RawCodec};
 pub use identity::{MaintenanceIdentity, NodeIdentity};

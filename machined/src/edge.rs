@@ -1,6 +1,6 @@
 //! apid in its own process: the API's edge runs as a child of machined, under its own
 //! uid with no capabilities, and reaches the node over machined's unix socket. The same
-//! binary plays both roles (by argv[0]): [`ApidProcess`] is machined's side (start,
+//! binary plays both roles (by argv[0]): [`RoleProcess`] is machined's side (start,
 //! restart with backoff, stop), [`run_apid`] the child's.
 
 use std::net::SocketAddr;
@@ -59,25 +59,30 @@ pub struct ApidArgs {
     pub rate: f64,
 }
 
-/// machined's side: keeps one apid process running until stopped.
+/// machined's side: keeps one process of a role (`apid`, `trustd`) running, under apid's
+/// uid, until stopped.
 #[derive(Debug)]
-pub(crate) struct ApidProcess {
+pub(crate) struct RoleProcess {
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
 
-impl ApidProcess {
-    pub fn start(options: &ApidProcessOptions, args: Vec<String>) -> ApidProcess {
+impl RoleProcess {
+    pub fn start(
+        options: &ApidProcessOptions,
+        role: &'static str,
+        args: Vec<String>,
+    ) -> RoleProcess {
         let stop = CancellationToken::new();
-        let task = tokio::spawn(supervise(options.clone(), args, stop.clone()));
-        ApidProcess { stop, task }
+        let task = tokio::spawn(supervise(options.clone(), role, args, stop.clone()));
+        RoleProcess { stop, task }
     }
 
-    /// Asks apid to stop (SIGTERM), kills it after a grace period, and waits.
+    /// Asks the process to stop (SIGTERM), kills it after a grace period, and waits.
     pub async fn stop(self) {
         self.stop.cancel();
         if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "the apid supervisor failed");
+            tracing::error!(error = %e, "a process supervisor failed");
         }
     }
 }
@@ -105,7 +110,12 @@ pub(crate) fn apid_args(
     args
 }
 
-async fn supervise(options: ApidProcessOptions, args: Vec<String>, stop: CancellationToken) {
+async fn supervise(
+    options: ApidProcessOptions,
+    role: &'static str,
+    args: Vec<String>,
+    stop: CancellationToken,
+) {
     let binary = match &options.binary {
         Some(binary) => binary.clone(),
         None => PathBuf::from("/proc/self/exe"),
@@ -114,7 +124,7 @@ async fn supervise(options: ApidProcessOptions, args: Vec<String>, stop: Cancell
     loop {
         let mut command = tokio::process::Command::new(&binary);
         command
-            .arg0("apid")
+            .arg0(role)
             .args(&args)
             .uid(options.uid)
             .gid(options.gid)
@@ -128,7 +138,7 @@ async fn supervise(options: ApidProcessOptions, args: Vec<String>, stop: Cancell
         let (mut child, _waited) = match reaper::spawn(&mut command) {
             Ok(spawned) => spawned,
             Err(e) => {
-                tracing::error!(binary = %binary.display(), error = %e, "cannot start apid");
+                tracing::error!(binary = %binary.display(), role, error = %e, "cannot start the process");
                 if sleep_or_stop(&stop, backoff).await {
                     return;
                 }
@@ -137,11 +147,11 @@ async fn supervise(options: ApidProcessOptions, args: Vec<String>, stop: Cancell
             }
         };
         let pid = child.id();
-        tracing::info!(pid, uid = options.uid, "apid started");
+        tracing::info!(pid, uid = options.uid, role, "started");
         let status = tokio::select! {
             status = child.wait() => status,
             () = stop.cancelled() => {
-                terminate(&mut child).await;
+                terminate(&mut child, role).await;
                 return;
             }
         };
@@ -149,7 +159,7 @@ async fn supervise(options: ApidProcessOptions, args: Vec<String>, stop: Cancell
         if started.elapsed() > RESTART_BACKOFF_MAX {
             backoff = RESTART_BACKOFF;
         }
-        tracing::error!(?status, restart_in = ?backoff, "apid exited");
+        tracing::error!(?status, role, restart_in = ?backoff, "exited");
         if sleep_or_stop(&stop, backoff).await {
             return;
         }
@@ -165,7 +175,7 @@ async fn sleep_or_stop(stop: &CancellationToken, delay: Duration) -> bool {
     }
 }
 
-async fn terminate(child: &mut tokio::process::Child) {
+async fn terminate(child: &mut tokio::process::Child, role: &str) {
     if let Some(pid) = child
         .id()
         .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
@@ -176,7 +186,7 @@ async fn terminate(child: &mut tokio::process::Child) {
         .await
         .is_err()
     {
-        tracing::warn!("apid did not stop within {STOP_GRACE:?}: killing it");
+        tracing::warn!(role, "did not stop within {STOP_GRACE:?}: killing it");
         let _ = child.kill().await;
     }
 }
@@ -201,7 +211,13 @@ pub async fn run_apid(args: ApidArgs) -> Result<(), apid::ApidError> {
     })
     .await?;
     tracing::info!(addr = %apid.local_addr(), "apid listening");
-    let terminated = async {
+    terminated().await;
+    apid.shutdown().await
+}
+
+/// Completes on SIGTERM (machined stopping a role's process) or Ctrl-C.
+pub(crate) async fn terminated() {
+    let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
                 signal.recv().await;
@@ -213,8 +229,7 @@ pub async fn run_apid(args: ApidArgs) -> Result<(), apid::ApidError> {
         }
     };
     tokio::select! {
-        () = terminated => {}
+        () = term => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    apid.shutdown().await
 }

@@ -16,7 +16,7 @@ pub mod events;
 mod node;
 pub mod parts;
 pub mod sequencer;
-mod trustd;
+pub mod trustd;
 
 pub use api::store_config;
 pub use error::{BootError, StartError};

@@ -84,7 +84,7 @@ fn positive_rate(text: &str) -> Result<f64, String> {
 }
 
 /// One binary, several roles, by the name it was started under: `apid` is the API's edge
-/// (started by machined), `basalt-container` the shim of a container node; anything else
+/// and `trustd` the control plane's signer (both started by machined), `basalt-container` the shim of a container node; anything else
 /// is machined: PID 1 of a machine or a container, or a process on a host.
 fn main() -> Result<ExitCode> {
     let pid1 = std::process::id() == 1;
@@ -110,6 +110,9 @@ fn main() -> Result<ExitCode> {
     if role.as_deref() == Some("apid") {
         let args = machined::edge::ApidArgs::parse();
         runtime.block_on(machined::edge::run_apid(args))?;
+    } else if role.as_deref() == Some("trustd") {
+        let args = machined::trustd::TrustdArgs::parse();
+        runtime.block_on(machined::trustd::run_trustd(args));
     } else {
         runtime.block_on(run(Args::parse()))?;
     }

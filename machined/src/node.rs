@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::acquire::{self, ConfigSources};
 use crate::api::{self, Shared};
-use crate::edge::{self, ApidProcess, ApidProcessOptions};
+use crate::edge::{self, ApidProcessOptions, RoleProcess};
 use crate::events::EventLog;
 use crate::parts::{LocalNode, ServiceDefinition};
 use crate::trustd::Trustd;
@@ -81,7 +81,7 @@ pub struct Node {
     local: LocalNode,
     events: EventLog,
     edge: Edge,
-    trustd: Option<Trustd>,
+    trustd: Option<TrustdRun>,
     stop: CancellationToken,
     controllers: JoinHandle<()>,
 }
@@ -126,17 +126,22 @@ impl Node {
             options.validation_mode,
         ));
         let backend = api::backend(shared, &options.limits);
-        let edge = match &options.apid_process {
-            None => Edge::InProcess(
-                Apid::start(ApidOptions {
+        let validity = options.sources.api_cert_validity;
+        let (edge, trustd) = match &options.apid_process {
+            None => {
+                let trustd = options.trustd_listen.map(|listen| {
+                    TrustdRun::InProcess(Trustd::start(backend.clone(), listen, validity))
+                });
+                let apid = Apid::start(ApidOptions {
                     listen: options.listen,
                     backend,
                     limits: options.limits,
                     peer_port: basalt_api::DEFAULT_PORT,
                     sans,
                 })
-                .await?,
-            ),
+                .await?;
+                (Edge::InProcess(apid), trustd)
+            }
             Some(process) => {
                 let socket = process.socket();
                 let listener = api::socket::bind(&socket, process.uid)?;
@@ -148,17 +153,20 @@ impl Node {
                     stop_socket.clone(),
                 ));
                 let args = edge::apid_args(options.listen, &socket, &options.limits, &sans);
-                Edge::Process {
+                // trustd beside apid: its own process, over the same socket.
+                let trustd = options.trustd_listen.map(|listen| {
+                    let args = crate::trustd::trustd_args(listen, &socket, validity);
+                    TrustdRun::Process(RoleProcess::start(process, "trustd", args))
+                });
+                let edge = Edge::Process {
                     listen: options.listen,
-                    apid: ApidProcess::start(process, args),
+                    apid: RoleProcess::start(process, "apid", args),
                     stop_socket,
                     socket_task,
-                }
+                };
+                (edge, trustd)
             }
         };
-        let trustd = options
-            .trustd_listen
-            .map(|listen| Trustd::start(state.clone(), listen, options.sources.api_cert_validity));
         Ok(Node {
             state,
             local,
@@ -220,8 +228,10 @@ impl Node {
 
     /// Stops the API, the services and the controllers, in that order.
     pub async fn shutdown(self) -> Result<(), StartError> {
-        if let Some(trustd) = self.trustd {
-            trustd.stop().await;
+        match self.trustd {
+            Some(TrustdRun::InProcess(trustd)) => trustd.stop().await,
+            Some(TrustdRun::Process(trustd)) => trustd.stop().await,
+            None => {}
         }
         let api = match self.edge {
             Edge::InProcess(apid) => apid.shutdown().await,
@@ -252,10 +262,17 @@ enum Edge {
     InProcess(Apid),
     Process {
         listen: SocketAddr,
-        apid: ApidProcess,
+        apid: RoleProcess,
         stop_socket: CancellationToken,
         socket_task: JoinHandle<()>,
     },
+}
+
+/// Where trustd runs: beside apid, in this process or in its own.
+#[derive(Debug)]
+enum TrustdRun {
+    InProcess(Trustd),
+    Process(RoleProcess),
 }
 
 /// Opens the persistent state in `dir` (the node's alone: not even apid, another uid,

@@ -5,9 +5,11 @@
 //! constant time. Only the keys, the node's name and its server names are taken from a
 //! request: the usages, the `os:impersonator` role and the validity are trustd's.
 //!
-//! It starts serving once the node has the CA key and its own certificates (watched, so
-//! at once), follows the certificates as they are renewed, and never listens on a node
-//! without the key.
+//! It reads the node's CA and certificates through the node's backend, as apid does: in
+//! machined's process in tests, and on a node as its own process (the `trustd` role of the
+//! multicall binary, under apid's uid, over machined's socket). It starts serving once
+//! the node has the CA key and its own certificates, follows the certificates as they are
+//! renewed, and never listens on a node without the key.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,14 +17,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use apid::listener::Peer;
+use apid::Backend;
+use basalt_api::resource::v1 as rapi;
 use basalt_api::trustd::v1::trust_service_server::{TrustService, TrustServiceServer};
 use basalt_api::trustd::v1::{
     CertificateRequest, CertificateResponse, Member, RegisterRequest, RegisterResponse,
 };
 use basalt_pki::{sign_node_request, CertAndKey, NodeCertRequest};
-use basalt_resource::{Resource, ResourceKey};
+use basalt_resource::ResourceSpec;
 use basalt_resources::secrets::{ApiCertificatesSpec, OsRootSpec};
-use basalt_state::State;
 use rustls::ServerConfig;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
@@ -34,6 +37,8 @@ use tonic::{Request, Response, Status};
 
 use crate::api::status::pki_status;
 
+/// How often trustd reads the node's CA and certificates again (a local call).
+const POLL: Duration = Duration::from_millis(200);
 /// A member not heard from for this long is dropped (members register every 10 s).
 const MEMBER_TTL: Duration = Duration::from_secs(60);
 /// The most members, and addresses per member, trustd keeps: the registry's memory is
@@ -49,11 +54,11 @@ pub(crate) struct Trustd {
 }
 
 impl Trustd {
-    /// Waits (in the background) for the CA key and the node's certificates, then serves
-    /// on `listen`; certificates it signs live `validity`.
-    pub fn start(state: State, listen: SocketAddr, validity: Duration) -> Trustd {
+    /// Waits (in the background) for the CA key and the node's certificates, read through
+    /// `backend`, then serves on `listen`; certificates it signs live `validity`.
+    pub fn start(backend: Backend, listen: SocketAddr, validity: Duration) -> Trustd {
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(state, listen, validity, stop.clone()));
+        let task = tokio::spawn(run(backend, listen, validity, stop.clone()));
         Trustd { stop, task }
     }
 
@@ -63,24 +68,28 @@ impl Trustd {
     }
 }
 
-async fn current(state: &State) -> Option<(OsRootSpec, ApiCertificatesSpec)> {
-    let root = state
-        .get(&ResourceKey::of::<OsRootSpec>(OsRootSpec::ID))
-        .await
-        .ok()?;
-    let root = Resource::<OsRootSpec>::try_from(root.as_ref()).ok()?.spec;
+/// The resource `S` with `id` on the node, if it has it.
+async fn get<S: ResourceSpec + serde::de::DeserializeOwned>(
+    backend: &Backend,
+    id: &str,
+) -> Option<S> {
+    let request = rapi::GetRequest {
+        namespace: String::new(),
+        r#type: S::TYPE.to_string(),
+        id: id.to_string(),
+    };
+    let answer = apid::node_resources(backend).get(request).await.ok()?;
+    let resource = answer.into_inner().messages.into_iter().next()?.resource?;
+    serde_yaml_ng::from_str(&resource.spec).ok()
+}
+
+/// The node's OS CA (with its key) and its own certificates, when it can sign.
+async fn current(backend: &Backend) -> Option<(OsRootSpec, ApiCertificatesSpec)> {
+    let root = get::<OsRootSpec>(backend, OsRootSpec::ID).await?;
     if root.ca_key.is_empty() {
         return None;
     }
-    let certs = state
-        .get(&ResourceKey::of::<ApiCertificatesSpec>(
-            ApiCertificatesSpec::ID,
-        ))
-        .await
-        .ok()?;
-    let certs = Resource::<ApiCertificatesSpec>::try_from(certs.as_ref())
-        .ok()?
-        .spec;
+    let certs = get::<ApiCertificatesSpec>(backend, ApiCertificatesSpec::ID).await?;
     Some((root, certs))
 }
 
@@ -100,30 +109,15 @@ fn server_config(certs: &ApiCertificatesSpec) -> Result<Arc<ServerConfig>, Strin
     Ok(Arc::new(config))
 }
 
-async fn run(state: State, listen: SocketAddr, validity: Duration, stop: CancellationToken) {
-    let watch = |key: ResourceKey| {
-        let state = state.clone();
-        async move { state.watch(&key).await }
-    };
-    let (Ok(mut roots), Ok(mut api)) = (
-        watch(ResourceKey::of::<OsRootSpec>(OsRootSpec::ID)).await,
-        watch(ResourceKey::of::<ApiCertificatesSpec>(
-            ApiCertificatesSpec::ID,
-        ))
-        .await,
-    ) else {
-        tracing::error!("trustd cannot watch the node's CA and certificates");
-        return;
-    };
+async fn run(backend: Backend, listen: SocketAddr, validity: Duration, stop: CancellationToken) {
     // Until this node can sign, it does not listen.
     let mut certs = loop {
-        if let Some((_, certs)) = current(&state).await {
+        if let Some((_, certs)) = current(&backend).await {
             break certs;
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = roots.next() => {}
-            _ = api.next() => {}
+            _ = tokio::time::sleep(POLL) => {}
         }
     };
     let config = match server_config(&certs) {
@@ -152,7 +146,7 @@ async fn run(state: State, listen: SocketAddr, validity: Duration, stop: Cancell
         CancellationToken::new(),
     ));
     let service = TrustServiceServer::new(Signer {
-        state: state.clone(),
+        backend: backend.clone(),
         validity,
         members: Mutex::default(),
     });
@@ -164,22 +158,23 @@ async fn run(state: State, listen: SocketAddr, validity: Duration, stop: Cancell
             stop.clone().cancelled_owned(),
         );
     let follow = async {
-        while api.next().await.is_some() {
-            if let Some((_, renewed)) = current(&state).await {
-                if renewed.server_crt != certs.server_crt {
-                    match server_config(&renewed) {
-                        Ok(config) => {
-                            tls.send_replace(config);
-                            certs = renewed;
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "trustd cannot use the renewed certificate")
-                        }
+        loop {
+            tokio::time::sleep(POLL).await;
+            let Some((_, renewed)) = current(&backend).await else {
+                continue;
+            };
+            if renewed.server_crt != certs.server_crt {
+                match server_config(&renewed) {
+                    Ok(config) => {
+                        tls.send_replace(config);
+                        certs = renewed;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "trustd cannot use the renewed certificate")
                     }
                 }
             }
         }
-        std::future::pending::<()>().await;
     };
     tokio::select! {
         result = server => if let Err(e) = result {
@@ -190,8 +185,55 @@ async fn run(state: State, listen: SocketAddr, validity: Duration, stop: Cancell
     accept.abort();
 }
 
+/// The command line of the trustd role.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "trustd",
+    about = "Signs the certificates of nodes without the OS CA key (started by machined)"
+)]
+pub struct TrustdArgs {
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// machined's unix socket.
+    #[arg(long)]
+    pub socket: std::path::PathBuf,
+    /// How long the certificates it signs live.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub validity: Duration,
+}
+
+/// The trustd role's main: trustd over machined's socket, until SIGTERM.
+pub async fn run_trustd(args: TrustdArgs) {
+    if let Err(e) = basalt_sys::Sys::set_no_new_privs(&basalt_sys::Linux) {
+        tracing::warn!(error = %e, "cannot set no_new_privs");
+    }
+    let trustd = Trustd::start(
+        apid::socket::backend(args.socket),
+        args.listen,
+        args.validity,
+    );
+    crate::edge::terminated().await;
+    trustd.stop().await;
+}
+
+/// The arguments machined gives its trustd process.
+pub(crate) fn trustd_args(
+    listen: SocketAddr,
+    socket: &std::path::Path,
+    validity: Duration,
+) -> Vec<String> {
+    vec![
+        "--listen".to_string(),
+        listen.to_string(),
+        "--socket".to_string(),
+        socket.display().to_string(),
+        "--validity".to_string(),
+        humantime::format_duration(validity).to_string(),
+    ]
+}
+
 struct Signer {
-    state: State,
+    backend: Backend,
     validity: Duration,
     /// The members that registered, by name, with when they were last heard from.
     members: Mutex<BTreeMap<String, (Member, Instant)>>,
@@ -208,7 +250,7 @@ impl Signer {
 
     /// The OS CA of a node that can sign, once the caller's token is checked.
     async fn authorize<T>(&self, request: &Request<T>) -> Result<OsRootSpec, Status> {
-        let Some((root, _)) = current(&self.state).await else {
+        let Some((root, _)) = current(&self.backend).await else {
             return Err(Status::failed_precondition(
                 "this node holds no OS CA key: ask a control-plane node",
             ));
