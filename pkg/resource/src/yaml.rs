@@ -4,6 +4,10 @@
 //! long string): deserializers expand them. [`check_expansion`] walks the text once,
 //! counting what the expanded value would hold, and stops as soon as it passes a budget,
 //! before anything big is built.
+//!
+//! Deeply nested flow collections (`[[[[...`) cost the YAML parser time that grows with
+//! the square of the depth (100,000 levels: over a minute): [`check_nesting`] refuses
+//! more than [`MAX_NESTING`] levels in one linear pass before the parser sees the text.
 
 use std::cell::Cell;
 use std::fmt;
@@ -85,9 +89,115 @@ impl<'de> Visitor<'de> for Budget<'_> {
     }
 }
 
-/// Fails if the (multi-document) YAML text would expand past [`EXPANSION_BUDGET`]. Syntax
-/// errors are left for the real parse to report, with its better message.
+/// The most flow collections (`[...]`, `{...}`) one may hold inside another. Configs,
+/// patches, bundles and resources nest a handful of levels.
+pub const MAX_NESTING: usize = 64;
+
+/// Fails, naming the line, if flow collections nest deeper than [`MAX_NESTING`]. One pass
+/// over the text: quoted scalars, comments and block scalars (`|`, `>`) are skipped, and
+/// a `[` or `{` counts only where a flow collection can start (after an indicator or at
+/// the start of a value), not inside a plain scalar such as `a[1]`.
+pub fn check_nesting(text: &str) -> Result<(), String> {
+    let mut depth = 0usize;
+    // Inside a block scalar: the indentation its content is deeper than.
+    let mut block_scalar: Option<usize> = None;
+    for (number, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        if let Some(parent) = block_scalar {
+            if line.trim().is_empty() || indent > parent {
+                continue;
+            }
+            block_scalar = None;
+        }
+        let mut quote: Option<char> = None;
+        let mut escaped = false;
+        // Whether a node may start here (the start of the line, after `- `, `? `, `: `,
+        // and in a flow collection after `[`, `{`, `,`): only there do `[`, `{` and
+        // quotes open something; anywhere else they are part of a plain scalar.
+        let mut node_start = true;
+        // An indicator (`-`, `?`, `:`) that counts only if a space follows it.
+        let mut pending = false;
+        let mut after_space = true;
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            if let Some(q) = quote {
+                if escaped {
+                    escaped = false;
+                } else if q == '"' && c == '\\' {
+                    escaped = true;
+                } else if q == '\'' && c == '\'' && chars.peek() == Some(&'\'') {
+                    // `''` is a quote inside single quotes.
+                    chars.next();
+                } else if c == q {
+                    quote = None;
+                    node_start = false;
+                }
+                continue;
+            }
+            if c == ' ' || c == '\t' {
+                if pending {
+                    node_start = true;
+                    pending = false;
+                }
+                after_space = true;
+                continue;
+            }
+            if pending {
+                pending = false;
+                node_start = false;
+            }
+            match c {
+                '#' if after_space => break,
+                '-' | '?' if node_start => {
+                    pending = true;
+                    node_start = false;
+                }
+                ':' => pending = true,
+                '\'' | '"' if node_start => quote = Some(c),
+                '[' | '{' if depth > 0 || node_start => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Err(format!(
+                            "line {}: collections nested more than {MAX_NESTING} deep",
+                            number + 1
+                        ));
+                    }
+                    node_start = true;
+                }
+                ']' | '}' if depth > 0 => {
+                    depth -= 1;
+                    node_start = false;
+                }
+                ',' if depth > 0 => node_start = true,
+                _ => node_start = false,
+            }
+            after_space = false;
+        }
+        if depth == 0 && quote.is_none() && opens_block_scalar(line) {
+            block_scalar = Some(indent);
+        }
+    }
+    Ok(())
+}
+
+/// Whether `line` ends with a block scalar's header (`key: |`, `- >-`, `|2`...).
+fn opens_block_scalar(line: &str) -> bool {
+    let content = line.split(" #").next().unwrap_or(line).trim_end();
+    let Some(at) = content.rfind(['|', '>']) else {
+        return false;
+    };
+    let (before, header) = content.split_at(at);
+    header[1..]
+        .chars()
+        .all(|c| matches!(c, '+' | '-' | '1'..='9'))
+        && (before.ends_with(": ") || before.ends_with("- ") || before.trim().is_empty())
+}
+
+/// Fails if the (multi-document) YAML text nests too deep ([`check_nesting`]) or would
+/// expand past [`EXPANSION_BUDGET`]. Syntax errors are left for the real parse to report,
+/// with its better message.
 pub fn check_expansion(text: &str) -> Result<(), String> {
+    check_nesting(text)?;
     let budget = Cell::new(EXPANSION_BUDGET);
     for doc in serde_yaml_ng::Deserializer::from_str(text) {
         match Budget(&budget).deserialize(doc) {
@@ -125,5 +235,39 @@ mod tests {
         );
         // Syntax errors are the parser's to report.
         check_expansion("a: [\n").unwrap();
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_at_once_and_ordinary_brackets_are_not() {
+        let deep = format!("kind: MachineConfig\nx: {}", "[".repeat(100_000));
+        let started = std::time::Instant::now();
+        let err = check_expansion(&deep).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(
+            err.contains("line 2") && err.contains("nested more than 64"),
+            "{err}"
+        );
+        let deep_maps = format!("a: {}", "{b: ".repeat(65));
+        assert!(check_nesting(&deep_maps).is_err());
+        check_nesting(&format!("a: {}{}", "[".repeat(64), "]".repeat(64))).unwrap();
+        // Brackets that open no collection: in plain and quoted scalars, comments and
+        // block scalars, however many.
+        let mut ordinary = String::from("kind: MachineConfig\n");
+        for _ in 0..100 {
+            ordinary.push_str("a: x[1\nb: \"[[\"\nc: '{{'\n# [[[[\nd: [e, f] # ]]\n");
+            // Found by the config round trip: `:` and `-` are indicators only before a space.
+            ordinary.push_str(
+                "e: 1:{\nf: -[x\n'{{': g\nh: '''{{'\ni: A? {[\nj: \u{2000}{\nk: ''': {'\n",
+            );
+        }
+        ordinary.push_str("content: |\n");
+        for _ in 0..100 {
+            ordinary.push_str("  if [ -f x ]; then [[[\n");
+        }
+        ordinary.push_str("after: [ok]\n");
+        check_nesting(&ordinary).unwrap();
+        // The block scalar ends where the indentation does: nesting after it counts.
+        let after = format!("content: |\n  [[[\nx: {}", "[".repeat(65));
+        assert!(check_nesting(&after).is_err());
     }
 }
