@@ -77,6 +77,25 @@ impl Cluster {
         .to_vec()
     }
 
+    /// `osctl cluster create`, sent `signal` as soon as the first node's shim runs.
+    async fn interrupted_create(
+        &self,
+        controlplanes: usize,
+        workers: usize,
+        signal: &str,
+    ) -> Output {
+        let args = self.create_args(controlplanes, workers);
+        let create = self
+            .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        shim_of(self, &self.controlplane(1), Duration::from_secs(30)).await;
+        send(create.id().unwrap(), signal);
+        create.wait_with_output().await.unwrap()
+    }
+
     fn controlplane(&self, index: usize) -> String {
         format!("{}-controlplane-{index}", self.name)
     }
@@ -189,10 +208,10 @@ async fn shim_of(cluster: &Cluster, node: &str, timeout: Duration) -> u32 {
 }
 
 fn kill(pid: u32) {
-    signal(pid, "KILL");
+    send(pid, "KILL");
 }
 
-fn signal(pid: u32, name: &str) {
+fn send(pid: u32, name: &str) {
     let status = std::process::Command::new("kill")
         .args([&format!("-{name}"), &pid.to_string()])
         .status()
@@ -333,17 +352,8 @@ async fn a_node_killed_while_the_cluster_is_made_fails_create_naming_it_and_noth
 #[tokio::test(flavor = "multi_thread")]
 async fn a_half_made_cluster_is_destroyed() {
     let cluster = Cluster::new("e2ehalf", 33);
-    let args = cluster.create_args(2, 0);
-    let create = cluster
-        .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // osctl dies as soon as the first node runs: the rest is left as it was.
-    shim_of(&cluster, &cluster.controlplane(1), Duration::from_secs(30)).await;
-    kill(create.id().unwrap());
-    let out = create.wait_with_output().await.unwrap();
+    let out = cluster.interrupted_create(2, 0, "KILL").await;
     assert!(
         cluster.clusters_dir().join(&cluster.name).exists(),
         "{}{}",
@@ -359,16 +369,7 @@ async fn a_half_made_cluster_is_destroyed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_while_the_cluster_is_made_removes_everything_it_made() {
     let cluster = Cluster::new("e2eintr", 35);
-    let args = cluster.create_args(1, 1);
-    let create = cluster
-        .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    shim_of(&cluster, &cluster.controlplane(1), Duration::from_secs(30)).await;
-    signal(create.id().unwrap(), "INT");
-    let out = create.wait_with_output().await.unwrap();
+    let out = cluster.interrupted_create(1, 1, "INT").await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
