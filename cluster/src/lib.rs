@@ -260,10 +260,6 @@ impl ClusterRecord {
         std::fs::write(&partial, text).map_err(|e| ClusterError::io("writing", &partial, e))?;
         std::fs::rename(&partial, &path).map_err(|e| ClusterError::io("writing", &path, e))
     }
-
-    pub fn node(&self, name: &str) -> Option<&NodeRecord> {
-        self.nodes.iter().find(|n| n.name == name)
-    }
 }
 
 /// Cluster names become directory, interface and cgroup names.

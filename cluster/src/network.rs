@@ -313,8 +313,3 @@ pub async fn destroy(record: &ClusterRecord) -> Vec<ClusterError> {
     }
     problems
 }
-
-/// Whether the host has a link called `name` (for tests and `cluster show`).
-pub async fn host_has_link(name: &str) -> Result<bool, ClusterError> {
-    Ok(Netlink::here()?.index(name).await?.is_some())
-}

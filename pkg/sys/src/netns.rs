@@ -75,20 +75,20 @@ pub fn enter(path: &Path) -> Result<(), SysError> {
         .map_err(|e| SysError::path("setns(CLONE_NEWNET)", path, e.into()))
 }
 
-/// Whether `path` is a pinned namespace (a mount point of an nsfs file), not a leftover
-/// plain file.
-pub fn is_pinned(path: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    mounts.lines().any(|line| {
-        let mut fields = line.split_whitespace();
-        let _source = fields.next();
-        fields.next().map(Path::new) == Some(path) && fields.next() == Some("nsfs")
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether `path` is a pinned namespace (a mount point of an nsfs file), not a leftover
+    /// plain file.
+    fn is_pinned(path: &Path) -> bool {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        mounts.lines().any(|line| {
+            let mut fields = line.split_whitespace();
+            let _source = fields.next();
+            fields.next().map(Path::new) == Some(path) && fields.next() == Some("nsfs")
+        })
+    }
 
     /// Removes the pin when the test ends, also when it fails.
     struct Pinned(PathBuf);
