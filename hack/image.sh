@@ -85,7 +85,7 @@ cmd_build() {
   [[ -n "$kernel" ]] || die "$deb holds no modules directory"
   depmod -b "$work/kernel" "$kernel"
 
-  mkdir -p "$tree"/{proc,sys,dev,run,tmp,etc/basalt,system/state}
+  mkdir -p "$tree"/{proc,sys,dev,run,tmp,etc/basalt,system/state,system/etc}
 
   # machined, as /init, without its debug information.
   strip --strip-debug -o "$tree/init" "$binary"
@@ -111,7 +111,9 @@ cmd_build() {
   depmod -b "$tree" "$kernel"
   find "$tree/lib/modules/$kernel" -maxdepth 1 -type f ! -name modules.dep -delete
 
-  printf '127.0.0.1 localhost\n::1 localhost\n' > "$tree/etc/hosts"
+  # Written by the node (network.EtcFilesController) on a tmpfs of its own.
+  ln -s /system/etc/hosts "$tree/etc/hosts"
+  ln -s /system/etc/resolv.conf "$tree/etc/resolv.conf"
   printf 'NAME=Basalt\nID=basalt\nPRETTY_NAME="Basalt"\nVERSION_ID=%s\n' \
     "$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)" > "$tree/etc/os-release"
 

@@ -8,10 +8,12 @@ pub mod k8s;
 pub mod network;
 pub mod runtime;
 pub mod secrets;
+pub mod time;
 mod trustd;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use basalt_controller_runtime::{Engine, RegistrationError};
@@ -33,6 +35,15 @@ pub struct Sources {
     pub api_cert_validity: Duration,
     /// Where a node without the CA key finds trustd on the control-plane endpoint's host.
     pub trustd_port: u16,
+    /// The network namespace whose links, addresses and routes the node manages and
+    /// reports; none in a process that shares the host's (tests).
+    pub netlink: Option<network::Netlink>,
+    /// Where the node's `hosts` and `resolv.conf` are written (and whether the kernel's
+    /// host name is set); neither without it.
+    pub etc_dir: Option<PathBuf>,
+    /// The clock the time servers set; none where the clock is not the node's own
+    /// (container nodes, tests): the offset is measured and reported only.
+    pub clock: Option<Arc<dyn time::Clock>>,
 }
 
 impl Default for Sources {
@@ -43,6 +54,9 @@ impl Default for Sources {
             api_sans: Vec::new(),
             api_cert_validity: DEFAULT_API_CERT_VALIDITY,
             trustd_port: basalt_api::TRUSTD_PORT,
+            netlink: None,
+            etc_dir: None,
+            clock: None,
         }
     }
 }
@@ -54,7 +68,19 @@ pub fn register_all(engine: &mut Engine, sources: &Sources) -> Result<(), Regist
         sources.cmdline.clone(),
     ))?;
     engine.register(runtime::MachineStatusController)?;
+    engine.register(runtime::VersionController::new(PathBuf::from(
+        "/proc/sys/kernel/osrelease",
+    )))?;
     engine.register(network::HostnameController)?;
+    engine.register(network::ConfigController)?;
+    if let Some(netlink) = &sources.netlink {
+        engine.register(network::StatusController::new(netlink.clone()))?;
+        engine.register(network::ApplyController::new(netlink.clone()))?;
+    }
+    if let Some(dir) = &sources.etc_dir {
+        engine.register(network::EtcFilesController::new(dir.clone(), true))?;
+    }
+    engine.register(time::SyncController::new(sources.clock.clone()))?;
     engine.register(secrets::ApiCertificatesController::new(
         sources.api_sans.clone(),
         sources.api_cert_validity,

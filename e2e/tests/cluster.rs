@@ -386,6 +386,11 @@ async fn a_two_node_qemu_cluster_is_made_checked_and_destroyed_leaving_nothing()
     let cluster = Cluster::new("e2eqemu", 34);
     let mut args = cluster.create_args(1, 1);
     args.extend(["--provider", "qemu"].map(str::to_string));
+    // The worker gets a second address and a route from its config, beside ip='s.
+    let patch = "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nnetwork:\n  links:\n  \
+                 - name: eth0\n    addresses: [10.213.34.100/24]\n    routes:\n    \
+                 - network: 10.77.0.0/16\n      gateway: 10.213.34.1\n      metric: 300\n";
+    args.extend(["--config-patch-worker", patch].map(str::to_string));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let started = Instant::now();
     let out = cluster.ok(&args).await;
@@ -407,6 +412,28 @@ async fn a_two_node_qemu_cluster_is_made_checked_and_destroyed_leaving_nothing()
         .ok(&["-n", &nodes[1], "get", "apicertificates"])
         .await;
     assert!(out.contains("trustd 10.213.34.2:50001"), "{out}");
+
+    // The node's network from ip= and from its config, as the kernel has it, and the host
+    // reaching the node at the config's address.
+    let out = cluster.ok(&["-n", &nodes[1], "get", "addresses"]).await;
+    for address in [
+        "eth0/10.213.34.3/24",
+        "eth0/10.213.34.100/24",
+        "lo/127.0.0.1/8",
+    ] {
+        assert!(out.contains(address), "no {address}:\n{out}");
+    }
+    let out = cluster.ok(&["-n", &nodes[1], "get", "routes"]).await;
+    for route in [
+        "eth0/0.0.0.0/0/10.213.34.1/1024",
+        "eth0/10.77.0.0/16/10.213.34.1/300",
+    ] {
+        assert!(out.contains(route), "no {route}:\n{out}");
+    }
+    let out = cluster
+        .ok(&["-e", "10.213.34.100", "get", "hostname"])
+        .await;
+    assert!(out.contains(&nodes[1]), "{out}");
 
     cluster
         .ok(&["cluster", "destroy", "--name", &cluster.name])

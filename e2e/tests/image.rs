@@ -27,8 +27,9 @@ impl Entry {
         self.mode & S_IFMT == S_IFDIR
     }
 
+    /// A regular file anyone may execute (a symbolic link's mode says nothing).
     fn is_executable(&self) -> bool {
-        self.mode & 0o111 != 0
+        self.mode & S_IFMT == S_IFREG && self.mode & 0o111 != 0
     }
 }
 
@@ -85,7 +86,9 @@ fn account(entry: &Entry, kernel: &str, modules_dep: &BTreeSet<String>) -> Optio
         | "lib/x86_64-linux-gnu/libm.so.6"
         | "lib/x86_64-linux-gnu/libgcc_s.so.1" => "a library machined links",
         "etc/basalt/modules" => "the kernel modules PID 1 loads",
-        "etc/hosts" => "localhost, for resolvers",
+        "etc/hosts" | "etc/resolv.conf" => {
+            "a link to the node's own file in /system/etc, which it writes"
+        }
         "etc/os-release" => "the OS's name and version",
         _ if name == format!("{modules}modules.dep") => "the modules' dependencies",
         _ if name.ends_with(".ko") && modules_dep.contains(name.trim_start_matches(&modules)) => {

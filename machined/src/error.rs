@@ -75,19 +75,6 @@ pub enum BootError {
         #[source]
         source: basalt_sys::SysError,
     },
-    #[error("kernel argument ip={value}: {reason}")]
-    IpArg { value: String, reason: String },
-    #[error("{what}: {source}")]
-    Netlink {
-        what: String,
-        #[source]
-        source: rtnetlink::Error,
-    },
-    #[error("no network link {name} appeared within {waited:?}")]
-    NoLink {
-        name: String,
-        waited: std::time::Duration,
-    },
     #[error("{what}: {source}")]
     Io {
         what: &'static str,

@@ -20,5 +20,5 @@ pub use controller::{
 };
 pub use engine::{Engine, EngineOptions};
 pub use error::{ControllerError, RegistrationError};
-pub use runtime::Runtime;
+pub use runtime::{Runtime, Waker};
 pub use tokio_util::sync::CancellationToken;

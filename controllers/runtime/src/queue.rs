@@ -131,7 +131,7 @@ impl QControllerRunner {
         }
 
         let inputs = self.inputs.iter().map(|q| q.input.clone()).collect();
-        let mut rt = Runtime::new(state, name, inputs, self.outputs.clone());
+        let mut rt = Runtime::new(state, name, inputs, self.outputs.clone(), None);
         let mut schedule = Schedule::default();
         // Failing items: their backoff, and when they may run again.
         let mut failing: HashMap<ResourceKey, (Backoff, Instant)> = HashMap::new();

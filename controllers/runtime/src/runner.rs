@@ -191,7 +191,13 @@ impl ControllerRunner {
             .await;
         }
 
-        let mut rt = Runtime::new(state, name, self.inputs.clone(), self.outputs.clone());
+        let mut rt = Runtime::new(
+            state,
+            name,
+            self.inputs.clone(),
+            self.outputs.clone(),
+            Some(Arc::clone(&trigger)),
+        );
         // The first run happens at start, whatever the inputs.
         trigger.notify_one();
         let mut requeue_at: Option<Instant> = None;

@@ -3,6 +3,7 @@ use std::sync::Arc;
 
 use basalt_resource::{AnyResource, Kind, LabelQuery, Phase, Resource, ResourceKey, ResourceSpec};
 use basalt_state::{State, StateError};
+use tokio::sync::Notify;
 
 use crate::{ControllerError, Input, InputKind, Output};
 
@@ -16,6 +17,21 @@ pub struct Runtime {
     outputs: Vec<Output>,
     /// Outputs written in the current run.
     written: HashSet<ResourceKey>,
+    /// Wakes the controller's loop, for changes from outside the state; none for a queue
+    /// controller, whose runs are per item.
+    trigger: Option<Arc<Notify>>,
+}
+
+/// Wakes a controller for a change outside the state (a netlink event, a file): a
+/// controller hands it to the watcher it starts. Wakes while a run is going on are not
+/// lost: the controller runs once more after it.
+#[derive(Debug, Clone)]
+pub struct Waker(Arc<Notify>);
+
+impl Waker {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
 }
 
 impl Runtime {
@@ -24,6 +40,7 @@ impl Runtime {
         controller: &'static str,
         inputs: Vec<Input>,
         outputs: Vec<Output>,
+        trigger: Option<Arc<Notify>>,
     ) -> Self {
         Runtime {
             state,
@@ -31,7 +48,13 @@ impl Runtime {
             inputs,
             outputs,
             written: HashSet::new(),
+            trigger,
         }
+    }
+
+    /// What wakes this controller from outside the state (`None` in a queue controller).
+    pub fn waker(&self) -> Option<Waker> {
+        self.trigger.clone().map(Waker)
     }
 
     /// The name of the controller, which owns its outputs.

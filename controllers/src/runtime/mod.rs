@@ -2,6 +2,8 @@
 
 mod kernel_cmdline;
 mod machine_status;
+mod version;
 
 pub use kernel_cmdline::KernelCmdlineController;
 pub use machine_status::MachineStatusController;
+pub use version::VersionController;

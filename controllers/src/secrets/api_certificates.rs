@@ -7,7 +7,7 @@ use basalt_pki::{issue_node_certs, request_node_certs, CertAndKey};
 
 use crate::trustd::{self, TrustdError};
 use basalt_resources::k8s::ControlPlaneEndpointSpec;
-use basalt_resources::network::HostnameSpec;
+use basalt_resources::network::{AddressSpecSpec, HostnameSpec};
 use basalt_resources::secrets::{ApiCertificatesSpec, OsRootSpec};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -24,8 +24,9 @@ const TRUSTD_RETRY: Duration = Duration::from_millis(500);
 const TRUSTD_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Issues the node's Machine API certificates (`ApiCertificates/api`) from the OS CA:
-/// a server certificate for the node's hostname, the config's `certSANs` and the names
-/// and addresses the node process is reached by, and the `os:impersonator` client
+/// a server certificate for the node's hostname, the config's `certSANs`, the addresses
+/// it is given (`AddressSpec`s) and the names and addresses the node process is reached
+/// by, and the `os:impersonator` client
 /// certificate apid forwards calls with. They are issued again when the CA or the names
 /// change, and renewed at half their life. Without the CA key (worker nodes) the node
 /// makes its keys and asks the control plane's trustd (at the control-plane endpoint's
@@ -72,6 +73,8 @@ impl Controller for ApiCertificatesController {
             Input::weak::<OsRootSpec>().with_id(OsRootSpec::ID),
             Input::weak::<HostnameSpec>().with_id(HostnameSpec::ID),
             Input::weak::<ControlPlaneEndpointSpec>().with_id(ControlPlaneEndpointSpec::ID),
+            // The node is reached at the addresses it is given (ip=, the config).
+            Input::weak::<AddressSpecSpec>(),
         ],
         outputs: [
             Output::exclusive::<ApiCertificatesSpec>(),
@@ -94,6 +97,12 @@ impl Controller for ApiCertificatesController {
         sans.push(name.clone());
         if let Some(h) = &hostname {
             sans.push(h.hostname.clone());
+        }
+        for address in rt.list::<AddressSpecSpec>().await? {
+            let ip = address.spec.address.split('/').next().unwrap_or_default();
+            if address.spec.link != "lo" && !ip.is_empty() {
+                sans.push(ip.to_string());
+            }
         }
         sans.sort();
         sans.dedup();

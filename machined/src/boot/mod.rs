@@ -1,14 +1,13 @@
 //! PID 1: what machined does when it is the first process of a machine. The steps are
 //! separate modules so each is tested on its own, most with `basalt_sys::Recording`:
-//! early mounts, kernel modules, the first network, the STATE disk, reaping, and taking
-//! the machine down. [`metal`] strings them together on a real kernel.
+//! early mounts, kernel modules, the STATE disk, reaping, and taking the machine down.
+//! (The network is the controllers' work: `basalt_controllers::network`.) [`metal`] strings them together on a real kernel.
 
 pub mod container;
 pub mod halt;
 pub mod metal;
 pub mod modules;
 pub mod mounts;
-pub mod network;
 pub mod pid1;
 pub mod reaper;
 pub mod state_disk;

@@ -52,6 +52,9 @@ pub fn early() -> Vec<Mount> {
         mount("tmpfs", "/dev/shm", "tmpfs", kernel, "mode=1777"),
         mount("tmpfs", "/run", "tmpfs", scratch, "mode=0755"),
         mount("tmpfs", "/tmp", "tmpfs", scratch, "mode=1777"),
+        // The files the node writes for /etc (hosts, resolv.conf): its own, also where
+        // container nodes share the image's directory.
+        mount("tmpfs", "/system/etc", "tmpfs", kernel, "mode=0755"),
         mount("cgroup2", "/sys/fs/cgroup", "cgroup2", kernel, "nsdelegate"),
     ]
 }
@@ -112,6 +115,7 @@ mod tests {
             ("tmpfs", "dev/shm"),
             ("tmpfs", "run"),
             ("tmpfs", "tmp"),
+            ("tmpfs", "system/etc"),
             ("cgroup2", "sys/fs/cgroup"),
         ]
         .iter()

@@ -1,6 +1,6 @@
 //! PID 1's boot on any machine, a VM, hardware or a container: the Initialize sequence
-//! (kernel modules, then the first network and STATE together; in a container only the
-//! network), Boot (the node), and on a power request Reboot, Shutdown or Reset. The
+//! (kernel modules, then STATE; nothing in a container), Boot (the node, whose
+//! controllers set up the network), and on a power request Reboot, Shutdown or Reset. The
 //! mains that get here are [`super::metal`] and [`super::container`].
 
 use std::net::SocketAddr;
@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use basalt_controllers::network::{IpArg, Netlink};
+use basalt_controllers::time::{Clock, SystemClock};
 use basalt_controllers::Sources;
 use basalt_machine_config::Mode;
 use basalt_resources::runtime::KernelCmdlineSpec;
 use basalt_sys::{Linux, Reboot};
 
-use super::{modules, network, reaper, state_disk};
+use super::{modules, reaper, state_disk};
 use crate::acquire::{ConfigSources, FetchLimits};
 use crate::edge::ApidProcessOptions;
 use crate::parts::PowerRequest;
@@ -22,9 +24,11 @@ use crate::{BootError, Node, NodeOptions};
 
 /// How long a failed boot shows its error on the console before the machine restarts.
 pub const FATAL_DELAY: Duration = Duration::from_secs(10);
-/// How long the boot waits for the STATE disk and for the `ip=` link to appear.
+/// How long the boot waits for the STATE disk to appear.
 const STATE_WAIT: Duration = Duration::from_secs(5);
-const LINK_WAIT: Duration = Duration::from_secs(10);
+/// Where the node writes `hosts` and `resolv.conf` (the image's /etc links there): a
+/// tmpfs of the node's own, also when container nodes share one image directory.
+const ETC_DIR: &str = "/system/etc";
 /// The image's list of kernel modules to load, and its embedded machine config (optional).
 const MODULE_LIST: &str = "/etc/basalt/modules";
 const EMBEDDED_CONFIG: &str = "/etc/basalt/config.yaml";
@@ -51,26 +55,26 @@ pub(crate) async fn boot(
     mounted: &mut Vec<PathBuf>,
     machine: Machine,
 ) -> Result<Reboot, BootError> {
-    let cmdline = machine.cmdline.clone();
     tokio::spawn(reaper::run(PathBuf::from("/proc")));
     let sequencer = Sequencer::default();
 
-    // Steps that fail here are logged and the boot goes on: a node without its network
-    // or STATE still comes up, reachable where it can be, and says what is missing.
+    // Steps that fail here are logged and the boot goes on: a node without STATE still
+    // comes up, reachable, and says what is missing.
     let state_mount = Arc::new(Mutex::new(None));
     let mut phases = Vec::new();
-    let mut devices = vec![Task::new("network", configure_network(cmdline.clone()))];
     if machine.hardware {
         phases.push(Phase::new(
             "modules",
             vec![Task::new("load", load_modules())],
         ));
-        devices.push(Task::new("state", mount_state(state_mount.clone())));
+        phases.push(Phase::new(
+            "devices",
+            vec![Task::new("state", mount_state(state_mount.clone()))],
+        ));
     } else {
         *state_mount.lock().unwrap_or_else(PoisonError::into_inner) =
             Some(PathBuf::from(state_disk::MOUNT_POINT));
     }
-    phases.push(Phase::new("devices", devices));
     sequencer.run(Sequence::Initialize, phases).await?;
     let state_target = state_mount
         .lock()
@@ -153,17 +157,6 @@ async fn load_modules() -> Result<(), BootError> {
     Ok(())
 }
 
-async fn configure_network(cmdline: String) -> Result<(), BootError> {
-    let ip = network::IpArg::from_cmdline(&cmdline).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "ignoring the kernel's ip= argument");
-        None
-    });
-    if let Err(e) = network::configure(ip.as_ref(), LINK_WAIT).await {
-        tracing::error!(error = %e, "configuring the network");
-    }
-    Ok(())
-}
-
 /// Mounts STATE and leaves where in `mounted`.
 async fn mount_state(mounted: Arc<Mutex<Option<PathBuf>>>) -> Result<(), BootError> {
     let found =
@@ -203,7 +196,7 @@ async fn wipe(dir: PathBuf) -> Result<(), BootError> {
 /// The node as the kernel command line and the image describe it.
 fn node_options(machine: &Machine, state_dir: Option<PathBuf>) -> NodeOptions {
     let cmdline = machine.cmdline.as_str();
-    let ip = network::IpArg::from_cmdline(cmdline).ok().flatten();
+    let ip = IpArg::from_cmdline(cmdline).ok().flatten();
     NodeOptions {
         listen: SocketAddr::from(([0, 0, 0, 0], basalt_api::DEFAULT_PORT)),
         state_dir,
@@ -221,6 +214,12 @@ fn node_options(machine: &Machine, state_dir: Option<PathBuf>) -> NodeOptions {
         sources: Sources {
             cmdline: machine.cmdline_path.clone(),
             api_cert_validity: api_cert_lifetime(cmdline),
+            netlink: Some(Netlink::default()),
+            etc_dir: Some(PathBuf::from(ETC_DIR)),
+            // A container node's clock is its host's: measured, never set.
+            clock: machine
+                .hardware
+                .then(|| Arc::new(SystemClock) as Arc<dyn Clock>),
             ..Sources::default()
         },
         apid_process: Some(ApidProcessOptions {

@@ -11,3 +11,4 @@ pub mod meta;
 pub mod network;
 pub mod runtime;
 pub mod secrets;
+pub mod time;

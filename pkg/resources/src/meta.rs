@@ -4,7 +4,7 @@
 pub use basalt_resource::{PrintColumn, ResourceDefinitionSpec};
 use basalt_resource::{Registry, ResourceError};
 
-use crate::{cluster, config, k8s, kubespan, network, runtime, secrets};
+use crate::{cluster, config, k8s, kubespan, network, runtime, secrets, time};
 
 /// A registry with every built-in resource type.
 pub fn builtin_registry() -> Result<Registry, ResourceError> {
@@ -16,11 +16,21 @@ pub fn builtin_registry() -> Result<Registry, ResourceError> {
     registry.register::<network::HostnameSpec>()?;
     registry.register::<network::LinkConfigSpec>()?;
     registry.register::<network::NetworkServersConfigSpec>()?;
+    registry.register::<network::LinkSpecSpec>()?;
+    registry.register::<network::AddressSpecSpec>()?;
+    registry.register::<network::RouteSpecSpec>()?;
+    registry.register::<network::ResolverSpecSpec>()?;
+    registry.register::<network::LinkStatusSpec>()?;
+    registry.register::<network::AddressStatusSpec>()?;
+    registry.register::<network::RouteStatusSpec>()?;
+    registry.register::<network::ResolverStatusSpec>()?;
     registry.register::<kubespan::KubeSpanConfigSpec>()?;
     registry.register::<runtime::ExtensionServiceConfigSpec>()?;
     registry.register::<runtime::KernelCmdlineSpec>()?;
     registry.register::<runtime::ServiceSpec>()?;
     registry.register::<runtime::MachineStatusSpec>()?;
+    registry.register::<runtime::VersionSpec>()?;
+    registry.register::<time::TimeStatusSpec>()?;
     registry.register::<runtime::PowerRequestSpec>()?;
     registry.register::<runtime::MachineConfigStatusSpec>()?;
     registry.register::<secrets::OsRootSpec>()?;

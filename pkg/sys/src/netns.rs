@@ -75,6 +75,26 @@ pub fn enter(path: &Path) -> Result<(), SysError> {
         .map_err(|e| SysError::path("setns(CLONE_NEWNET)", path, e.into()))
 }
 
+/// Runs `f` on a thread of its own inside the namespace at `path`, and returns what it
+/// returned: sockets it opens stay in that namespace. No other thread moves, and the
+/// thread ends with `f`, so no later work runs in the wrong namespace by accident.
+pub fn run_in<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, SysError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                enter(path)?;
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(SysError::Invalid {
+                    call: "run_in",
+                    reason: format!("the thread in {} panicked", path.display()),
+                })
+            })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
