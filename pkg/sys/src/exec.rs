@@ -42,10 +42,19 @@ pub fn confine(
                 .filter(|c| permitted.contains(c))
                 .collect();
             // The capabilities this kernel knows: dropping one it does not is EINVAL.
-            let drop_bounding = caps::runtime::thread_all_supported()
-                .into_iter()
-                .filter(|c| !keep.contains(c))
-                .collect();
+            // Without CAP_SETPCAP (an unprivileged machined in tests) the bounding set
+            // cannot shrink; no_new_privs still keeps exec from granting anything past
+            // the sets narrowed below.
+            let may_drop =
+                caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false);
+            let drop_bounding = if may_drop {
+                caps::runtime::thread_all_supported()
+                    .into_iter()
+                    .filter(|c| !keep.contains(c))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             Some(CapsPlan {
                 keep,
                 drop_bounding,

@@ -237,7 +237,7 @@ fn describe_end(
     let (Some(max), true) = (memory_max, oom_kills > 0) else {
         return describe_exit(status);
     };
-    if status.signal() == Some(libc_sigkill()) {
+    if status.signal() == Some(Signal::SIGKILL as i32) {
         format!("killed: over its memory limit of {max} bytes (oom_kill)")
     } else {
         format!(
@@ -245,10 +245,6 @@ fn describe_end(
             describe_exit(status)
         )
     }
-}
-
-fn libc_sigkill() -> i32 {
-    Signal::SIGKILL as i32
 }
 
 /// Kills the whole process group when dropped: also when the runner task is dropped with

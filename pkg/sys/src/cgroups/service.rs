@@ -387,4 +387,84 @@ mod tests {
             assert_eq!(cgroup.oom_kills(), want, "{file}: {text:?}");
         }
     }
+
+    /// Removes what the v2 test made, also when it fails.
+    struct V2Cleanup {
+        own: PathBuf,
+        child: std::process::Child,
+        root_had_it: bool,
+        root: PathBuf,
+    }
+
+    impl Drop for V2Cleanup {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            for dir in [
+                self.own.join("services"),
+                self.own.join(LEAF),
+                self.own.clone(),
+            ] {
+                let _ = remove_dir_patiently(&dir);
+            }
+            if !self.root_had_it {
+                let _ = fs::write(self.root.join("cgroup.subtree_control"), "-hugetlb");
+            }
+        }
+    }
+
+    /// The "no internal processes" rule on the host's unified hierarchy, with the one
+    /// controller it has here (hugetlb): a cgroup with a process cannot give its children
+    /// a controller until its processes move to the leaf.
+    #[test]
+    fn a_v2_cgroup_with_processes_hands_controllers_down_through_a_leaf() {
+        let root = PathBuf::from("/sys/fs/cgroup/unified");
+        let available = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        if !available.split_whitespace().any(|c| c == "hugetlb") {
+            println!(
+                "skipped: no cgroup v2 hierarchy with hugetlb at {}",
+                root.display()
+            );
+            return;
+        }
+        let subtree = fs::read_to_string(root.join("cgroup.subtree_control")).unwrap();
+        let root_had_it = subtree.split_whitespace().any(|c| c == "hugetlb");
+        let own = root.join(format!("basalt-sys-test-{}", std::process::id()));
+        fs::create_dir(&own).unwrap();
+        let child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let cleanup = V2Cleanup {
+            own: own.clone(),
+            child,
+            root_had_it,
+            root: root.clone(),
+        };
+        fs::write(own.join("cgroup.procs"), pid.to_string()).unwrap();
+        if !root_had_it {
+            fs::write(root.join("cgroup.subtree_control"), "+hugetlb").unwrap();
+        }
+        let hierarchy = Hierarchy {
+            mount: root.clone(),
+            current: PathBuf::from("/").join(own.file_name().unwrap()),
+            controllers: None,
+        };
+        let base = own.join("services");
+        fs::create_dir(&base).unwrap();
+        // The rule itself, so that this test shows the case it is about.
+        let refused = fs::write(own.join("cgroup.subtree_control"), "+hugetlb").unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(Errno::BUSY.raw_os_error()));
+
+        let mut problems = Vec::new();
+        let enabled = enable_v2(&hierarchy, &own, &base, &["hugetlb"], &mut problems);
+        assert_eq!(enabled, ["hugetlb"], "{problems:?}");
+        assert_eq!(listed(&own.join(LEAF)), [pid as i32]);
+        assert!(listed(&own).is_empty());
+        let controllers = fs::read_to_string(base.join("cgroup.controllers")).unwrap();
+        assert!(controllers.contains("hugetlb"), "{controllers:?}");
+        drop(cleanup);
+        assert!(!own.exists());
+    }
 }
