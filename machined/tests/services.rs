@@ -607,3 +607,37 @@ async fn a_service_keeps_only_the_capabilities_it_is_given() {
     supervisor.shutdown().await;
     assert_no_cgroups_left();
 }
+
+#[tokio::test]
+async fn shutdown_stops_dependents_before_their_dependencies() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stopped");
+    let stops = |name: &str| {
+        format!(
+            "trap 'echo {name} >> {}; exit 0' TERM; while true; do sleep 0.1; done",
+            file.display()
+        )
+    };
+    let supervisor = Supervisor::new(
+        State::new(),
+        vec![
+            sh("etcd", &stops("etcd")),
+            sh("kubelet", &stops("kubelet")).depends_on("apiserver"),
+            sh("apiserver", &stops("apiserver")).depends_on("etcd"),
+        ],
+        options(),
+    )
+    .unwrap();
+    supervisor.start_all().await.unwrap();
+    for id in ["etcd", "apiserver", "kubelet"] {
+        wait_state(&supervisor, id, "Running").await;
+    }
+    // The traps are set once the shells loop.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    supervisor.shutdown().await;
+    let order = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(order, "kubelet\napiserver\netcd\n");
+    let err = supervisor.start("etcd").await.unwrap_err();
+    assert!(err.to_string().contains("shut down"), "{err}");
+    assert_no_cgroups_left();
+}

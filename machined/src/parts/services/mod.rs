@@ -11,7 +11,7 @@ mod definition;
 mod health;
 mod supervise;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,6 +91,8 @@ struct Shared {
     options: SupervisorOptions,
     /// Cancelled when the supervisor goes away: every runner stops its service.
     shutdown: CancellationToken,
+    /// Set when [`Supervisor::shutdown`] begins: no service starts any more.
+    closing: AtomicBool,
     /// Bumped on every transition: services waiting for others look again.
     changes: watch::Sender<u64>,
     /// The cgroup hierarchies machined is in, read once.
@@ -157,6 +159,7 @@ impl Supervisor {
                 state,
                 options,
                 shutdown: CancellationToken::new(),
+                closing: AtomicBool::new(false),
                 changes: watch::channel(0).0,
                 hierarchies,
             }),
@@ -187,12 +190,22 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Stops every service (SIGTERM, then SIGKILL after the grace period) and waits.
+    /// Stops every service (SIGTERM, then SIGKILL after the grace period) and waits;
+    /// dependents before what they depend on (kubelet before etcd), so that none sees its
+    /// dependency go while it still runs.
     pub async fn shutdown(&self) {
-        self.shared.shutdown.cancel();
-        for service in &self.services {
+        // No start from here on; each runner is then stopped in turn (cancelling the
+        // shared token first would stop them all at once).
+        self.shared.closing.store(true, Ordering::SeqCst);
+        for service in self
+            .order
+            .iter()
+            .rev()
+            .filter_map(|&i| self.services.get(i))
+        {
             Self::stop_runner(&mut *service.runner.lock().await).await;
         }
+        self.shared.shutdown.cancel();
     }
 
     fn find(&self, id: &str) -> Result<&Arc<Service>, NodeError> {
@@ -210,7 +223,7 @@ impl Supervisor {
         service: &Arc<Service>,
         slot: &mut Option<Runner>,
     ) -> Result<(), NodeError> {
-        if self.shared.shutdown.is_cancelled() {
+        if self.shared.shutdown.is_cancelled() || self.shared.closing.load(Ordering::SeqCst) {
             return Err(NodeError::FailedPrecondition(format!(
                 "service {} cannot start: its supervisor is shut down",
                 service.definition.id
