@@ -47,6 +47,8 @@ fn fast_options() -> SupervisorOptions {
         stop_grace: Duration::from_secs(5),
         backoff_initial: Duration::from_millis(50),
         backoff_max: Duration::from_millis(200),
+        // Test processes run side by side in one cgroup: each keeps its services apart.
+        cgroup_parent: Some(format!("basalt-services-test-{}", std::process::id())),
         ..SupervisorOptions::default()
     }
 }

@@ -269,16 +269,15 @@ async fn nodes_flag_fans_out_and_reports_a_stopped_node() {
 async fn resources_services_logs_and_power_through_osctl() {
     let dir = cluster_dir().await;
     let dir = dir.path();
-    let ticker = ServiceDefinition {
-        id: "ticker".into(),
-        command: vec![
-            "sh".into(),
-            "-c".into(),
-            "echo started; while true; do echo tick; sleep 0.2; done".into(),
+    let ticker = ServiceDefinition::new(
+        "ticker",
+        &[
+            "sh",
+            "-c",
+            "echo started; while true; do echo tick; sleep 0.2; done",
         ],
-        env: Default::default(),
-        restart: RestartPolicy::Always,
-    };
+    )
+    .restart(RestartPolicy::Always);
     let node = configured(dir, "127.0.0.42", vec![ticker]).await;
     let e = node.local_addr().to_string();
 

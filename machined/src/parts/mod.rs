@@ -25,7 +25,8 @@ pub use files::LocalFiles;
 pub use logbuf::LogLimits;
 pub use power::{PowerRequest, StatePower, POWER_OWNER};
 pub use services::{
-    RestartPolicy, ServiceDefinition, Supervisor, SupervisorOptions, SUPERVISOR_OWNER,
+    DefinitionError, HealthCheck, HealthKind, RestartPolicy, ServiceDefinition, ServiceResources,
+    Supervisor, SupervisorOptions, SUPERVISOR_OWNER,
 };
 pub use system::ProcSystem;
 

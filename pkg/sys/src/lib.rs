@@ -9,6 +9,7 @@
 
 pub mod cgroups;
 mod error;
+pub mod exec;
 pub mod kmsg;
 mod linux;
 pub mod netns;

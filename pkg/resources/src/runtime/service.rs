@@ -42,14 +42,25 @@ impl ServiceState {
     column("State", "state"),
     column("Healthy", "healthy"),
     column("Restarts", "restarts"),
+    column("Message", "message"),
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceSpec {
     pub state: ServiceState,
     pub running: bool,
+    /// Running, and its health check (if it has one) passed last time.
     pub healthy: bool,
+    /// Why it is in its state: what it waits for, how it ended, why it is unhealthy.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// The last health check's result ("ok", "connection refused", ...); empty for a
+    /// service without a check or before its first one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub health_message: String,
+    /// Limits of its definition the host could not apply, each with why ("memory limit
+    /// of 64 MiB: no memory controller this node can use").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits_not_applied: Vec<String>,
     /// 0 when not running.
     #[serde(default)]
     pub pid: i32,

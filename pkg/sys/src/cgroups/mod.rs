@@ -5,6 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
+mod service;
+
+pub use service::{Limits, ServiceCgroup};
+
 /// One cgroup hierarchy mounted on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hierarchy {
@@ -101,6 +105,27 @@ fn current_cgroup(cgroups: &str, controllers: Option<&[String]>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
+/// This process's own cgroup directory in `hierarchy`.
+pub fn current_dir(hierarchy: &Hierarchy) -> PathBuf {
+    let below = hierarchy
+        .current
+        .strip_prefix("/")
+        .unwrap_or(&hierarchy.current);
+    hierarchy.mount.join(below)
+}
+
+/// The hierarchies of this process, from `/proc/self/mounts` and `/proc/self/cgroup`;
+/// empty when either cannot be read (no /proc: no cgroups to use).
+pub fn own_hierarchies() -> Vec<Hierarchy> {
+    match (
+        std::fs::read_to_string("/proc/self/mounts"),
+        std::fs::read_to_string("/proc/self/cgroup"),
+    ) {
+        (Ok(mounts), Ok(cgroups)) => hierarchies(&mounts, &cgroups),
+        _ => Vec::new(),
+    }
+}
+
 /// The node's directory in `hierarchy`.
 pub fn node_dir(hierarchy: &Hierarchy, cluster: &str, node: &str) -> PathBuf {
     let below = hierarchy
@@ -140,7 +165,7 @@ pub fn join(
 
 /// A new v1 cpuset cgroup has no CPUs or memory nodes, and no process may join it until
 /// it has: give each directory down to `dir` its parent's.
-fn inherit_cpuset(hierarchy: &Hierarchy, dir: &Path) -> std::io::Result<()> {
+pub(crate) fn inherit_cpuset(hierarchy: &Hierarchy, dir: &Path) -> std::io::Result<()> {
     let is_cpuset = hierarchy
         .controllers
         .as_ref()
