@@ -56,11 +56,13 @@ image: setup
 image-lock:
 	bash hack/image.sh lock
 
-## bench: criterion benchmarks, then the local-cluster figures (hack/bench-cluster.sh,
-## root); figures are recorded in docs/benchmarks.md
+## bench: criterion benchmarks, then the local-cluster figures (hack/bench-cluster.sh)
+## and the node's (hack/bench-node.sh: size, boot, API ready, memory), both root; figures
+## are recorded in docs/benchmarks.md
 bench: setup
 	$(CARGO) bench --workspace --locked
 	bash hack/bench-cluster.sh
+	bash hack/bench-node.sh
 
 ## fuzz-smoke: every fuzz target for FUZZ_SECONDS (default 60) each
 FUZZ_SECONDS ?= 60

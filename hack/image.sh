@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Builds the Basalt boot image under _out/ (or $OUT): the kernel (vmlinuz) and the
-# initramfs (initramfs.cpio.zst) holding machined as /init, the shared libraries it links
+# Builds the Basalt boot image under _out/ (or $OUT): the kernel (vmlinuz); our initramfs
+# (initramfs.cpio.zst) holding machined as /init, the shared libraries it links
 # (glibc's loader and libraries: see "Linking" in README), the kernel modules image/modules
 # lists with their dependencies and a generated modules.dep, and a few data files. Nothing
-# else: no shell, no interpreter, no tool that runs commands. rootfs/ holds the same files
-# unpacked, for container nodes.
+# else: no shell, no interpreter, no tool that runs commands. The image layers (third-party
+# daemons: etcd) are squashfs files in a segment of their own (extensions.cpio);
+# initramfs.img is what boots: both segments. rootfs/ holds the same files unpacked (the
+# layers too), for container nodes.
 #
 #   hack/image.sh build BINARY   build the image around this machined binary
 #   hack/image.sh init BINARY    only replace rootfs/init (for `make reload`)
@@ -26,8 +28,8 @@ die() { echo "image: $*" >&2; exit 1; }
 
 lock_value() {
   local value
-  value="$(sed -n "s/^$1=//p" "$lock")"
-  [[ -n "$value" ]] || die "$lock has no $1= line"
+  value="$(sed -n "s/^$2=//p" "$1")"
+  [[ -n "$value" ]] || die "$1 has no $2= line"
   echo "$value"
 }
 
@@ -44,12 +46,12 @@ cmd_lock() {
   echo "image: pinned $package $version"
 }
 
-# Downloads the locked kernel package into the cache (once) and checks its checksum.
-kernel_deb() {
-  local package version sha deb
-  package="$(lock_value package)"
-  version="$(lock_value version)"
-  sha="$(lock_value sha256)"
+# Downloads the package a lock file pins into the cache (once) and checks its checksum.
+locked_deb() {
+  local lock="$1" package version sha deb
+  package="$(lock_value "$lock" package)"
+  version="$(lock_value "$lock" version)"
+  sha="$(lock_value "$lock" sha256)"
   mkdir -p "$cache"
   deb="$cache/${package}_${version}_amd64.deb"
   if [[ ! -f "$deb" ]] || ! echo "$sha  $deb" | sha256sum --check --status; then
@@ -79,7 +81,7 @@ cmd_build() {
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
   local deb kernel tree="$work/tree"
-  deb="$(kernel_deb)"
+  deb="$(locked_deb "$lock")"
   dpkg-deb -x "$deb" "$work/kernel"
   kernel="$(ls "$work/kernel/lib/modules")"
   [[ -n "$kernel" ]] || die "$deb holds no modules directory"
@@ -129,12 +131,52 @@ cmd_build() {
     | cpio --null --create --format=newc --reproducible --owner=0:0 --quiet) \
     | zstd -q -19 -T1 -f -o "$out/initramfs.cpio.zst"
   cp "$work/kernel/boot/vmlinuz-$kernel" "$out/vmlinuz"
-  # The same files unpacked: what container nodes run (`osctl cluster create`).
+
+  # The etcd layer: Debian's etcd in a squashfs of its own (third-party files, counted
+  # apart from ours), in an uncompressed initramfs segment of its own that the kernel
+  # unpacks before ours; machined mounts it at /system/extensions/etcd.
+  local layer="$work/layers/etcd" segment="$work/segment"
+  build_layer_etcd "$layer" "$tree"
+  mkdir -p "$segment/system/extensions"
+  mksquashfs "$layer" "$segment/system/extensions/etcd.sqsh" -noappend -quiet -no-progress \
+    -comp zstd -all-root >/dev/null
+  chmod 0644 "$segment/system/extensions/etcd.sqsh"
+  find "$segment" -type d -exec chmod 0755 {} +
+  find "$segment" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+  (cd "$segment" && find . -print0 | sort -z \
+    | cpio --null --create --format=newc --reproducible --owner=0:0 --quiet) > "$out/extensions.cpio"
+  # What boots: the layers' segment, then ours (the kernel unpacks them in turn).
+  cat "$out/extensions.cpio" "$out/initramfs.cpio.zst" > "$out/initramfs.img"
+
+  # The same files unpacked: what container nodes run (`osctl cluster create`), the
+  # layers unpacked where a machine mounts them.
   rm -rf "$out/rootfs"
   cp -a "$tree" "$out/rootfs"
-  touch -d "@$SOURCE_DATE_EPOCH" "$out/vmlinuz" "$out/initramfs.cpio.zst"
-  (cd "$out" && sha256sum vmlinuz initramfs.cpio.zst > SHA256SUMS)
-  echo "image: $out/vmlinuz ($kernel), $out/initramfs.cpio.zst ($(stat -c %s "$out/initramfs.cpio.zst") bytes)"
+  mkdir -p "$out/rootfs/system/extensions"
+  cp -a "$layer" "$out/rootfs/system/extensions/etcd"
+  touch -d "@$SOURCE_DATE_EPOCH" "$out"/{vmlinuz,initramfs.cpio.zst,extensions.cpio,initramfs.img}
+  (cd "$out" && sha256sum vmlinuz initramfs.cpio.zst extensions.cpio initramfs.img > SHA256SUMS)
+  echo "image: $out/vmlinuz ($kernel), $out/initramfs.img: ours $(stat -c %s "$out/initramfs.cpio.zst") bytes (initramfs.cpio.zst), layers $(stat -c %s "$out/extensions.cpio") bytes (extensions.cpio)"
+}
+
+# The etcd layer's files in LAYER: etcd, and a manifest. Every library it links must be
+# in the image TREE already (it links only glibc).
+build_layer_etcd() {
+  local layer="$1" tree="$2" deb lib
+  deb="$(locked_deb "$root/image/etcd.lock")"
+  dpkg-deb -x "$deb" "$work/etcd"
+  mkdir -p "$layer/usr/bin"
+  cp "$work/etcd/usr/bin/etcd" "$layer/usr/bin/etcd"
+  for lib in $(libraries_of "$layer/usr/bin/etcd"); do
+    [[ -e "$tree$lib" ]] || die "etcd needs $lib, which the image lacks"
+  done
+  printf 'name: etcd\nversion: %s\nsource: Debian %s\n' \
+    "$(lock_value "$root/image/etcd.lock" version)" "$(lock_value "$root/image/etcd.lock" package)" \
+    > "$layer/manifest.yaml"
+  find "$layer" -type d -exec chmod 0755 {} +
+  find "$layer" -type f -exec chmod 0644 {} +
+  chmod 0755 "$layer/usr/bin/etcd"
+  find "$layer" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 }
 
 # Puts BINARY (stripped) at _out/rootfs/init, leaving the rest: the inner loop's step

@@ -22,6 +22,7 @@ declare -A packages=(
   [zstd]=zstd
   [mkfs.ext4]=e2fsprogs
   [strip]=binutils
+  [mksquashfs]=squashfs-tools
 )
 for cmd in "${!packages[@]}"; do
   have_cmd "$cmd" || need_apt+=("${packages[$cmd]}")

@@ -22,15 +22,17 @@ pub struct VmOptions {
 }
 
 /// The STATE disk of each node.
-const STATE_DISK_BYTES: u64 = 64 << 20;
+/// Sparse: room for etcd's write-ahead log (64 MiB segments) without using it up front.
+const STATE_DISK_BYTES: u64 = 1 << 30;
 
 /// The image's kernel and initramfs, in the cluster's directory.
 fn kernel(record: &ClusterRecord) -> PathBuf {
     record.dir.join("vmlinuz")
 }
 
+/// Our initramfs and the image layers' segment, as they boot (`initramfs.img`).
 fn initramfs(record: &ClusterRecord) -> PathBuf {
-    record.dir.join("initramfs.cpio.zst")
+    record.dir.join("initramfs.img")
 }
 
 /// Copies the boot image for the cluster, so that a rebuilt image does not change what
@@ -38,7 +40,7 @@ fn initramfs(record: &ClusterRecord) -> PathBuf {
 pub fn prepare_image(image_dir: &Path, record: &ClusterRecord) -> Result<(), ClusterError> {
     for (from, to) in [
         (image_dir.join("vmlinuz"), kernel(record)),
-        (image_dir.join("initramfs.cpio.zst"), initramfs(record)),
+        (image_dir.join("initramfs.img"), initramfs(record)),
     ] {
         if !from.is_file() {
             return Err(ClusterError::NoImage {

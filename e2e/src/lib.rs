@@ -20,11 +20,13 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The image `make image` built: the kernel and the initramfs.
+/// The image `make image` built: the kernel, our initramfs, and what boots (ours and the
+/// image layers' segment).
 #[derive(Debug, Clone)]
 pub struct Image {
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
+    pub boot_initramfs: PathBuf,
 }
 
 impl Image {
@@ -36,9 +38,10 @@ impl Image {
         let image = Image {
             kernel: dir.join("vmlinuz"),
             initramfs: dir.join("initramfs.cpio.zst"),
+            boot_initramfs: dir.join("initramfs.img"),
         };
         assert!(
-            image.kernel.exists() && image.initramfs.exists(),
+            image.kernel.exists() && image.initramfs.exists() && image.boot_initramfs.exists(),
             "no boot image in {}: run `make image` first (`make test` does)",
             dir.display()
         );
@@ -210,7 +213,7 @@ impl Vm {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("state.img");
         let file = std::fs::File::create(&disk).unwrap();
-        file.set_len(64 << 20).unwrap();
+        file.set_len(1 << 30).unwrap();
         drop(file);
         let mkfs = Command::new("mkfs.ext4")
             .args(["-q", "-F", "-L", "STATE"])
@@ -234,7 +237,7 @@ impl Vm {
             .arg("-kernel")
             .arg(&image.kernel)
             .arg("-initrd")
-            .arg(&image.initramfs)
+            .arg(&image.boot_initramfs)
             .args(["-append", &append])
             .arg("-serial")
             .arg(format!("file:{}", console.display()))

@@ -284,6 +284,18 @@ async fn a_three_node_cluster_is_made_used_through_one_endpoint_and_destroyed_le
     assert_eq!(out.matches(" OK ").count(), 15, "{out}");
     assert!(out.contains("healthy: 3 nodes"), "{out}");
 
+    // The control plane runs etcd (Debian's, from the image's etcd layer), healthy by
+    // its own /health, its output in its log; the workers run none.
+    let out = cluster.ok(&["-n", &addresses.join(","), "services"]).await;
+    let etcd: Vec<&str> = out.lines().filter(|l| l.contains("\tetcd\t")).collect();
+    assert_eq!(etcd.len(), 1, "{out}");
+    assert!(
+        etcd[0].starts_with(&format!("{}\tetcd\tRunning\tOK\t", addresses[0])),
+        "{out}"
+    );
+    let logs = cluster.ok(&["-n", &addresses[0], "logs", "etcd"]).await;
+    assert!(logs.contains("ready to serve client requests"), "{logs}");
+
     let shown = cluster
         .ok(&["cluster", "show", "--name", &cluster.name])
         .await;
@@ -304,6 +316,8 @@ async fn a_three_node_cluster_is_made_used_through_one_endpoint_and_destroyed_le
     assert_eq!(out.matches("running the new image").count(), 3, "{out}");
     let out = cluster.ok(&["-n", &nodes[1], "get", "hostname"]).await;
     assert!(out.contains(&nodes[1]), "{out}");
+    let out = cluster.ok(&["health", "--wait-timeout", "30s"]).await;
+    assert!(out.contains("healthy: 3 nodes"), "{out}");
 
     // A node gone: health fails, naming it and the check.
     kill(shim_of(&cluster, &nodes[2], Duration::from_secs(5)).await);
@@ -412,6 +426,20 @@ async fn a_two_node_qemu_cluster_is_made_checked_and_destroyed_leaving_nothing()
         .ok(&["-n", &nodes[1], "get", "apicertificates"])
         .await;
     assert!(out.contains("trustd 10.213.34.2:50001"), "{out}");
+
+    // The control plane runs etcd from the image's etcd layer (a squashfs in a segment
+    // of the initramfs of its own, on a loop device), healthy, with its memory and pids
+    // limits applied in the VM's cgroup v2; the worker runs none.
+    let out = cluster
+        .ok(&["-n", &nodes[0], "get", "services", "etcd", "-o", "yaml"])
+        .await;
+    assert!(
+        out.contains("state: Running") && out.contains("healthy: true"),
+        "{out}"
+    );
+    assert!(!out.contains("limitsNotApplied"), "{out}");
+    let out = cluster.ok(&["-n", &nodes[1], "services"]).await;
+    assert!(!out.contains("etcd"), "{out}");
 
     // The node's network from ip= and from its config, as the kernel has it, and the host
     // reaching the node at the config's address.

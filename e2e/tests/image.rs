@@ -217,3 +217,38 @@ fn two_builds_in_clean_directories_are_bit_identical() {
     assert_eq!(sums[0], sums[1], "the two builds differ");
     println!("{}", sums[0]);
 }
+
+/// What boots is the image layers' segment (uncompressed: squashfs is compressed already)
+/// followed by our initramfs, so each one's size stays visible; the segment holds
+/// squashfs layers and nothing else.
+#[test]
+fn the_boot_initramfs_is_the_layers_segment_then_ours() {
+    let image = Image::locate();
+    let dir = image.initramfs.parent().unwrap();
+    let layers = std::fs::read(dir.join("extensions.cpio")).unwrap();
+    let ours = std::fs::read(&image.initramfs).unwrap();
+    let boot = std::fs::read(&image.boot_initramfs).unwrap();
+    assert_eq!(boot.len(), layers.len() + ours.len());
+    assert!(boot.starts_with(&layers) && boot.ends_with(&ours));
+    for entry in read_newc(&layers) {
+        if entry.is_dir() {
+            continue;
+        }
+        assert!(
+            entry.name.starts_with("system/extensions/") && entry.name.ends_with(".sqsh"),
+            "{} is not an image layer",
+            entry.name
+        );
+        assert!(
+            entry.data.starts_with(b"hsqs"),
+            "{} is not squashfs",
+            entry.name
+        );
+        assert!(!entry.is_executable(), "{}", entry.name);
+    }
+    println!(
+        "ours: {} bytes compressed; layers: {} bytes",
+        ours.len(),
+        layers.len()
+    );
+}

@@ -15,6 +15,7 @@ mod error;
 pub mod events;
 mod node;
 pub mod parts;
+pub mod roles;
 pub mod sequencer;
 pub mod trustd;
 

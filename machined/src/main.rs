@@ -68,6 +68,10 @@ struct Args {
     /// Where trustd listens once the node holds the OS CA key; no trustd without it.
     #[arg(long)]
     trustd_listen: Option<SocketAddr>,
+    /// Run the services of the node's role (etcd on a control plane) from the image
+    /// layers in this directory, keeping their data in --state-dir.
+    #[arg(long)]
+    extensions: Option<PathBuf>,
     /// The port of trustd on the control-plane endpoint's host, for a node without the
     /// OS CA key.
     #[arg(long, default_value_t = basalt_api::TRUSTD_PORT)]
@@ -137,6 +141,10 @@ async fn run(args: Args) -> Result<()> {
             ..FetchLimits::default()
         },
     };
+    let roles = args.extensions.map(|extensions| machined::roles::Layout {
+        extensions,
+        state: args.state_dir.clone(),
+    });
     let node = Node::start(NodeOptions {
         listen: args.listen,
         state_dir: args.state_dir,
@@ -165,6 +173,7 @@ async fn run(args: Args) -> Result<()> {
             binary: None,
         }),
         trustd_listen: args.trustd_listen,
+        roles,
     })
     .await?;
     // Tools (tests, benchmarks) read the address from here when the port was 0.

@@ -20,6 +20,7 @@ use crate::api::{self, Shared};
 use crate::edge::{self, ApidProcessOptions, RoleProcess};
 use crate::events::EventLog;
 use crate::parts::{LocalNode, ServiceDefinition};
+use crate::roles;
 use crate::trustd::Trustd;
 use crate::StartError;
 
@@ -27,6 +28,8 @@ use crate::StartError;
 const STATE_FILE: &str = "state.redb";
 /// How long a configured node waits for its API certificates before it gives up.
 const CERTIFICATES_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the node waits for its API to accept connections before it says it does not.
+const READY_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How a node is started.
 #[derive(Debug, Clone)]
@@ -54,6 +57,9 @@ pub struct NodeOptions {
     pub apid_process: Option<ApidProcessOptions>,
     /// Where trustd listens once the node holds the OS CA key; no trustd without it.
     pub trustd_listen: Option<SocketAddr>,
+    /// Run the services of the node's role (etcd on a control plane) from these layers;
+    /// only `services` without it.
+    pub roles: Option<roles::Layout>,
 }
 
 impl Default for NodeOptions {
@@ -70,6 +76,7 @@ impl Default for NodeOptions {
             sans: Vec::new(),
             apid_process: None,
             trustd_listen: None,
+            roles: None,
         }
     }
 }
@@ -82,6 +89,8 @@ pub struct Node {
     events: EventLog,
     edge: Edge,
     trustd: Option<TrustdRun>,
+    /// Keeps the services in step with the node's role.
+    roles: Option<JoinHandle<()>>,
     stop: CancellationToken,
     controllers: JoinHandle<()>,
 }
@@ -115,8 +124,16 @@ impl Node {
             wait_for_certificates(&state, CERTIFICATES_TIMEOUT).await?;
         }
 
-        let local = LocalNode::new(state.clone(), options.services, options.file_roots)?;
-        local.supervisor.start_all().await?;
+        let local = LocalNode::new(state.clone(), options.services.clone(), options.file_roots)?;
+        local.services.start_all().await?;
+        let roles = options.roles.map(|layout| {
+            tokio::spawn(roles::follow(
+                state.clone(),
+                local.services.clone(),
+                options.services,
+                layout,
+            ))
+        });
         let events = EventLog::default();
         let shared = Arc::new(Shared::new(
             state.clone(),
@@ -167,12 +184,17 @@ impl Node {
                 (edge, trustd)
             }
         };
+        tokio::spawn(announce_ready(match &edge {
+            Edge::InProcess(apid) => apid.local_addr(),
+            Edge::Process { listen, .. } => *listen,
+        }));
         Ok(Node {
             state,
             local,
             events,
             edge,
             trustd,
+            roles,
             stop,
             controllers,
         })
@@ -247,7 +269,11 @@ impl Node {
                 Ok(())
             }
         };
-        self.local.supervisor.shutdown().await;
+        if let Some(roles) = self.roles {
+            roles.abort();
+            let _ = roles.await;
+        }
+        self.local.services.shutdown().await;
         self.stop.cancel();
         if let Err(e) = self.controllers.await {
             tracing::error!(error = %e, "the controller engine failed");
@@ -321,6 +347,30 @@ fn unix_time() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Logs "Machine API ready" once the API accepts connections (apid may be a process of
+/// its own, still starting): the moment a client can reach the node, which the boot
+/// figures measure from the log.
+async fn announce_ready(listen: SocketAddr) {
+    let addr = match listen.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::from(([127, 0, 0, 1], listen.port()))
+        }
+        ip if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen.port()))
+        }
+        _ => listen,
+    };
+    let started = std::time::Instant::now();
+    while started.elapsed() < READY_PATIENCE {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tracing::info!(%addr, elapsed = ?started.elapsed(), "Machine API ready");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::warn!(%addr, "the Machine API accepts no connection after {READY_PATIENCE:?}");
 }
 
 async fn wait_for_certificates(state: &State, timeout: Duration) -> Result<(), StartError> {

@@ -12,8 +12,8 @@ use basalt_state::State;
 use futures::StreamExt;
 use machined::parts::{Files, NodeError, NodeHandles, Power, ResetOptions, Services, System};
 use machined::parts::{
-    LocalFiles, LocalNode, PowerRequest, ProcSystem, RestartPolicy, ServiceDefinition, StatePower,
-    Supervisor, SupervisorOptions,
+    LocalFiles, LocalNode, PowerRequest, ProcSystem, RestartPolicy, ServiceDefinition, ServiceSet,
+    StatePower, Supervisor, SupervisorOptions,
 };
 
 /// Generous: the machine is shared and loaded; passing tests return much sooner.
@@ -758,15 +758,74 @@ async fn node_handles_serve_the_local_implementations() {
     );
     assert_eq!(handles.services.list().await.unwrap()[0].state, "Stopped");
     handles.services.start("svc").await.unwrap();
-    wait_state(&node.supervisor, "svc", "Running").await;
+    wait_state(&*node.services.supervisor().await, "svc", "Running").await;
     handles.power.shutdown(true).await.unwrap();
     assert_eq!(
         *node.power.subscribe().borrow(),
         Some(PowerRequest::Shutdown { force: true })
     );
     assert!(handles.system.memory().await.unwrap().total > 0);
-    node.supervisor.shutdown().await;
+    node.services.shutdown().await;
 
     let plain = NodeHandles::local(State::new(), Vec::new(), vec![root]).unwrap();
     assert!(plain.services.list().await.unwrap().is_empty());
+}
+
+/// A new set of services (the node's role changed) stops the old one, removes the status
+/// of what is gone, and starts the new one; a set that cannot be supervised is refused
+/// and the old one runs on.
+#[tokio::test]
+async fn a_service_set_is_replaced_as_a_whole() {
+    let state = State::new();
+    let set = ServiceSet::new(
+        state.clone(),
+        vec![sh("old", "sleep 30"), sh("both", "sleep 30")],
+        fast_options(),
+    )
+    .unwrap();
+    set.start_all().await.unwrap();
+    wait_state(&*set.supervisor().await, "old", "Running").await;
+    let first = wait_state(&*set.supervisor().await, "both", "Running").await;
+
+    let refused = set
+        .replace(vec![sh("x", "true"), sh("x", "true")])
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("x"), "{refused}");
+    let old = wait_state(&*set.supervisor().await, "old", "Running").await;
+    assert!(old.pid > 0, "{old:?}");
+
+    set.replace(vec![sh("both", "sleep 30"), sh("new", "sleep 30")])
+        .await
+        .unwrap();
+    wait_state(&*set.supervisor().await, "new", "Running").await;
+    let again = wait_state(&*set.supervisor().await, "both", "Running").await;
+    assert_ne!(again.pid, first.pid, "the set restarted as a whole");
+    let gone = state
+        .get(&basalt_resource::ResourceKey::of::<ServiceSpec>("old"))
+        .await;
+    assert!(
+        gone.is_err(),
+        "the status of a service that is gone stays: {gone:?}"
+    );
+    let ids: Vec<String> = set
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, ["both", "new"]);
+
+    // The same set again changes nothing.
+    set.replace(vec![sh("both", "sleep 30"), sh("new", "sleep 30")])
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_state(&*set.supervisor().await, "both", "Running")
+            .await
+            .pid,
+        again.pid
+    );
+    set.shutdown().await;
 }

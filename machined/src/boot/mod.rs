@@ -5,6 +5,7 @@
 
 pub mod container;
 pub mod halt;
+pub mod layers;
 pub mod metal;
 pub mod modules;
 pub mod mounts;

@@ -1,5 +1,5 @@
 //! PID 1's boot on any machine, a VM, hardware or a container: the Initialize sequence
-//! (kernel modules, then STATE; nothing in a container), Boot (the node, whose
+//! (kernel modules, the image layers, then STATE; nothing in a container), Boot (the node, whose
 //! controllers set up the network), and on a power request Reboot, Shutdown or Reset. The
 //! mains that get here are [`super::metal`] and [`super::container`].
 
@@ -15,12 +15,12 @@ use basalt_machine_config::Mode;
 use basalt_resources::runtime::KernelCmdlineSpec;
 use basalt_sys::{Linux, Reboot};
 
-use super::{modules, reaper, state_disk};
+use super::{layers, modules, reaper, state_disk};
 use crate::acquire::{ConfigSources, FetchLimits};
 use crate::edge::ApidProcessOptions;
 use crate::parts::PowerRequest;
 use crate::sequencer::{Phase, Sequence, Sequencer, Task};
-use crate::{BootError, Node, NodeOptions};
+use crate::{roles, BootError, Node, NodeOptions};
 
 /// How long a failed boot shows its error on the console before the machine restarts.
 pub const FATAL_DELAY: Duration = Duration::from_secs(10);
@@ -66,6 +66,10 @@ pub(crate) async fn boot(
         phases.push(Phase::new(
             "modules",
             vec![Task::new("load", load_modules())],
+        ));
+        phases.push(Phase::new(
+            "layers",
+            vec![Task::new("mount", mount_layers())],
         ));
         phases.push(Phase::new(
             "devices",
@@ -157,6 +161,23 @@ async fn load_modules() -> Result<(), BootError> {
     Ok(())
 }
 
+/// Mounts the image layers (after the modules: loop and squashfs are among them).
+async fn mount_layers() -> Result<(), BootError> {
+    tokio::task::spawn_blocking(|| {
+        layers::mount_all(
+            &Linux,
+            Path::new(roles::EXTENSIONS_DIR),
+            basalt_sys::loopdev::attach_read_only,
+        )
+    })
+    .await
+    .map_err(|e| BootError::Io {
+        what: "mounting the image layers",
+        source: std::io::Error::other(e),
+    })?;
+    Ok(())
+}
+
 /// Mounts STATE and leaves where in `mounted`.
 async fn mount_state(mounted: Arc<Mutex<Option<PathBuf>>>) -> Result<(), BootError> {
     let found =
@@ -197,6 +218,14 @@ async fn wipe(dir: PathBuf) -> Result<(), BootError> {
 fn node_options(machine: &Machine, state_dir: Option<PathBuf>) -> NodeOptions {
     let cmdline = machine.cmdline.as_str();
     let ip = IpArg::from_cmdline(cmdline).ok().flatten();
+    let roles = roles::Layout {
+        extensions: PathBuf::from(roles::EXTENSIONS_DIR),
+        // STATE's mount point: the node keeps its own state in `basalt` below it.
+        state: state_dir
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf),
+    };
     NodeOptions {
         listen: SocketAddr::from(([0, 0, 0, 0], basalt_api::DEFAULT_PORT)),
         state_dir,
@@ -229,6 +258,7 @@ fn node_options(machine: &Machine, state_dir: Option<PathBuf>) -> NodeOptions {
             binary: None,
         }),
         trustd_listen: Some(SocketAddr::from(([0, 0, 0, 0], basalt_api::TRUSTD_PORT))),
+        roles: Some(roles),
         ..NodeOptions::default()
     }
 }

@@ -26,7 +26,7 @@ pub use logbuf::LogLimits;
 pub use power::{PowerRequest, StatePower, POWER_OWNER};
 pub use services::{
     DefinitionError, HealthCheck, HealthKind, RestartPolicy, ServiceDefinition, ServiceResources,
-    Supervisor, SupervisorOptions, SUPERVISOR_OWNER,
+    ServiceSet, Supervisor, SupervisorOptions, SUPERVISOR_OWNER,
 };
 pub use system::ProcSystem;
 
@@ -150,21 +150,21 @@ impl std::fmt::Debug for NodeHandles {
 /// the traits: starting and stopping the supervisor, subscribing to power requests.
 #[derive(Debug, Clone)]
 pub struct LocalNode {
-    pub supervisor: Arc<Supervisor>,
+    pub services: Arc<ServiceSet>,
     pub power: Arc<StatePower>,
     pub system: Arc<ProcSystem>,
     pub files: Arc<LocalFiles>,
 }
 
 impl LocalNode {
-    /// Services are defined but not started: call `supervisor.start_all()`.
+    /// Services are defined but not started: call `services.start_all()`.
     pub fn new(
         state: State,
         services: Vec<ServiceDefinition>,
         file_roots: Vec<PathBuf>,
     ) -> Result<Self, NodeError> {
         Ok(LocalNode {
-            supervisor: Arc::new(Supervisor::new(
+            services: Arc::new(ServiceSet::new(
                 state.clone(),
                 services,
                 SupervisorOptions::default(),
@@ -177,7 +177,7 @@ impl LocalNode {
 
     pub fn handles(&self) -> NodeHandles {
         NodeHandles {
-            services: self.supervisor.clone(),
+            services: self.services.clone(),
             power: self.power.clone(),
             system: self.system.clone(),
             files: self.files.clone(),

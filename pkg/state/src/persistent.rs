@@ -6,7 +6,7 @@
 //! transaction.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use basalt_resource::{AnyResource, Registry, ResourceKey};
 use prost::Message;
@@ -27,7 +27,10 @@ pub struct LoadReport {
 
 #[derive(Debug, Clone)]
 pub(crate) struct PersistentStore {
-    db: Arc<redb::Database>,
+    /// `None` after a write failed: redb refuses every later write once an I/O error
+    /// occurred ("close and re-open the database"), so the next write opens it again, and
+    /// a full disk that has room again takes writes again without a restart.
+    db: Arc<Mutex<Option<redb::Database>>>,
     path: PathBuf,
 }
 
@@ -110,17 +113,17 @@ impl PersistentStore {
             }
         })?;
         let store = PersistentStore {
-            db: Arc::new(db),
+            db: Arc::new(Mutex::new(None)),
             path: path.to_path_buf(),
         };
         // Make sure the table exists (a file from before it was created here).
-        let txn = store.db.begin_write().map_err(|e| store.error(e))?;
+        let txn = db.begin_write().map_err(|e| store.error(e))?;
         txn.open_table(RESOURCES).map_err(|e| store.error(e))?;
         txn.commit().map_err(|e| store.error(e))?;
 
         let mut report = LoadReport::default();
         let mut resources = Vec::new();
-        let txn = store.db.begin_read().map_err(|e| store.error(e))?;
+        let txn = db.begin_read().map_err(|e| store.error(e))?;
         let table = txn.open_table(RESOURCES).map_err(|e| store.error(e))?;
         for entry in table.iter().map_err(|e| store.error(e))? {
             let (key, value) = entry.map_err(|e| store.error(e))?;
@@ -140,6 +143,9 @@ impl PersistentStore {
         for skipped in &report.skipped {
             tracing::warn!(path = %path.display(), record = %skipped, "persistent record not loaded");
         }
+        drop(table);
+        drop(txn);
+        *store.db.lock().unwrap_or_else(PoisonError::into_inner) = Some(db);
         Ok((store, resources, report))
     }
 
@@ -147,28 +153,46 @@ impl PersistentStore {
         &self.path
     }
 
+    /// Runs one write transaction; a failed one drops the database, to be opened again
+    /// by the next write.
+    fn write(
+        &self,
+        change: impl FnOnce(&mut redb::Table<&[u8], &[u8]>) -> Result<(), redb::StorageError>,
+    ) -> Result<(), StateError> {
+        let mut slot = self.db.lock().unwrap_or_else(PoisonError::into_inner);
+        let db = match slot.take() {
+            Some(db) => db,
+            None => {
+                tracing::info!(path = %self.path.display(), "opening the persistent state again after a failed write");
+                redb::Database::create(&self.path).map_err(|e| self.error(e))?
+            }
+        };
+        let written = (|| {
+            let txn = db.begin_write().map_err(|e| self.error(e))?;
+            {
+                let mut table = txn.open_table(RESOURCES).map_err(|e| self.error(e))?;
+                change(&mut table).map_err(|e| self.error(e))?;
+            }
+            txn.commit().map_err(|e| self.error(e))
+        })();
+        match written {
+            Ok(()) => *slot = Some(db),
+            Err(ref error) => {
+                tracing::warn!(path = %self.path.display(), %error, "a persistent write failed");
+            }
+        }
+        written
+    }
+
     pub fn put(&self, resource: &AnyResource) -> Result<(), StateError> {
         let bytes = resource.to_proto()?.encode_to_vec();
         let key = db_key(&resource.metadata.key());
-        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
-        {
-            let mut table = txn.open_table(RESOURCES).map_err(|e| self.error(e))?;
-            table
-                .insert(key.as_slice(), bytes.as_slice())
-                .map_err(|e| self.error(e))?;
-        }
-        txn.commit().map_err(|e| self.error(e))
+        self.write(|table| table.insert(key.as_slice(), bytes.as_slice()).map(|_| ()))
     }
 
     pub fn delete(&self, key: &ResourceKey) -> Result<(), StateError> {
-        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
-        {
-            let mut table = txn.open_table(RESOURCES).map_err(|e| self.error(e))?;
-            table
-                .remove(db_key(key).as_slice())
-                .map_err(|e| self.error(e))?;
-        }
-        txn.commit().map_err(|e| self.error(e))
+        let key = db_key(key);
+        self.write(|table| table.remove(key.as_slice()).map(|_| ()))
     }
 }
 

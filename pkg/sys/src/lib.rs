@@ -12,6 +12,7 @@ mod error;
 pub mod exec;
 pub mod kmsg;
 mod linux;
+pub mod loopdev;
 pub mod netns;
 mod recording;
 

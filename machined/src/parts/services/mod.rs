@@ -9,6 +9,7 @@
 mod cgroup;
 mod definition;
 mod health;
+mod set;
 mod supervise;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub use definition::{
     DefinitionError, HealthCheck, HealthKind, RestartPolicy, ServiceDefinition, ServiceResources,
 };
+pub use set::ServiceSet;
 
 use super::logbuf::{LogBuffer, LogLimits};
 use crate::parts::{ByteStream, NodeError, Services};
