@@ -51,8 +51,10 @@ impl Apid {
     /// Starts serving: with the node's API certificates if it has them, else in
     /// maintenance mode.
     pub async fn start(options: ApidOptions) -> Result<Apid, ApidError> {
-        let certificates = current_certificates(&options.backend).await?;
+        // The maintenance identity first: made while the node may still be starting, so
+        // that its first answer below is not followed by the key's generation.
         let maintenance = MaintenanceIdentity::generate(&options.sans)?;
+        let certificates = current_certificates(&options.backend).await?;
         let tls = watch::Sender::new(maintenance_config(&maintenance)?);
         let fingerprint = maintenance.fingerprint_hex();
         let shared = Arc::new(Shared {

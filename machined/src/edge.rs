@@ -60,11 +60,17 @@ pub struct ApidArgs {
 }
 
 /// machined's side: keeps one process of a role (`apid`, `trustd`) running, under apid's
-/// uid, until stopped.
+/// uid, until stopped (or dropped: then it stops in the background).
 #[derive(Debug)]
 pub(crate) struct RoleProcess {
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for RoleProcess {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl RoleProcess {
@@ -75,13 +81,19 @@ impl RoleProcess {
     ) -> RoleProcess {
         let stop = CancellationToken::new();
         let task = tokio::spawn(supervise(options.clone(), role, args, stop.clone()));
-        RoleProcess { stop, task }
+        RoleProcess {
+            stop,
+            task: Some(task),
+        }
     }
 
     /// Asks the process to stop (SIGTERM), kills it after a grace period, and waits.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.stop.cancel();
-        if let Err(e) = self.task.await {
+        if let Some(Err(e)) = match self.task.take() {
+            Some(task) => Some(task.await),
+            None => None,
+        } {
             tracing::error!(error = %e, "a process supervisor failed");
         }
     }

@@ -97,6 +97,24 @@ pub struct Node {
 
 impl Node {
     pub async fn start(options: NodeOptions) -> Result<Node, StartError> {
+        let mut sans = options.sans.clone();
+        if !options.listen.ip().is_unspecified() {
+            sans.push(options.listen.ip().to_string());
+        }
+        // apid's own process starts first: it comes up (an exec, its keys) while this one
+        // opens the state and starts the controllers. Its first call waits on the bound
+        // socket until the node serves it, which a configured node does only once it has
+        // its certificates: apid cannot mistake it for one in maintenance mode.
+        let early_apid = match &options.apid_process {
+            Some(process) => {
+                let socket = process.socket();
+                let listener = api::socket::bind(&socket, process.uid)?;
+                let args = edge::apid_args(options.listen, &socket, &options.limits, &sans);
+                Some((process, listener, RoleProcess::start(process, "apid", args)))
+            }
+            None => None,
+        };
+
         let registry = Arc::new(basalt_resources::meta::builtin_registry()?);
         let mut problems = Vec::new();
         let state = match &options.state_dir {
@@ -106,10 +124,6 @@ impl Node {
         let config =
             acquire::acquire(&state, &options.config, options.validation_mode, problems).await?;
 
-        let mut sans = options.sans.clone();
-        if !options.listen.ip().is_unspecified() {
-            sans.push(options.listen.ip().to_string());
-        }
         let mut sources = options.sources.clone();
         sources.api_sans.extend(sans.iter().cloned());
         let mut engine = Engine::new(state.clone());
@@ -144,7 +158,7 @@ impl Node {
         ));
         let backend = api::backend(shared, &options.limits);
         let validity = options.sources.api_cert_validity;
-        let (edge, trustd) = match &options.apid_process {
+        let (edge, trustd) = match early_apid {
             None => {
                 let trustd = options.trustd_listen.map(|listen| {
                     TrustdRun::InProcess(Trustd::start(backend.clone(), listen, validity))
@@ -159,9 +173,8 @@ impl Node {
                 .await?;
                 (Edge::InProcess(apid), trustd)
             }
-            Some(process) => {
+            Some((process, listener, apid)) => {
                 let socket = process.socket();
-                let listener = api::socket::bind(&socket, process.uid)?;
                 let stop_socket = CancellationToken::new();
                 let socket_task = tokio::spawn(api::socket::serve(
                     listener,
@@ -169,7 +182,6 @@ impl Node {
                     process.uid,
                     stop_socket.clone(),
                 ));
-                let args = edge::apid_args(options.listen, &socket, &options.limits, &sans);
                 // trustd beside apid: its own process, over the same socket.
                 let trustd = options.trustd_listen.map(|listen| {
                     let args = crate::trustd::trustd_args(listen, &socket, validity);
@@ -177,7 +189,7 @@ impl Node {
                 });
                 let edge = Edge::Process {
                     listen: options.listen,
-                    apid: RoleProcess::start(process, "apid", args),
+                    apid,
                     stop_socket,
                     socket_task,
                 };

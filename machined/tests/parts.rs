@@ -2,6 +2,8 @@
 //! The local node implementations against the real host: child processes, /proc, /sys,
 //! /dev/kmsg, a temporary directory tree and an in-memory state.
 
+mod supervision;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,32 +17,7 @@ use machined::parts::{
     LocalFiles, LocalNode, PowerRequest, ProcSystem, RestartPolicy, ServiceDefinition, ServiceSet,
     StatePower, Supervisor, SupervisorOptions,
 };
-
-/// Generous: the machine is shared and loaded; passing tests return much sooner.
-const PATIENCE: Duration = Duration::from_secs(30);
-
-/// Polls `check` until it returns `Some`, or fails the test after [`PATIENCE`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn sh(id: &str, script: &str) -> ServiceDefinition {
-    ServiceDefinition::new(id, &["sh", "-c", script])
-}
+use supervision::*;
 
 fn fast_options() -> SupervisorOptions {
     SupervisorOptions {
@@ -51,38 +28,6 @@ fn fast_options() -> SupervisorOptions {
         cgroup_parent: Some(format!("basalt-services-test-{}", std::process::id())),
         ..SupervisorOptions::default()
     }
-}
-
-async fn service(supervisor: &Supervisor, id: &str) -> api::ServiceInfo {
-    supervisor
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.id == id)
-        .unwrap()
-}
-
-/// Waits until the service is in `state` and returns it.
-async fn wait_state(supervisor: &Supervisor, id: &str, state: &str) -> api::ServiceInfo {
-    eventually(&format!("service {id} to be {state}"), || async {
-        Some(service(supervisor, id).await).filter(|s| s.state == state)
-    })
-    .await
-}
-
-/// A process exists and is not a zombie.
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            !stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
 }
 
 async fn children_of(pid: i32) -> Vec<i32> {

@@ -4,11 +4,11 @@
 //! the cgroups it made (its services' parent is named after the test process, and is
 //! checked gone at the end).
 
-use std::future::Future;
+mod supervision;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use basalt_api::machine::v1 as api;
 use basalt_resources::runtime::ServiceSpec;
 use basalt_state::State;
 use basalt_sys::cgroups::{current_dir, hierarchies, own_hierarchies};
@@ -17,31 +17,8 @@ use futures::StreamExt;
 use machined::parts::{
     HealthCheck, RestartPolicy, ServiceDefinition, Services, Supervisor, SupervisorOptions,
 };
+use supervision::*;
 use tokio::io::AsyncWriteExt;
-
-const PATIENCE: Duration = Duration::from_secs(30);
-
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn sh(id: &str, script: &str) -> ServiceDefinition {
-    ServiceDefinition::new(id, &["sh", "-c", script])
-}
 
 /// The parent of this test process's service cgroups.
 fn cgroup_parent() -> String {
@@ -56,32 +33,6 @@ fn options() -> SupervisorOptions {
         cgroup_parent: Some(cgroup_parent()),
         ..SupervisorOptions::default()
     }
-}
-
-async fn service(supervisor: &Supervisor, id: &str) -> api::ServiceInfo {
-    supervisor
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.id == id)
-        .unwrap()
-}
-
-async fn wait_for(
-    supervisor: &Supervisor,
-    id: &str,
-    what: &str,
-    ok: impl Fn(&api::ServiceInfo) -> bool,
-) -> api::ServiceInfo {
-    eventually(&format!("service {id} to be {what}"), || async {
-        Some(service(supervisor, id).await).filter(|s| ok(s))
-    })
-    .await
-}
-
-async fn wait_state(supervisor: &Supervisor, id: &str, state: &str) -> api::ServiceInfo {
-    wait_for(supervisor, id, state, |s| s.state == state).await
 }
 
 async fn logs(supervisor: &Supervisor, id: &str) -> String {
@@ -134,17 +85,6 @@ fn assert_no_cgroups_left() {
         let dir = current_dir(&hierarchy).join(cgroup_parent());
         assert!(!dir.exists(), "{} is left behind", dir.display());
     }
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .starts_with('Z')
-    })
 }
 
 #[tokio::test]

@@ -122,13 +122,7 @@ impl Controller for ApplyController {
             }
             self.added_addresses.insert(id.clone(), spec.clone());
         }
-        let stale: Vec<_> = self
-            .added_addresses
-            .iter()
-            .filter(|(id, _)| !wanted.contains_key(*id))
-            .map(|(id, spec)| (id.clone(), spec.clone()))
-            .collect();
-        for (id, spec) in stale {
+        for (id, spec) in unwanted(&self.added_addresses, &wanted) {
             match remove_address(&handle, &links, &spec).await {
                 Ok(()) => {
                     tracing::info!(link = %spec.link, address = %spec.address, "address removed");
@@ -183,13 +177,7 @@ impl Controller for ApplyController {
                 }
             }
         }
-        let stale: Vec<_> = self
-            .added_routes
-            .iter()
-            .filter(|(id, _)| !wanted.contains_key(*id))
-            .map(|(id, spec)| (id.clone(), spec.clone()))
-            .collect();
-        for (id, spec) in stale {
+        for (id, spec) in unwanted(&self.added_routes, &wanted) {
             match remove_route(&handle, &links, &spec).await {
                 Ok(()) => {
                     tracing::info!(route = %id, "route removed");
@@ -205,6 +193,18 @@ impl Controller for ApplyController {
             Err(NetworkError::Apply { problems }.into())
         }
     }
+}
+
+/// What this controller added that is no longer wanted, to remove.
+fn unwanted<T: Clone>(
+    added: &BTreeMap<String, T>,
+    wanted: &BTreeMap<String, T>,
+) -> Vec<(String, T)> {
+    added
+        .iter()
+        .filter(|(id, _)| !wanted.contains_key(*id))
+        .map(|(id, spec)| (id.clone(), spec.clone()))
+        .collect()
 }
 
 fn index_of(links: &[Link], name: &str) -> Option<u32> {

@@ -18,11 +18,14 @@ pub struct StatusController {
     watch: Option<Watch>,
 }
 
-/// The subscription to the kernel's notifications, and the task that turns each into
-/// a wake of the controller.
+/// The subscription to the kernel's notifications, the task that turns each into a wake
+/// of the controller, and a connection of its own for the dumps (answers and
+/// notifications on one socket get in each other's way).
 #[derive(Debug)]
 struct Watch {
     handle: Handle,
+    /// Keeps the subscription's connection open.
+    _monitor: Handle,
     task: JoinHandle<()>,
 }
 
@@ -53,9 +56,14 @@ impl StatusController {
             MulticastGroup::Ipv4Route,
             MulticastGroup::Ipv6Route,
         ];
-        let (handle, mut events) = self
+        let (monitor, mut events) = self
             .netlink
             .monitor(&groups)
+            .await
+            .map_err(|source| NetworkError::Open { source })?;
+        let handle = self
+            .netlink
+            .connect()
             .await
             .map_err(|source| NetworkError::Open { source })?;
         let waker = rt.waker().ok_or(NetworkError::NoWaker)?;
@@ -66,6 +74,7 @@ impl StatusController {
         });
         self.watch = Some(Watch {
             handle: handle.clone(),
+            _monitor: monitor,
             task,
         });
         Ok(handle)

@@ -1,5 +1,5 @@
 //! PID 1's boot on any machine, a VM, hardware or a container: the Initialize sequence
-//! (kernel modules, the image layers, then STATE; nothing in a container), Boot (the node, whose
+//! (kernel modules, then the image layers and STATE; nothing in a container), Boot (the node, whose
 //! controllers set up the network), and on a power request Reboot, Shutdown or Reset. The
 //! mains that get here are [`super::metal`] and [`super::container`].
 
@@ -68,12 +68,11 @@ pub(crate) async fn boot(
             vec![Task::new("load", load_modules())],
         ));
         phases.push(Phase::new(
-            "layers",
-            vec![Task::new("mount", mount_layers())],
-        ));
-        phases.push(Phase::new(
             "devices",
-            vec![Task::new("state", mount_state(state_mount.clone()))],
+            vec![
+                Task::new("layers", mount_layers()),
+                Task::new("state", mount_state(state_mount.clone())),
+            ],
         ));
     } else {
         *state_mount.lock().unwrap_or_else(PoisonError::into_inner) =
