@@ -79,8 +79,25 @@ impl RoleProcess {
         role: &'static str,
         args: Vec<String>,
     ) -> RoleProcess {
+        Self::start_after(options, role, args, std::future::ready(()))
+    }
+
+    /// As [`RoleProcess::start`], once `gate` completes (it is not started at all if
+    /// stopped before).
+    pub fn start_after(
+        options: &ApidProcessOptions,
+        role: &'static str,
+        args: Vec<String>,
+        gate: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> RoleProcess {
         let stop = CancellationToken::new();
-        let task = tokio::spawn(supervise(options.clone(), role, args, stop.clone()));
+        let (options, token) = (options.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                () = gate => supervise(options, role, args, token).await,
+                () = token.cancelled() => {}
+            }
+        });
         RoleProcess {
             stop,
             task: Some(task),

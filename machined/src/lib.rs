@@ -21,7 +21,7 @@ pub mod trustd;
 
 pub use api::store_config;
 pub use error::{BootError, StartError};
-pub use node::{Node, NodeOptions};
+pub use node::{EarlyApid, Node, NodeOptions};
 
 /// Logs to stderr (the console, as PID 1): plain unless stderr is a terminal and the
 /// process is not PID 1 (a serial console shows escape codes as garbage). PID 1 of a

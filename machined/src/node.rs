@@ -81,6 +81,39 @@ impl Default for NodeOptions {
     }
 }
 
+/// apid's process, started before the node it serves, and machined's socket it waits on.
+#[derive(Debug)]
+pub struct EarlyApid {
+    listener: tokio::net::UnixListener,
+    apid: RoleProcess,
+}
+
+impl EarlyApid {
+    /// Binds machined's socket and starts apid's process, when `options` run apid as a
+    /// process of its own; `None` otherwise.
+    pub fn start(options: &NodeOptions) -> Result<Option<EarlyApid>, StartError> {
+        let Some(process) = &options.apid_process else {
+            return Ok(None);
+        };
+        let socket = process.socket();
+        let listener = api::socket::bind(&socket, process.uid)?;
+        let args = edge::apid_args(options.listen, &socket, &options.limits, &sans_of(options));
+        Ok(Some(EarlyApid {
+            listener,
+            apid: RoleProcess::start(process, "apid", args),
+        }))
+    }
+}
+
+/// The names and addresses the node's API certificates carry besides its hostname.
+fn sans_of(options: &NodeOptions) -> Vec<String> {
+    let mut sans = options.sans.clone();
+    if !options.listen.ip().is_unspecified() {
+        sans.push(options.listen.ip().to_string());
+    }
+    sans
+}
+
 /// A running node: its state, its controllers and its Machine API.
 #[derive(Debug)]
 pub struct Node {
@@ -97,22 +130,23 @@ pub struct Node {
 
 impl Node {
     pub async fn start(options: NodeOptions) -> Result<Node, StartError> {
-        let mut sans = options.sans.clone();
-        if !options.listen.ip().is_unspecified() {
-            sans.push(options.listen.ip().to_string());
-        }
-        // apid's own process starts first: it comes up (an exec, its keys) while this one
-        // opens the state and starts the controllers. Its first call waits on the bound
-        // socket until the node serves it, which a configured node does only once it has
-        // its certificates: apid cannot mistake it for one in maintenance mode.
-        let early_apid = match &options.apid_process {
-            Some(process) => {
-                let socket = process.socket();
-                let listener = api::socket::bind(&socket, process.uid)?;
-                let args = edge::apid_args(options.listen, &socket, &options.limits, &sans);
-                Some((process, listener, RoleProcess::start(process, "apid", args)))
-            }
-            None => None,
+        Self::start_with(options, None).await
+    }
+
+    /// As [`Node::start`], with apid's process already started ([`EarlyApid::start`] with
+    /// the same options), as PID 1 does before its first sequence.
+    pub async fn start_with(
+        options: NodeOptions,
+        early: Option<EarlyApid>,
+    ) -> Result<Node, StartError> {
+        let sans = sans_of(&options);
+        // apid's own process comes up (an exec, its keys) while this one opens the state
+        // and starts the controllers. Its first call waits on the bound socket until the
+        // node serves it, which a configured node does only once it has its
+        // certificates: apid cannot mistake it for one in maintenance mode.
+        let early_apid = match early {
+            Some(early) => Some(early),
+            None => EarlyApid::start(&options)?,
         };
 
         let registry = Arc::new(basalt_resources::meta::builtin_registry()?);
@@ -157,8 +191,10 @@ impl Node {
             options.validation_mode,
         ));
         let backend = api::backend(shared, &options.limits);
+        // Set once the API accepts connections (or the node gives up waiting).
+        let api_ready = tokio::sync::watch::Sender::new(false);
         let validity = options.sources.api_cert_validity;
-        let (edge, trustd) = match early_apid {
+        let (edge, trustd) = match early_apid.zip(options.apid_process.as_ref()) {
             None => {
                 let trustd = options.trustd_listen.map(|listen| {
                     TrustdRun::InProcess(Trustd::start(backend.clone(), listen, validity))
@@ -173,7 +209,7 @@ impl Node {
                 .await?;
                 (Edge::InProcess(apid), trustd)
             }
-            Some((process, listener, apid)) => {
+            Some((EarlyApid { listener, apid }, process)) => {
                 let socket = process.socket();
                 let stop_socket = CancellationToken::new();
                 let socket_task = tokio::spawn(api::socket::serve(
@@ -182,10 +218,15 @@ impl Node {
                     process.uid,
                     stop_socket.clone(),
                 ));
-                // trustd beside apid: its own process, over the same socket.
+                // trustd beside apid: its own process, over the same socket, started once
+                // the API is up (a boot's CPU goes to apid first).
                 let trustd = options.trustd_listen.map(|listen| {
                     let args = crate::trustd::trustd_args(listen, &socket, validity);
-                    TrustdRun::Process(RoleProcess::start(process, "trustd", args))
+                    let mut ready = api_ready.subscribe();
+                    let gate = async move {
+                        let _ = ready.wait_for(|up| *up).await;
+                    };
+                    TrustdRun::Process(RoleProcess::start_after(process, "trustd", args, gate))
                 });
                 let edge = Edge::Process {
                     listen: options.listen,
@@ -196,10 +237,13 @@ impl Node {
                 (edge, trustd)
             }
         };
-        tokio::spawn(announce_ready(match &edge {
-            Edge::InProcess(apid) => apid.local_addr(),
-            Edge::Process { listen, .. } => *listen,
-        }));
+        tokio::spawn(announce_ready(
+            match &edge {
+                Edge::InProcess(apid) => apid.local_addr(),
+                Edge::Process { listen, .. } => *listen,
+            },
+            api_ready,
+        ));
         Ok(Node {
             state,
             local,
@@ -364,7 +408,7 @@ fn unix_time() -> u64 {
 /// Logs "Machine API ready" once the API accepts connections (apid may be a process of
 /// its own, still starting): the moment a client can reach the node, which the boot
 /// figures measure from the log.
-async fn announce_ready(listen: SocketAddr) {
+async fn announce_ready(listen: SocketAddr, ready: tokio::sync::watch::Sender<bool>) {
     let addr = match listen.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => {
             SocketAddr::from(([127, 0, 0, 1], listen.port()))
@@ -378,11 +422,13 @@ async fn announce_ready(listen: SocketAddr) {
     while started.elapsed() < READY_PATIENCE {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             tracing::info!(%addr, elapsed = ?started.elapsed(), "Machine API ready");
+            ready.send_replace(true);
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tracing::warn!(%addr, "the Machine API accepts no connection after {READY_PATIENCE:?}");
+    ready.send_replace(true);
 }
 
 async fn wait_for_certificates(state: &State, timeout: Duration) -> Result<(), StartError> {

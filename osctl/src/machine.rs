@@ -84,11 +84,13 @@ pub enum MachineCmd {
         #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
         tail: i32,
     },
+    /// Reboot the nodes (their services stop first).
     Reboot {
         /// Power-cycle instead of a warm reboot.
         #[arg(long)]
         powercycle: bool,
     },
+    /// Power the nodes off.
     Shutdown {
         /// Skip stopping services gracefully.
         #[arg(long)]
@@ -120,9 +122,13 @@ pub enum MachineCmd {
         #[arg(long, default_value_t = 0)]
         depth: i32,
     },
+    /// The nodes' processes: state, threads, CPU time, memory, command line.
     Processes,
+    /// The nodes' memory: total, free, available, buffers, cache, swap.
     Memory,
+    /// The nodes' mounted filesystems and their use.
     Mounts,
+    /// The nodes' block devices.
     Disks,
     /// The node's events: config, services, power, audit.
     Events {

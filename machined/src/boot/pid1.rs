@@ -20,7 +20,7 @@ use crate::acquire::{ConfigSources, FetchLimits};
 use crate::edge::ApidProcessOptions;
 use crate::parts::PowerRequest;
 use crate::sequencer::{Phase, Sequence, Sequencer, Task};
-use crate::{roles, BootError, Node, NodeOptions};
+use crate::{roles, BootError, EarlyApid, Node, NodeOptions};
 
 /// How long a failed boot shows its error on the console before the machine restarts.
 pub const FATAL_DELAY: Duration = Duration::from_secs(10);
@@ -57,6 +57,12 @@ pub(crate) async fn boot(
 ) -> Result<Reboot, BootError> {
     tokio::spawn(reaper::run(PathBuf::from("/proc")));
     let sequencer = Sequencer::default();
+    // apid's process first: it comes up while the machine loads its modules and mounts
+    // STATE (its options do not depend on STATE).
+    let early_apid = EarlyApid::start(&node_options(&machine, None)).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot start apid early: the node starts it");
+        None
+    });
 
     // Steps that fail here are logged and the boot goes on: a node without STATE still
     // comes up, reachable, and says what is missing.
@@ -97,7 +103,7 @@ pub(crate) async fn boot(
             vec![Phase::new(
                 "node",
                 vec![Task::new("start", async move {
-                    let running = Node::start(options).await?;
+                    let running = Node::start_with(options, early_apid).await?;
                     *started.lock().unwrap_or_else(PoisonError::into_inner) = Some(running);
                     Ok::<(), BootError>(())
                 })],
