@@ -64,10 +64,7 @@ pub enum MachineCmd {
     /// List the services.
     Services,
     /// Start, stop or restart a service.
-    Service {
-        id: String,
-        action: ServiceAction,
-    },
+    Service { id: String, action: ServiceAction },
     /// A service's logs.
     Logs {
         id: String,
@@ -109,9 +106,7 @@ pub enum MachineCmd {
         wipe: Vec<String>,
     },
     /// Print a file.
-    Read {
-        path: String,
-    },
+    Read { path: String },
     /// List a directory.
     #[command(name = "ls", alias = "list")]
     Ls {

@@ -9,7 +9,7 @@ use basalt_machine_config::client::ClientConfig;
 use basalt_machine_config::generate::{generate, GenerateOptions};
 use basalt_machine_config::{Config, Mode, Patch};
 use basalt_pki::{write_private_file, SecretsBundle};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod cluster;
 mod connect;
@@ -82,6 +82,8 @@ enum Command {
     /// Check the cluster: every member (or the -n nodes) reachable, its clock, services,
     /// membership and KubePrism.
     Health(health::HealthArgs),
+    /// Print a shell completion script (bash, zsh, fish...): `source <(osctl completion bash)`.
+    Completion { shell: clap_complete::Shell },
     #[command(flatten)]
     Machine(machine::MachineCmd),
 }
@@ -274,6 +276,9 @@ fn run(cli: Cli) -> Result<()> {
             remote(&cli, async |c| machine::run(c, command).await)?;
         }
         Command::Cluster(args) => cluster::run(args, &osconfig_path(&cli.osconfig)?)?,
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "osctl", &mut std::io::stdout());
+        }
         Command::Health(ref args) => {
             let args = args.clone();
             remote(&cli, async |c| health::run(c, args).await)?;
@@ -404,5 +409,30 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every verb, at every depth, says what it does in `--help`.
+    #[test]
+    fn every_verb_has_a_help_line() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in command.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub
+                    .get_about()
+                    .is_none_or(|about| about.to_string().trim().is_empty())
+                {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "osctl", &mut missing);
+        assert!(missing.is_empty(), "verbs without a help line: {missing:?}");
     }
 }

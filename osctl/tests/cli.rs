@@ -244,3 +244,44 @@ fn a_node_that_cannot_be_sent_fails_before_any_call() {
         assert!(!stderr.contains("no endpoint answered"), "{stderr}");
     }
 }
+
+/// The bash completion script is valid bash, and completes a verb and a subcommand in a
+/// scripted shell (the way bash calls it on a tab).
+#[test]
+fn bash_completion_is_valid_and_completes_verbs() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = ok(osctl(dir.path(), &["completion", "bash"]));
+    let path = dir.path().join("osctl.bash");
+    std::fs::write(&path, &script).unwrap();
+    let check = Command::new("bash").arg("-n").arg(&path).output().unwrap();
+    assert!(
+        check.status.success(),
+        "bash -n: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let complete = |line: &str| {
+        let words: Vec<&str> = line.split(' ').collect();
+        let program = format!(
+            "source {}\nCOMP_WORDS=({})\nCOMP_CWORD={}\nCOMP_LINE='{line}'\nCOMP_POINT=${{#COMP_LINE}}\n\
+             _osctl osctl '{}' '{}'\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+            path.display(),
+            words.join(" "),
+            words.len() - 1,
+            words.last().unwrap(),
+            words.get(words.len().saturating_sub(2)).unwrap(),
+        );
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(program)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let verbs = complete("osctl vers");
+    assert_eq!(verbs.trim(), "version", "{verbs}");
+    let cluster = complete("osctl cluster de");
+    assert_eq!(cluster.trim(), "destroy", "{cluster}");
+    for shell in ["zsh", "fish"] {
+        assert!(!ok(osctl(dir.path(), &["completion", shell])).is_empty());
+    }
+}
