@@ -65,6 +65,8 @@ for i in $(seq "$runs"); do
   endpoint="127.0.0.1:$port"
   until "$osctl" --insecure -e "$endpoint" version >/dev/null 2>&1; do sleep 0.05; done
   init="$(stamp "$dir/console.log" 'Run /init as init process')"
+  # The node logs the moment its API took a connection; the console may lag behind.
+  until grep -aq 'Machine API ready' "$dir/console.log"; do sleep 0.05; done
   ready="$(stamp "$dir/console.log" 'Machine API ready')"
   t0="$(now)"
   "$osctl" --insecure -e "$endpoint" apply-config -f "$work/gen/controlplane.yaml" >/dev/null

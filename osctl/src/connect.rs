@@ -133,7 +133,10 @@ impl Connection {
                         nodes_header,
                     })
                 }
-                Err(e) => errors.push(format!("{endpoint}: {}", chain(&e))),
+                Err(e) => errors.push(match crate::diagnose::explain_std(&e, endpoint) {
+                    Some(what) => format!("{what}\n    ({endpoint}: {})", chain(&e)),
+                    None => format!("{endpoint}: {}", chain(&e)),
+                }),
             }
         }
         bail!("no endpoint answered:\n  {}", errors.join("\n  "))

@@ -13,6 +13,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 mod cluster;
 mod connect;
+mod diagnose;
 mod health;
 mod machine;
 mod resources;
@@ -249,20 +250,28 @@ fn remote(cli: &Cli, command: impl AsyncFnOnce(&connect::Connection) -> Result<(
         .build()
         .context("cannot start the async runtime")?;
     let osconfig = osconfig_path(&cli.osconfig)?;
-    let result = runtime.block_on(async {
+    runtime.block_on(async {
+        // Failures to connect are explained by `open` itself, per endpoint.
         let connection = connect::Connection::open(&cli.global, &osconfig).await?;
-        command(&connection).await
-    });
-    // With TLS 1.3 the server refuses a client certificate (or its absence) after the
-    // client has finished its handshake, so the client sees only a closed connection.
-    match result {
-        Err(e) if cli.global.insecure && format!("{e:#}").contains("transport error") => Err(e
-            .context(
-                "the node refused the connection: is it still in maintenance mode? A configured \
-             node needs a client certificate (drop --insecure)",
-            )),
-        other => other,
+        command(&connection)
+            .await
+            .map_err(|e| explain_call(e, &connection.endpoint, cli.global.insecure))
+    })
+}
+
+/// A call that failed after the connection was made: a certificate refused after the
+/// handshake (TLS 1.3 refuses client certificates then), or the connection closed.
+fn explain_call(error: anyhow::Error, endpoint: &str, insecure: bool) -> anyhow::Error {
+    if let Some(text) = diagnose::explain(&error, endpoint) {
+        return error.context(text);
     }
+    if insecure && format!("{error:#}").contains("transport error") {
+        return error.context(format!(
+            "{endpoint} closed the connection: a configured node needs a client certificate \
+             (drop --insecure)"
+        ));
+    }
+    error
 }
 
 fn run(cli: Cli) -> Result<()> {

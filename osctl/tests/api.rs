@@ -333,3 +333,53 @@ async fn resources_services_logs_and_power_through_osctl() {
     assert!(out.contains("audit"), "{out}");
     node.shutdown().await.unwrap();
 }
+
+/// Each way of failing to reach a node is named as such, with what to do: nothing
+/// listening, no answer in time, another cluster's CA, a configured node reached without
+/// a client certificate.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_connection_failure_says_what_it_is() {
+    let dir = cluster_dir().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nothing = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let run = osctl(dir.path(), &["-e", &nothing, "--insecure", "version"]).await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr
+            .contains(&format!("nothing listens at {nothing}")),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("maintenance"), "{}", run.stderr);
+
+    // Accepted by the kernel, never answered: the TLS handshake times out.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung = silent.local_addr().unwrap().to_string();
+    let run = osctl(dir.path(), &["-e", &hung, "version"]).await;
+    assert!(
+        run.stderr
+            .contains(&format!("no answer from {hung} in time")),
+        "{}",
+        run.stderr
+    );
+    drop(silent);
+
+    let node = configured(dir.path(), "127.0.0.73", Vec::new()).await;
+    let endpoint = node.local_addr().to_string();
+    let other = cluster_dir().await;
+    let run = osctl(other.path(), &["-e", &endpoint, "version"]).await;
+    assert!(
+        run.stderr.contains("is not signed by this context's CA"),
+        "{}",
+        run.stderr
+    );
+    let run = osctl(dir.path(), &["-e", &endpoint, "--insecure", "version"]).await;
+    assert!(
+        run.stderr.contains("client certificate") && run.stderr.contains("drop --insecure"),
+        "{}",
+        run.stderr
+    );
+    ok(dir.path(), &["-e", &endpoint, "version"]).await;
+    node.shutdown().await.unwrap();
+}

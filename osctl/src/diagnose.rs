@@ -1,0 +1,87 @@
+//! What went wrong reaching a node, said so that the user knows what to do: nothing
+//! listening, no answer in time, a certificate refused (by which side, and why), the
+//! node wanting a client certificate. Permission denied needs nothing here: the node's
+//! answer names the roles the call needs.
+
+use std::io;
+
+use rustls::{AlertDescription, CertificateError};
+
+/// A sentence for the failure behind `error` (anywhere in its chain of causes), if it is
+/// one of the kinds told apart here.
+pub fn explain(error: &anyhow::Error, endpoint: &str) -> Option<String> {
+    error.chain().find_map(|cause| problem(cause, endpoint))
+}
+
+/// As [`explain`], for a library error and its sources.
+pub fn explain_std(error: &(dyn std::error::Error + 'static), endpoint: &str) -> Option<String> {
+    std::iter::successors(Some(error), |e| e.source()).find_map(|cause| problem(cause, endpoint))
+}
+
+fn problem(cause: &(dyn std::error::Error + 'static), endpoint: &str) -> Option<String> {
+    if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+        return tls_problem(tls, endpoint);
+    }
+    let io = cause.downcast_ref::<io::Error>()?;
+    // tokio-rustls hands TLS failures over as I/O errors wrapping them.
+    if let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        return tls_problem(tls, endpoint);
+    }
+    match io.kind() {
+        io::ErrorKind::ConnectionRefused => Some(format!(
+            "nothing listens at {endpoint}: is the node up, and is this its address and port \
+             (the Machine API's is 50000)?"
+        )),
+        io::ErrorKind::TimedOut => Some(format!(
+            "no answer from {endpoint} in time: the node is down or unreachable from here, \
+             or something drops the traffic"
+        )),
+        _ => None,
+    }
+}
+
+fn tls_problem(error: &rustls::Error, endpoint: &str) -> Option<String> {
+    Some(match error {
+        rustls::Error::InvalidCertificate(problem) => match problem {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
+                "the certificate of {endpoint} is not signed by this context's CA: it is \
+                 another cluster's node, or this is the wrong context (osctl config info)"
+            ),
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => format!(
+                "the certificate of {endpoint} has expired: check the node's clock and \
+                 this machine's"
+            ),
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                format!(
+                    "the certificate of {endpoint} is not valid yet: check the node's clock \
+                     and this machine's"
+                )
+            }
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                format!(
+                    "the certificate of {endpoint} does not name it: use a name or address \
+                     the node's certificate carries (its hostname, addresses, certSans)"
+                )
+            }
+            other => format!("the certificate of {endpoint} is refused: {other:?}"),
+        },
+        rustls::Error::AlertReceived(alert) => match alert {
+            AlertDescription::CertificateRequired => format!(
+                "{endpoint} wants a client certificate: the node is configured (drop \
+                 --insecure, or use a context that has one)"
+            ),
+            AlertDescription::CertificateExpired => format!(
+                "{endpoint} refused this client certificate: it has expired (a new osconfig \
+                 comes from `osctl gen config` with the cluster's secrets)"
+            ),
+            AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::DecryptError => format!(
+                "{endpoint} refused this client certificate: it is not signed by the node's \
+                 CA (another cluster's osconfig?)"
+            ),
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
