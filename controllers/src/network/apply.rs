@@ -83,17 +83,36 @@ impl Controller for ApplyController {
             }
         }
 
-        let present = netlink::addresses(&handle)
+        let addresses = specs_by_id::<AddressSpecSpec>(rt).await?;
+        self.apply_addresses(&handle, &links, &addresses, &mut problems)
+            .await?;
+        let routes = specs_by_id::<RouteSpecSpec>(rt).await?;
+        self.apply_routes(&handle, &links, &routes, &mut problems)
+            .await?;
+
+        if problems.is_empty() {
+            Ok(Action::Done)
+        } else {
+            Err(NetworkError::Apply { problems }.into())
+        }
+    }
+}
+
+impl ApplyController {
+    /// Adds the wanted addresses missing from their links, and removes the ones this
+    /// controller added that are no longer wanted.
+    async fn apply_addresses(
+        &mut self,
+        handle: &Handle,
+        links: &[Link],
+        wanted: &BTreeMap<String, AddressSpecSpec>,
+        problems: &mut Vec<String>,
+    ) -> Result<(), NetworkError> {
+        let present = netlink::addresses(handle)
             .await
             .map_err(NetworkError::netlink("listing addresses"))?;
-        let wanted: BTreeMap<String, AddressSpecSpec> = rt
-            .list::<AddressSpecSpec>()
-            .await?
-            .into_iter()
-            .map(|r| (r.metadata.id, r.spec))
-            .collect();
-        for (id, spec) in &wanted {
-            let Some(index) = index_of(&links, &spec.link) else {
+        for (id, spec) in wanted {
+            let Some(index) = index_of(links, &spec.link) else {
                 continue;
             };
             let Ok(net) = IpNet::from_str(&spec.address) else {
@@ -122,8 +141,8 @@ impl Controller for ApplyController {
             }
             self.added_addresses.insert(id.clone(), spec.clone());
         }
-        for (id, spec) in unwanted(&self.added_addresses, &wanted) {
-            match remove_address(&handle, &links, &spec).await {
+        for (id, spec) in unwanted(&self.added_addresses, wanted) {
+            match remove_address(handle, links, &spec).await {
                 Ok(()) => {
                     tracing::info!(link = %spec.link, address = %spec.address, "address removed");
                     self.added_addresses.remove(&id);
@@ -131,18 +150,23 @@ impl Controller for ApplyController {
                 Err(problem) => problems.push(problem),
             }
         }
+        Ok(())
+    }
 
-        let present = netlink::routes(&handle)
+    /// Adds the wanted routes missing from the main table, and removes the ones this
+    /// controller added that are no longer wanted.
+    async fn apply_routes(
+        &mut self,
+        handle: &Handle,
+        links: &[Link],
+        wanted: &BTreeMap<String, RouteSpecSpec>,
+        problems: &mut Vec<String>,
+    ) -> Result<(), NetworkError> {
+        let present = netlink::routes(handle)
             .await
             .map_err(NetworkError::netlink("listing routes"))?;
-        let wanted: BTreeMap<String, RouteSpecSpec> = rt
-            .list::<RouteSpecSpec>()
-            .await?
-            .into_iter()
-            .map(|r| (r.metadata.id, r.spec))
-            .collect();
-        for (id, spec) in &wanted {
-            let Some(index) = index_of(&links, &spec.link) else {
+        for (id, spec) in wanted {
+            let Some(index) = index_of(links, &spec.link) else {
                 continue;
             };
             let route = match route_message(spec, index) {
@@ -171,14 +195,14 @@ impl Controller for ApplyController {
             // A changed metric is a new route: the old one goes below.
             if let Some(old) = self.added_routes.insert(id.clone(), spec.clone()) {
                 if old.metric != spec.metric {
-                    if let Err(problem) = remove_route(&handle, &links, &old).await {
+                    if let Err(problem) = remove_route(handle, links, &old).await {
                         problems.push(problem);
                     }
                 }
             }
         }
-        for (id, spec) in unwanted(&self.added_routes, &wanted) {
-            match remove_route(&handle, &links, &spec).await {
+        for (id, spec) in unwanted(&self.added_routes, wanted) {
+            match remove_route(handle, links, &spec).await {
                 Ok(()) => {
                     tracing::info!(route = %id, "route removed");
                     self.added_routes.remove(&id);
@@ -186,13 +210,20 @@ impl Controller for ApplyController {
                 Err(problem) => problems.push(problem),
             }
         }
-
-        if problems.is_empty() {
-            Ok(Action::Done)
-        } else {
-            Err(NetworkError::Apply { problems }.into())
-        }
+        Ok(())
     }
+}
+
+/// The specs of a kind, by id.
+async fn specs_by_id<S: basalt_resource::ResourceSpec>(
+    rt: &Runtime,
+) -> Result<BTreeMap<String, S>, ControllerError> {
+    Ok(rt
+        .list::<S>()
+        .await?
+        .into_iter()
+        .map(|r| (r.metadata.id, r.spec))
+        .collect())
 }
 
 /// What this controller added that is no longer wanted, to remove.
