@@ -5,7 +5,7 @@
 
 use std::io;
 
-use rustls::{AlertDescription, CertificateError};
+use rustls::CertificateError;
 
 /// A sentence for the failure behind `error` (anywhere in its chain of causes), if it is
 /// one of the kinds told apart here.
@@ -18,6 +18,22 @@ pub fn explain_std(error: &(dyn std::error::Error + 'static), endpoint: &str) ->
     std::iter::successors(Some(error), |e| e.source()).find_map(|cause| problem(cause, endpoint))
 }
 
+/// Whether the node closed the connection under a call (with TLS 1.3 a server refuses a
+/// client certificate after the client has finished its handshake: the client then sees
+/// only a closed connection, never the alert).
+pub fn closed_by_peer(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::UnexpectedEof
+            )
+        })
+    })
+}
+
 fn problem(cause: &(dyn std::error::Error + 'static), endpoint: &str) -> Option<String> {
     if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
         return tls_problem(tls, endpoint);
@@ -26,6 +42,11 @@ fn problem(cause: &(dyn std::error::Error + 'static), endpoint: &str) -> Option<
     // tokio-rustls hands TLS failures over as I/O errors wrapping them.
     if let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
         return tls_problem(tls, endpoint);
+    }
+    // An alert read after the handshake reaches us as text only.
+    let text = io.to_string();
+    if let Some(alert) = text.strip_prefix("received fatal alert: ") {
+        return alert_problem(alert, endpoint);
     }
     match io.kind() {
         io::ErrorKind::ConnectionRefused => Some(format!(
@@ -65,23 +86,28 @@ fn tls_problem(error: &rustls::Error, endpoint: &str) -> Option<String> {
             }
             other => format!("the certificate of {endpoint} is refused: {other:?}"),
         },
-        rustls::Error::AlertReceived(alert) => match alert {
-            AlertDescription::CertificateRequired => format!(
-                "{endpoint} wants a client certificate: the node is configured (drop \
-                 --insecure, or use a context that has one)"
-            ),
-            AlertDescription::CertificateExpired => format!(
-                "{endpoint} refused this client certificate: it has expired (a new osconfig \
-                 comes from `osctl gen config` with the cluster's secrets)"
-            ),
-            AlertDescription::BadCertificate
-            | AlertDescription::UnknownCA
-            | AlertDescription::DecryptError => format!(
-                "{endpoint} refused this client certificate: it is not signed by the node's \
-                 CA (another cluster's osconfig?)"
-            ),
-            _ => return None,
-        },
+        rustls::Error::AlertReceived(alert) => {
+            return alert_problem(&format!("{alert:?}"), endpoint)
+        }
+        _ => return None,
+    })
+}
+
+/// The node's TLS alert (by rustls's name for it), if it says why it refused us.
+fn alert_problem(alert: &str, endpoint: &str) -> Option<String> {
+    Some(match alert {
+        "CertificateRequired" => format!(
+            "{endpoint} needs a client certificate: the node is configured (drop \
+             --insecure, or use a context that has one)"
+        ),
+        "CertificateExpired" => format!(
+            "{endpoint} refused this client certificate: it has expired (a new osconfig \
+             comes from `osctl gen config` with the cluster's secrets)"
+        ),
+        "BadCertificate" | "UnknownCA" | "DecryptError" => format!(
+            "{endpoint} refused this client certificate: it is not signed by the node's CA \
+             (another cluster's osconfig?)"
+        ),
         _ => return None,
     })
 }

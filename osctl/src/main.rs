@@ -271,6 +271,13 @@ fn explain_call(error: anyhow::Error, endpoint: &str, insecure: bool) -> anyhow:
              (drop --insecure)"
         ));
     }
+    if diagnose::closed_by_peer(&error) {
+        return error.context(format!(
+            "{endpoint} closed the connection after the handshake: it refused this client \
+             certificate (signed by another cluster's CA, or expired: a new osconfig comes \
+             from `osctl gen config` with the cluster's secrets)"
+        ));
+    }
     error
 }
 

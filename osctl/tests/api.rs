@@ -383,3 +383,35 @@ async fn each_connection_failure_says_what_it_is() {
     ok(dir.path(), &["-e", &endpoint, "version"]).await;
     node.shutdown().await.unwrap();
 }
+
+/// A client certificate the node does not trust (another cluster's, with this cluster's
+/// CA to check the node) is named as refused by the node, not as a broken connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_certificate_of_another_cluster_is_named_as_refused() {
+    use basalt_machine_config::client::ClientConfig;
+    let dir = cluster_dir().await;
+    let other = cluster_dir().await;
+    let node = configured(dir.path(), "127.0.0.74", Vec::new()).await;
+    let endpoint = node.local_addr().to_string();
+    let read = |d: &Path| {
+        ClientConfig::parse(&std::fs::read_to_string(d.join("osconfig")).unwrap()).unwrap()
+    };
+    let mut mixed = read(dir.path());
+    let theirs = read(other.path());
+    let (ours_ctx, their_ctx) = (
+        mixed.current_mut().unwrap(),
+        theirs.contexts.values().next().unwrap(),
+    );
+    ours_ctx.crt = their_ctx.crt.clone();
+    ours_ctx.key = their_ctx.key.clone();
+    let mixed_dir = tempfile::tempdir().unwrap();
+    std::fs::write(mixed_dir.path().join("osconfig"), mixed.to_yaml().unwrap()).unwrap();
+    let run = osctl(mixed_dir.path(), &["-e", &endpoint, "version"]).await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("refused this client certificate"),
+        "{}",
+        run.stderr
+    );
+    node.shutdown().await.unwrap();
+}
