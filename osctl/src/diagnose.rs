@@ -20,17 +20,23 @@ pub fn explain_std(error: &(dyn std::error::Error + 'static), endpoint: &str) ->
 
 /// Whether the node closed the connection under a call (with TLS 1.3 a server refuses a
 /// client certificate after the client has finished its handshake: the client then sees
-/// only a closed connection, never the alert).
+/// only a closed connection, never the alert). Depending on when the close lands, it
+/// reaches us as an I/O error on a write or a read, or as hyper's "connection closed"
+/// for a request that was never answered.
 pub fn closed_by_peer(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
-        cause.downcast_ref::<io::Error>().is_some_and(|io| {
+        let io_closed = cause.downcast_ref::<io::Error>().is_some_and(|io| {
             matches!(
                 io.kind(),
                 io::ErrorKind::BrokenPipe
                     | io::ErrorKind::ConnectionReset
                     | io::ErrorKind::UnexpectedEof
             )
-        })
+        });
+        let http_closed = cause.downcast_ref::<hyper::Error>().is_some_and(|http| {
+            http.is_canceled() || http.is_closed() || http.is_incomplete_message()
+        });
+        io_closed || http_closed
     })
 }
 
