@@ -23,6 +23,8 @@ declare -A packages=(
   [mkfs.ext4]=e2fsprogs
   [strip]=binutils
   [mksquashfs]=squashfs-tools
+  # `osctl inspect dependencies | dot -Tsvg` in osctl's tests
+  [dot]=graphviz
 )
 for cmd in "${!packages[@]}"; do
   have_cmd "$cmd" || need_apt+=("${packages[$cmd]}")

@@ -68,6 +68,8 @@ pub const RULES: &[Rule] = &[
     rule(machine!("Memory"), ALL, false),
     rule(machine!("Mounts"), ALL, false),
     rule(machine!("Disks"), ALL, false),
+    rule(machine!("Netstat"), ALL, false),
+    rule(machine!("ControllerDependencies"), ALL, false),
     // File contents may be secret (operators never read secrets); names are not.
     rule(machine!("Read"), ADMIN, false),
     rule(machine!("List"), ALL, false),

@@ -162,6 +162,7 @@ impl Node {
         sources.api_sans.extend(sans.iter().cloned());
         let mut engine = Engine::new(state.clone());
         basalt_controllers::register_all(&mut engine, &sources)?;
+        let dependencies = engine.dependencies();
         let stop = CancellationToken::new();
         let controllers = tokio::spawn(engine.run(stop.clone()));
 
@@ -189,6 +190,7 @@ impl Node {
             local.handles(),
             events.clone(),
             options.validation_mode,
+            dependencies,
         ));
         let backend = api::backend(shared, &options.limits);
         // Set once the API accepts connections (or the node gives up waiting).

@@ -210,3 +210,37 @@ async fn try_mode_reverts_at_its_timeout_unless_confirmed() {
     );
     node.apid.shutdown().await.unwrap();
 }
+
+/// A change made from a config that is no longer in effect is ABORTED and stores nothing;
+/// one made from the config in effect applies.
+#[tokio::test]
+async fn a_change_from_a_stale_config_is_aborted() {
+    let (_cluster, mut node) = configured().await;
+    let base = Config::parse(&node.yaml).unwrap().digest().unwrap();
+    let first = changed(&node.yaml, |m| m.hostname = Some("first".into()));
+    let mut from_base = request(&first, ApplyMode::Auto);
+    from_base.base_digest = base.clone();
+    apply(&mut node.machine, from_base).await;
+
+    // A second editor who read the config before the first change.
+    let second = changed(&node.yaml, |m| m.hostname = Some("second".into()));
+    let mut stale = request(&second, ApplyMode::Auto);
+    stale.base_digest = base.clone();
+    let status = node.machine.apply_configuration(stale).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    assert!(status.message().contains("changed since"), "{status:?}");
+    assert_eq!(
+        config(&node.state, "active").await.as_deref(),
+        Some(&*first)
+    );
+
+    // Redone from the config in effect, it applies.
+    let mut redone = request(
+        &changed(&first, |m| m.hostname = Some("second".into())),
+        ApplyMode::Auto,
+    );
+    redone.base_digest = Config::parse(&first).unwrap().digest().unwrap();
+    apply(&mut node.machine, redone).await;
+    let now = Config::parse(&config(&node.state, "active").await.unwrap()).unwrap();
+    assert_eq!(now.machine.unwrap().hostname.as_deref(), Some("second"));
+}

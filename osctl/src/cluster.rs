@@ -371,8 +371,7 @@ async fn advance(step: Step, node: &NodeRecord, config: &Config, osconfig: &Path
             let request = api::ApplyConfigurationRequest {
                 data: config.to_yaml()?.into_bytes(),
                 mode: api::ApplyMode::Auto as i32,
-                dry_run: false,
-                try_timeout: None,
+                ..Default::default()
             };
             MachineServiceClient::new(connection.channel.clone())
                 .apply_configuration(connection.request(request))

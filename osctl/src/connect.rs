@@ -153,6 +153,32 @@ impl Connection {
         request
     }
 
+    /// Each node a call is for, one at a time: `None` is the endpoint itself.
+    pub fn targets(&self) -> Vec<Option<String>> {
+        if self.nodes.is_empty() {
+            return vec![None];
+        }
+        self.nodes.iter().cloned().map(Some).collect()
+    }
+
+    /// A request for `target` alone (see [`Connection::targets`]).
+    pub fn request_to<T>(&self, target: Option<&str>, message: T) -> Result<tonic::Request<T>> {
+        let mut request = tonic::Request::new(message);
+        if let Some(header) =
+            nodes_header(&target.map(str::to_string).into_iter().collect::<Vec<_>>())?
+        {
+            request
+                .metadata_mut()
+                .insert(basalt_api::NODES_HEADER, header);
+        }
+        Ok(request)
+    }
+
+    /// How `target` is named in output: the node, or the endpoint itself.
+    pub fn label(&self, target: Option<&str>) -> String {
+        target.unwrap_or(&self.endpoint).to_string()
+    }
+
     /// The node a message came from: its label, or the endpoint when it was not
     /// forwarded.
     pub fn node(&self, metadata: &Option<basalt_api::common::v1::Metadata>) -> String {

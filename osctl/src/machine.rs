@@ -35,6 +35,44 @@ impl From<ApplyModeArg> for api::ApplyMode {
     }
 }
 
+/// How a config is applied: `apply-config`, `patch` and `edit` share these.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApplyArgs {
+    #[arg(long, value_enum, default_value = "auto")]
+    pub mode: ApplyModeArg,
+    /// Show what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// For --mode try: revert unless confirmed within this long (e.g. 1m, 30s).
+    #[arg(long, value_parser = parse_duration, default_value = "1m")]
+    pub timeout: Duration,
+}
+
+impl ApplyArgs {
+    /// The request applying `data`; `base_digest` names the config it was made from.
+    pub fn request(&self, data: Vec<u8>, base_digest: String) -> api::ApplyConfigurationRequest {
+        api::ApplyConfigurationRequest {
+            data,
+            mode: api::ApplyMode::from(self.mode) as i32,
+            dry_run: self.dry_run,
+            try_timeout: prost_types::Duration::try_from(self.timeout).ok(),
+            base_digest,
+        }
+    }
+
+    /// Prints a node's answer: the plan (and with --dry-run its diff), then warnings.
+    pub fn print(&self, node: &str, result: &api::ApplyConfigurationResult) {
+        if self.dry_run {
+            println!("{node}: dry run: {}\n{}", result.mode_details, result.diff);
+        } else {
+            println!("{node}: {}", result.mode_details);
+        }
+        for w in &result.warnings {
+            eprintln!("{node}: warning: {w}");
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ServiceAction {
     Start,
@@ -52,14 +90,8 @@ pub enum MachineCmd {
     ApplyConfig {
         #[arg(long, short)]
         file: PathBuf,
-        #[arg(long, value_enum, default_value = "auto")]
-        mode: ApplyModeArg,
-        /// Show what would change; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// For --mode try: revert unless confirmed within this long (e.g. 1m, 30s).
-        #[arg(long, value_parser = parse_duration, default_value = "1m")]
-        timeout: Duration,
+        #[command(flatten)]
+        apply: ApplyArgs,
     },
     /// List the services.
     Services,
@@ -125,6 +157,16 @@ pub enum MachineCmd {
     Mounts,
     /// The nodes' block devices.
     Disks,
+    /// The nodes' TCP and UDP sockets and the processes holding them (connected ones
+    /// without -l or -a).
+    Netstat {
+        /// Only listening sockets (TCP listeners, unconnected UDP sockets).
+        #[arg(long, short, conflicts_with = "all")]
+        listening: bool,
+        /// Every socket.
+        #[arg(long, short)]
+        all: bool,
+    },
     /// The node's events: config, services, power, audit.
     Events {
         /// Replay the last N first (-1: all kept).
@@ -202,7 +244,7 @@ pub async fn run(connection: &Connection, command: MachineCmd) -> Result<()> {
             let sent = std::time::SystemTime::now();
             let answer = client.time(connection.request(api::TimeRequest {})).await?;
             let local = crate::health::midpoint(sent, std::time::SystemTime::now());
-            println!("NODE\tTIME\tOFFSET");
+            println!("NODE\tTIME\tOFFSET\tSYNCED\tSERVER");
             each!(answer, |node, m| {
                 let time = m.time.unwrap_or_default();
                 let offset = crate::health::offset(&time, local);
@@ -214,7 +256,12 @@ pub async fn run(connection: &Connection, command: MachineCmd) -> Result<()> {
                             .ok()
                     })
                     .unwrap_or_else(|| format!("{}s", time.seconds));
-                println!("{node}\t{shown}\t{offset:+.3} s");
+                let server = match (m.sets_clock, m.error.is_empty()) {
+                    (false, _) => "(the host's clock)".to_string(),
+                    (true, true) => m.server,
+                    (true, false) => format!("{} ({})", m.server, m.error),
+                };
+                println!("{node}\t{shown}\t{offset:+.3} s\t{}\t{server}", m.synced);
             });
         }
         MachineCmd::Version => {
@@ -230,32 +277,14 @@ pub async fn run(connection: &Connection, command: MachineCmd) -> Result<()> {
                 );
             });
         }
-        MachineCmd::ApplyConfig {
-            file,
-            mode,
-            dry_run,
-            timeout,
-        } => {
+        MachineCmd::ApplyConfig { file, apply } => {
             let data =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let request = api::ApplyConfigurationRequest {
-                data,
-                mode: api::ApplyMode::from(mode) as i32,
-                dry_run,
-                try_timeout: prost_types::Duration::try_from(timeout).ok(),
-            };
             let answer = client
-                .apply_configuration(connection.request(request))
+                .apply_configuration(connection.request(apply.request(data, String::new())))
                 .await?;
             each!(answer, |node, m| {
-                if dry_run {
-                    println!("{node}: dry run: {}\n{}", m.mode_details, m.diff);
-                } else {
-                    println!("{node}: {}", m.mode_details);
-                }
-                for w in &m.warnings {
-                    eprintln!("{node}: warning: {w}");
-                }
+                apply.print(&node, &m);
             });
         }
         MachineCmd::Services => {
@@ -449,6 +478,40 @@ pub async fn run(connection: &Connection, command: MachineCmd) -> Result<()> {
                         d.serial,
                         d.rotational,
                         d.read_only
+                    );
+                }
+            });
+        }
+        MachineCmd::Netstat { listening, all } => {
+            let filter = match (listening, all) {
+                (_, true) => api::NetstatFilter::All,
+                (true, false) => api::NetstatFilter::Listening,
+                (false, false) => api::NetstatFilter::Connected,
+            };
+            let answer = client
+                .netstat(connection.request(api::NetstatRequest {
+                    filter: filter as i32,
+                }))
+                .await?;
+            println!("NODE\tPROTO\tLOCAL\tREMOTE\tSTATE\tTX-Q\tRX-Q\tPID/PROGRAM");
+            each!(answer, |node, m| {
+                for s in m.sockets {
+                    let address = |ip: &str, port: u32| match ip.contains(':') {
+                        true => format!("[{ip}]:{port}"),
+                        false => format!("{ip}:{port}"),
+                    };
+                    let program = match s.pid {
+                        0 => "-".to_string(),
+                        pid => format!("{pid}/{}", s.process),
+                    };
+                    println!(
+                        "{node}\t{}\t{}\t{}\t{}\t{}\t{}\t{program}",
+                        s.protocol,
+                        address(&s.local_ip, s.local_port),
+                        address(&s.remote_ip, s.remote_port),
+                        s.state,
+                        s.tx_queue,
+                        s.rx_queue
                     );
                 }
             });

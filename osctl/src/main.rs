@@ -14,7 +14,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 mod cluster;
 mod connect;
 mod diagnose;
+mod edit;
 mod health;
+mod inspect;
 mod machine;
 mod resources;
 
@@ -78,6 +80,15 @@ enum Command {
     Config(ConfigCmd),
     /// Show resources.
     Get(resources::GetArgs),
+    /// Patch a resource on the nodes (the machine config) and apply it.
+    #[command(subcommand)]
+    Patch(edit::PatchCmd),
+    /// Edit a resource on the nodes (the machine config) in $EDITOR and apply it.
+    #[command(subcommand)]
+    Edit(edit::EditCmd),
+    /// Look inside the nodes' machinery.
+    #[command(subcommand)]
+    Inspect(inspect::InspectCmd),
     /// Local clusters: create, show and destroy them.
     Cluster(cluster::ClusterArgs),
     /// Check the cluster: every member (or the -n nodes) reachable, its clock, services,
@@ -204,7 +215,7 @@ impl ConfigPatches {
     }
 }
 
-fn apply_patches(mut config: Config, patches: &[String]) -> Result<Config> {
+pub(crate) fn apply_patches(mut config: Config, patches: &[String]) -> Result<Config> {
     for (i, p) in patches.iter().enumerate() {
         config = config
             .patch(&patch_arg(p, i)?)
@@ -286,6 +297,18 @@ fn run(cli: Cli) -> Result<()> {
         Command::Get(ref args) => {
             let args = args.clone();
             remote(&cli, async |c| resources::get(c, args).await)?;
+        }
+        Command::Patch(ref command) => {
+            let command = command.clone();
+            remote(&cli, async |c| edit::patch(c, command).await)?;
+        }
+        Command::Edit(ref command) => {
+            let command = command.clone();
+            remote(&cli, async |c| edit::edit(c, command).await)?;
+        }
+        Command::Inspect(ref command) => {
+            let command = command.clone();
+            remote(&cli, async |c| inspect::run(c, command).await)?;
         }
         Command::Machine(ref command) => {
             let command = command.clone();

@@ -7,15 +7,43 @@ use basalt_api::resource::v1 as api;
 use basalt_api::resource::v1::resource_service_client::ResourceServiceClient;
 use basalt_resource::proto::Resource;
 use basalt_resources::meta::PrintColumn;
-use clap::ValueEnum;
+use serde_json_path::JsonPath;
 
 use crate::connect::{Connection, Failures};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// How `osctl get` prints: `table`, `yaml`, `json`, or `jsonpath=EXPR`.
+#[derive(Debug, Clone)]
 pub enum Output {
     Table,
     Yaml,
     Json,
+    /// The values the expression selects in each resource's JSON document, one a line.
+    JsonPath(JsonPath),
+}
+
+/// Parses `-o`. A JSONPath is RFC 9535's (`$.spec.hostname`) or kubectl's template form
+/// (`{.spec.hostname}`), over the document `-o json` prints.
+fn parse_output(text: &str) -> Result<Output, String> {
+    let expression = match text {
+        "table" => return Ok(Output::Table),
+        "yaml" => return Ok(Output::Yaml),
+        "json" => return Ok(Output::Json),
+        _ => text.strip_prefix("jsonpath=").ok_or_else(|| {
+            format!("{text:?}: the output is one of table, yaml, json, jsonpath=EXPR")
+        })?,
+    };
+    let inner = expression
+        .strip_prefix('{')
+        .and_then(|e| e.strip_suffix('}'))
+        .unwrap_or(expression);
+    let rooted = if inner.starts_with('$') {
+        inner.to_string()
+    } else {
+        format!("${inner}")
+    };
+    JsonPath::parse(&rooted)
+        .map(Output::JsonPath)
+        .map_err(|e| format!("jsonpath {expression:?}: {e}"))
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -27,7 +55,8 @@ pub struct GetArgs {
     /// The namespace; the type's default without it.
     #[arg(long)]
     pub namespace: Option<String>,
-    #[arg(long, short, value_enum, default_value = "table")]
+    /// table, yaml, json, or jsonpath=EXPR (e.g. `jsonpath={.spec.hostname}`).
+    #[arg(long, short, value_parser = parse_output, default_value = "table")]
     pub output: Output,
     /// Keep printing changes.
     #[arg(long, short)]
@@ -73,7 +102,7 @@ impl Printer {
                     metadata.r#type, metadata.id
                 )
             })?;
-        match self.output {
+        match &self.output {
             Output::Table => {
                 if !self.header_done {
                     let mut header = vec!["NODE"];
@@ -105,7 +134,7 @@ impl Printer {
                 }
                 println!("{line}");
             }
-            Output::Yaml | Output::Json => {
+            Output::Yaml | Output::Json | Output::JsonPath(_) => {
                 let mut doc = serde_json::json!({
                     "node": node,
                     "metadata": {
@@ -122,10 +151,17 @@ impl Printer {
                 if let Some(event) = event {
                     doc["event"] = serde_json::Value::String(event.to_string());
                 }
-                if self.output == Output::Yaml {
-                    print!("---\n{}", serde_yaml_ng::to_string(&doc)?);
-                } else {
-                    println!("{}", serde_json::to_string(&doc)?);
+                match &self.output {
+                    Output::Yaml => print!("---\n{}", serde_yaml_ng::to_string(&doc)?),
+                    Output::JsonPath(path) => {
+                        for value in path.query(&doc).all() {
+                            match value {
+                                serde_json::Value::String(text) => println!("{text}"),
+                                other => println!("{}", serde_json::to_string(other)?),
+                            }
+                        }
+                    }
+                    _ => println!("{}", serde_json::to_string(&doc)?),
                 }
             }
         }
@@ -169,7 +205,7 @@ pub async fn get(connection: &Connection, args: GetArgs) -> Result<()> {
         return Ok(());
     }
     let mut printer = Printer {
-        output: args.output,
+        output: args.output.clone(),
         columns: columns(&definitions, &args.r#type),
         header_done: false,
         events: args.watch,
@@ -227,4 +263,25 @@ pub async fn get(connection: &Connection, args: GetArgs) -> Result<()> {
         }
     }
     failures.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_formats_and_both_jsonpath_forms_parse() {
+        let doc = serde_json::json!({"spec": {"hostname": "n1"}, "metadata": {"id": "x"}});
+        for expression in ["jsonpath={.spec.hostname}", "jsonpath=$.spec.hostname"] {
+            let Ok(Output::JsonPath(path)) = parse_output(expression) else {
+                panic!("{expression} did not parse as a jsonpath");
+            };
+            assert_eq!(path.query(&doc).all(), vec![&serde_json::json!("n1")]);
+        }
+        assert!(matches!(parse_output("yaml"), Ok(Output::Yaml)));
+        assert!(parse_output("xml").unwrap_err().contains("jsonpath=EXPR"));
+        assert!(parse_output("jsonpath={.spec[}")
+            .unwrap_err()
+            .contains("jsonpath"));
+    }
 }

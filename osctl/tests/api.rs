@@ -18,10 +18,16 @@ struct Run {
 }
 
 async fn osctl(dir: &Path, args: &[&str]) -> Run {
+    osctl_with(dir, &[], args).await
+}
+
+/// osctl with these environment variables besides OSCONFIG.
+async fn osctl_with(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_osctl"))
         .args(args)
         .current_dir(dir)
         .env("OSCONFIG", dir.join("osconfig"))
+        .envs(env.iter().copied())
         .output()
         .await
         .unwrap();
@@ -331,6 +337,229 @@ async fn resources_services_logs_and_power_through_osctl() {
     .await;
     assert!(out.contains("reboot requested"), "{out}");
     assert!(out.contains("audit"), "{out}");
+    node.shutdown().await.unwrap();
+}
+
+/// The node's hostname as `osctl get hostname` shows it, once it is `expected` (the
+/// controllers act on a new config in the background).
+async fn wait_for_hostname(dir: &Path, endpoint: &str, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ok(
+            dir,
+            &[
+                "-e",
+                endpoint,
+                "get",
+                "hostname",
+                "-o",
+                "jsonpath={.spec.hostname}",
+            ],
+        )
+        .await;
+        if out.trim() == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hostname is {out:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn hostname_patch(name: &str) -> String {
+    format!("apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nhostname: {name}\n")
+}
+
+/// `osctl patch` and `osctl edit` change a live node's config through the apply plan:
+/// the hostname changes with no reboot, --dry-run changes nothing, a scripted $EDITOR
+/// applies, an invalid edit opens again with its error, and a change made from a config
+/// someone replaced meanwhile is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn patch_and_edit_change_a_live_nodes_config_through_the_plan() {
+    let cluster = cluster_dir().await;
+    let dir = cluster.path();
+    let node = configured(dir, "127.0.0.43", Vec::new()).await;
+    let e = node.local_addr().to_string();
+    let digest = async || {
+        ok(
+            dir,
+            &[
+                "-e",
+                &e,
+                "get",
+                "mc",
+                "active",
+                "-o",
+                "jsonpath={.spec.digest}",
+            ],
+        )
+        .await
+    };
+
+    let before = digest().await;
+    let out = ok(
+        dir,
+        &[
+            "-e",
+            &e,
+            "patch",
+            "mc",
+            "--dry-run",
+            "-p",
+            &hostname_patch("dry"),
+        ],
+    )
+    .await;
+    assert!(out.contains("dry run") && out.contains("hostname"), "{out}");
+    assert_eq!(digest().await, before, "--dry-run changed the config");
+
+    let out = ok(
+        dir,
+        &[
+            "-e",
+            &e,
+            "patch",
+            "machineconfig",
+            "-p",
+            &hostname_patch("patched"),
+        ],
+    )
+    .await;
+    assert!(out.contains("applied without a reboot"), "{out}");
+    wait_for_hostname(dir, &e, "patched").await;
+    let stage = ok(
+        dir,
+        &[
+            "-e",
+            &e,
+            "get",
+            "machinestatus",
+            "-o",
+            "jsonpath={.spec.stage}",
+        ],
+    )
+    .await;
+    assert_eq!(stage.trim(), "running");
+
+    // A scripted editor: the edit applies.
+    let edited = [("EDITOR", "sed -i 's/^hostname: .*/hostname: edited/'")];
+    let run = osctl_with(dir, &edited, &["-e", &e, "edit", "mc"]).await;
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    wait_for_hostname(dir, &e, "edited").await;
+    // Saved unchanged: nothing is applied.
+    let run = osctl_with(dir, &[("EDITOR", "true")], &["-e", &e, "edit", "mc"]).await;
+    assert!(
+        run.ok && run.stdout.contains("no changes"),
+        "{}",
+        run.stdout
+    );
+
+    // An invalid edit opens again with its error; the fixed one applies.
+    let state = tempfile::tempdir().unwrap();
+    let script = state.path().join("editor.sh");
+    std::fs::write(
+        &script,
+        r#"n=$(cat "$STATE/count" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$STATE/count"
+if [ $n = 1 ]; then echo "bogusField: 1" >> "$1"
+else cp "$1" "$STATE/seen"; sed -i -e '/^bogusField/d' -e 's/^hostname: .*/hostname: fixed/' "$1"; fi
+"#,
+    )
+    .unwrap();
+    let editor = format!("sh {}", script.display());
+    let env = [
+        ("EDITOR", editor.as_str()),
+        ("STATE", state.path().to_str().unwrap()),
+    ];
+    let run = osctl_with(dir, &env, &["-e", &e, "edit", "mc"]).await;
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    let seen = std::fs::read_to_string(state.path().join("seen")).unwrap();
+    assert!(
+        seen.contains("#| The edit was not applied") && seen.contains("bogusField"),
+        "the second opening did not show the error:
+{seen}"
+    );
+    wait_for_hostname(dir, &e, "fixed").await;
+
+    // Two editors: another change lands while this one is open, so this one is refused.
+    let script = state.path().join("racing.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "{} -e {e} patch mc -p '{}' >/dev/null && sed -i 's/^hostname: .*/hostname: mine/' \"$1\"\n",
+            env!("CARGO_BIN_EXE_osctl"),
+            hostname_patch("theirs")
+        ),
+    )
+    .unwrap();
+    let editor = format!("sh {}", script.display());
+    let run = osctl_with(
+        dir,
+        &[("EDITOR", editor.as_str())],
+        &["-e", &e, "edit", "mc"],
+    )
+    .await;
+    assert!(!run.ok, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("changed since") && run.stderr.contains("kept in"),
+        "{}",
+        run.stderr
+    );
+    wait_for_hostname(dir, &e, "theirs").await;
+    node.shutdown().await.unwrap();
+}
+
+/// The reader views: the controller graph renders with Graphviz, netstat shows the
+/// node's own API listener and its process, time shows the sync status.
+#[tokio::test(flavor = "multi_thread")]
+async fn inspect_netstat_and_time_show_the_live_node() {
+    let cluster = cluster_dir().await;
+    let dir = cluster.path();
+    let node = configured(dir, "127.0.0.44", Vec::new()).await;
+    let e = node.local_addr().to_string();
+
+    let graph = ok(dir, &["-e", &e, "inspect", "dependencies"]).await;
+    assert!(
+        graph.contains(
+            "\"config/HostnameConfigs.config.basalt.dev\" -> \"network.HostnameController\""
+        ),
+        "{graph}"
+    );
+    let mut dot = tokio::process::Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("graphviz's dot (hack/setup.sh installs it)");
+    use tokio::io::AsyncWriteExt as _;
+    let mut stdin = dot.stdin.take().unwrap();
+    stdin.write_all(graph.as_bytes()).await.unwrap();
+    drop(stdin);
+    let svg = dot.wait_with_output().await.unwrap();
+    assert!(svg.status.success());
+    let svg = String::from_utf8(svg.stdout).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("network.HostnameController"));
+
+    let out = ok(dir, &["-e", &e, "netstat", "-l"]).await;
+    let ours = format!("\t{e}\t");
+    let line = out
+        .lines()
+        .find(|l| l.contains(&ours))
+        .unwrap_or_else(|| panic!("the API listener {e} is not in:\n{out}"));
+    assert!(line.contains("LISTEN"), "{line}");
+    assert!(
+        line.contains(&format!("\t{}/", std::process::id())),
+        "the listener's process is not this one: {line}"
+    );
+    let connected = ok(dir, &["-e", &e, "netstat"]).await;
+    assert!(!connected.contains("LISTEN"), "{connected}");
+
+    let out = ok(dir, &["-e", &e, "time"]).await;
+    assert!(
+        out.starts_with("NODE\tTIME\tOFFSET\tSYNCED\tSERVER"),
+        "{out}"
+    );
     node.shutdown().await.unwrap();
 }
 

@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, HashSet};
-use std::fmt::Write as _;
 use std::time::Duration;
 
+use basalt_resource::Kind;
 use basalt_state::State;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -11,6 +11,22 @@ use crate::runner::{Backoff, ControllerRunner};
 use crate::{
     Controller, Input, InputKind, Output, OutputKind, QController, QInput, RegistrationError,
 };
+
+/// One edge of the controller graph: a controller reads or writes a resource type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    pub controller: &'static str,
+    pub kind: Kind,
+    /// For an input of one resource only.
+    pub id: Option<String>,
+    pub edge: Edge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edge {
+    Input(InputKind),
+    Output(OutputKind),
+}
 
 /// Tunables of an [`Engine`].
 #[derive(Debug, Clone)]
@@ -149,36 +165,28 @@ impl Engine {
         Ok(())
     }
 
-    /// The dependency graph in Graphviz DOT: resource types are ellipses, controllers
-    /// boxes; input edges are solid (strong), dashed (weak) or dotted (destroy-ready),
-    /// output edges bold (exclusive) or plain (shared).
-    pub fn dot(&self) -> String {
-        let mut out = String::from("digraph controllers {\n  rankdir=LR;\n");
-        let mut types = std::collections::BTreeSet::new();
+    /// The dependency graph: every controller's inputs and outputs, in the order they
+    /// were registered (`osctl inspect dependencies` draws it).
+    pub fn dependencies(&self) -> Vec<Dependency> {
+        let mut out = Vec::new();
         for e in &self.entries {
-            let _ = writeln!(out, "  \"{}\" [shape=box];", e.name);
             for i in &e.inputs {
-                types.insert(i.kind.to_string());
-                let style = match i.input_kind {
-                    InputKind::Strong => "solid",
-                    InputKind::Weak => "dashed",
-                    InputKind::DestroyReady => "dotted",
-                };
-                let _ = writeln!(out, "  \"{}\" -> \"{}\" [style={style}];", i.kind, e.name);
+                out.push(Dependency {
+                    controller: e.name,
+                    kind: i.kind.clone(),
+                    id: i.id.clone(),
+                    edge: Edge::Input(i.input_kind),
+                });
             }
             for o in &e.outputs {
-                types.insert(o.kind.to_string());
-                let style = match o.output_kind {
-                    OutputKind::Exclusive => "bold",
-                    OutputKind::Shared => "solid",
-                };
-                let _ = writeln!(out, "  \"{}\" -> \"{}\" [style={style}];", e.name, o.kind);
+                out.push(Dependency {
+                    controller: e.name,
+                    kind: o.kind.clone(),
+                    id: None,
+                    edge: Edge::Output(o.output_kind),
+                });
             }
         }
-        for t in types {
-            let _ = writeln!(out, "  \"{t}\" [shape=ellipse];");
-        }
-        out.push_str("}\n");
         out
     }
 

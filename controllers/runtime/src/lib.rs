@@ -18,7 +18,7 @@ pub mod testing;
 pub use controller::{
     Action, Controller, Input, InputKind, Output, OutputKind, QController, QInput,
 };
-pub use engine::{Engine, EngineOptions};
+pub use engine::{Dependency, Edge, Engine, EngineOptions};
 pub use error::{ControllerError, RegistrationError};
 pub use runtime::{Runtime, Waker};
 pub use tokio_util::sync::CancellationToken;

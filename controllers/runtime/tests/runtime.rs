@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use basalt_controller_runtime::testing::Harness;
 use basalt_controller_runtime::{
-    Action, CancellationToken, Controller, ControllerError, Engine, EngineOptions, Input, Output,
-    QController, QInput, RegistrationError, Runtime,
+    Action, CancellationToken, Controller, ControllerError, Edge, Engine, EngineOptions, Input,
+    InputKind, Output, OutputKind, QController, QInput, RegistrationError, Runtime,
 };
 use basalt_resource::{Kind, Phase, Resource, ResourceKey, ResourceSpec};
 use basalt_state::State;
@@ -130,19 +130,32 @@ fn conflicting_outputs_are_rejected_at_registration() {
     let err = engine.register(SharedB("test.S1")).unwrap_err();
     assert!(matches!(err, RegistrationError::DuplicateName(_)), "{err}");
 
-    let dot = engine.dot();
-    assert!(
-        dot.contains("\"test/As.test.basalt.dev\" -> \"test.One\" [style=dashed];"),
-        "{dot}"
-    );
-    assert!(
-        dot.contains("\"test.One\" -> \"test/Bs.test.basalt.dev\" [style=bold];"),
-        "{dot}"
-    );
-    assert!(
-        dot.contains("\"test.S2\" -> \"test/Cs.test.basalt.dev\" [style=solid];"),
-        "{dot}"
-    );
+    let edges: Vec<(String, String, Edge)> = engine
+        .dependencies()
+        .into_iter()
+        .map(|d| (d.controller.to_string(), d.kind.to_string(), d.edge))
+        .collect();
+    let edge =
+        |controller: &str, kind: &str, edge: Edge| (controller.to_string(), kind.to_string(), edge);
+    for expected in [
+        edge(
+            "test.One",
+            "test/As.test.basalt.dev",
+            Edge::Input(InputKind::Weak),
+        ),
+        edge(
+            "test.One",
+            "test/Bs.test.basalt.dev",
+            Edge::Output(OutputKind::Exclusive),
+        ),
+        edge(
+            "test.S2",
+            "test/Cs.test.basalt.dev",
+            Edge::Output(OutputKind::Shared),
+        ),
+    ] {
+        assert!(edges.contains(&expected), "{expected:?} not in {edges:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,6 +155,9 @@ async fn apply_whole(
             "the node has left maintenance mode: a client certificate is required",
         ));
     }
+    if !request.base_digest.is_empty() {
+        check_base(&request.base_digest, current.as_ref().map(|(_, c)| c))?;
+    }
     let plan = plan::plan(current.as_ref().map(|(_, c)| c), &config, mode).map_err(plan_status)?;
     let mut result = ApplyConfigurationResult {
         metadata: here(),
@@ -181,6 +184,25 @@ async fn apply_whole(
         ));
     }
     Ok(result)
+}
+
+/// Refuses a change made from another config than the one in effect (ABORTED, as
+/// for any compare-and-swap that lost): someone applied a config in between.
+fn check_base(base: &str, current: Option<&Config>) -> Result<(), Status> {
+    let Some(current) = current else {
+        return Err(Status::aborted(format!(
+            "this change was made from config {base}, but the node has no config in effect: \
+             apply a whole config instead"
+        )));
+    };
+    let digest = current.digest().map_err(config_status)?;
+    if digest != base {
+        return Err(Status::aborted(format!(
+            "the config in effect changed since this change was made from it (it was \
+             {base}, it is now {digest}): read it again and redo the change"
+        )));
+    }
+    Ok(())
 }
 
 /// Does what the plan says.

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use basalt_api::machine::v1 as api;
 use basalt_api::machine::v1::machine_service_server::MachineService;
+use basalt_controller_runtime::{Dependency, Edge, InputKind, OutputKind};
 use basalt_machine_config::client::{ClientConfig, Context};
 use basalt_machine_config::Secret;
 use basalt_pki::{issue_client_cert, CertAndKey, Role};
 use basalt_resource::ResourceKey;
 use basalt_resources::secrets::OsRootSpec;
+use basalt_resources::time::TimeStatusSpec;
 use basalt_state::StateError;
 use futures::stream::{self, BoxStream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
@@ -59,6 +61,23 @@ fn power(action: &str) -> Response<api::PowerResponse> {
             action: action.to_string(),
         }],
     })
+}
+
+fn dependency(d: &Dependency) -> api::ControllerDependency {
+    let kind = match d.edge {
+        Edge::Input(InputKind::Weak) => api::DependencyKind::InputWeak,
+        Edge::Input(InputKind::Strong) => api::DependencyKind::InputStrong,
+        Edge::Input(InputKind::DestroyReady) => api::DependencyKind::InputDestroyReady,
+        Edge::Output(OutputKind::Exclusive) => api::DependencyKind::OutputExclusive,
+        Edge::Output(OutputKind::Shared) => api::DependencyKind::OutputShared,
+    };
+    api::ControllerDependency {
+        controller: d.controller.to_string(),
+        kind: kind as i32,
+        namespace: d.kind.namespace.clone(),
+        r#type: d.kind.type_name.clone(),
+        id: d.id.clone().unwrap_or_default(),
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +129,23 @@ impl MachineService for MachineApi {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
+        let key = ResourceKey::of::<TimeStatusSpec>(TimeStatusSpec::ID);
+        // Before the time controller's first run there is no status: not synced yet.
+        let status = match self.shared.state.get(&key).await {
+            Ok(r) => r
+                .spec_as::<TimeStatusSpec>()
+                .map_err(resource_status)?
+                .clone(),
+            Err(StateError::NotFound(_)) => TimeStatusSpec {
+                synced: false,
+                server: String::new(),
+                offset_micros: 0,
+                sets_clock: false,
+                last_step: String::new(),
+                error: "no time status yet".to_string(),
+            },
+            Err(e) => return Err(state_status(e)),
+        };
         Ok(Response::new(api::TimeResponse {
             messages: vec![api::TimeResult {
                 metadata: here(),
@@ -117,6 +153,10 @@ impl MachineService for MachineApi {
                     seconds: now.as_secs() as i64,
                     nanos: now.subsec_nanos() as i32,
                 }),
+                synced: status.synced,
+                server: status.server,
+                error: status.error,
+                sets_clock: status.sets_clock,
             }],
         }))
     }
@@ -295,6 +335,34 @@ impl MachineService for MachineApi {
             messages: vec![api::DisksResult {
                 metadata: here(),
                 disks,
+            }],
+        }))
+    }
+
+    async fn netstat(
+        &self,
+        request: Request<api::NetstatRequest>,
+    ) -> Result<Response<api::NetstatResponse>, Status> {
+        let filter = api::NetstatFilter::try_from(request.into_inner().filter)
+            .map_err(|e| Status::invalid_argument(format!("netstat filter: {e}")))?;
+        let sockets = self.shared.node.system.netstat(filter).await?;
+        Ok(Response::new(api::NetstatResponse {
+            messages: vec![api::NetstatResult {
+                metadata: here(),
+                sockets,
+            }],
+        }))
+    }
+
+    async fn controller_dependencies(
+        &self,
+        _request: Request<api::ControllerDependenciesRequest>,
+    ) -> Result<Response<api::ControllerDependenciesResponse>, Status> {
+        let edges = self.shared.dependencies.iter().map(dependency).collect();
+        Ok(Response::new(api::ControllerDependenciesResponse {
+            messages: vec![api::ControllerDependenciesResult {
+                metadata: here(),
+                edges,
             }],
         }))
     }

@@ -15,6 +15,7 @@ use apid::{AuthorizedCaller, Backend, Limits};
 use basalt_api::common::v1::Metadata as NodeMetadata;
 use basalt_api::machine::v1::machine_service_server::MachineServiceServer;
 use basalt_api::resource::v1::resource_service_server::ResourceServiceServer;
+use basalt_controller_runtime::Dependency;
 use basalt_machine_config::Mode;
 use basalt_resource::{Registry, ResourceKey};
 use basalt_resources::secrets::ApiCertificatesSpec;
@@ -39,6 +40,8 @@ pub(crate) struct Shared {
     pub node: NodeHandles,
     pub events: EventLog,
     pub validation_mode: Mode,
+    /// The controller graph, as registered.
+    pub dependencies: Vec<Dependency>,
     /// One configuration change at a time.
     pub apply_lock: tokio::sync::Mutex<apply::Pending>,
 }
@@ -56,6 +59,7 @@ impl Shared {
         node: NodeHandles,
         events: EventLog,
         validation_mode: Mode,
+        dependencies: Vec<Dependency>,
     ) -> Self {
         Shared {
             state,
@@ -63,6 +67,7 @@ impl Shared {
             node,
             events,
             validation_mode,
+            dependencies,
             apply_lock: tokio::sync::Mutex::new(Default::default()),
         }
     }

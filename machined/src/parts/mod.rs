@@ -113,6 +113,7 @@ pub trait System: Send + Sync + 'static {
     async fn memory(&self) -> Result<api::MemoryResult, NodeError>;
     async fn mounts(&self) -> Result<Vec<api::Mount>, NodeError>;
     async fn disks(&self) -> Result<Vec<api::Disk>, NodeError>;
+    async fn netstat(&self, filter: api::NetstatFilter) -> Result<Vec<api::Socket>, NodeError>;
     /// The kernel log: the last `tail` lines (`None`: all), then new lines with `follow`.
     async fn dmesg(&self, follow: bool, tail: Option<usize>) -> Result<ByteStream, NodeError>;
 }

@@ -169,6 +169,86 @@ pub(crate) fn parse_kmsg_record(record: &str) -> Option<KmsgRecord> {
     })
 }
 
+/// One line of `/proc/net/{tcp,tcp6,udp,udp6}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NetSocket {
+    pub local: std::net::SocketAddr,
+    pub remote: std::net::SocketAddr,
+    /// The kernel's state number (`TCP_ESTABLISHED` = 1 ... `TCP_NEW_SYN_RECV` = 12).
+    pub state: u8,
+    pub tx_queue: u32,
+    pub rx_queue: u32,
+    pub uid: u32,
+    pub inode: u64,
+}
+
+/// The kernel's name of a socket state number (include/net/tcp_states.h).
+pub(crate) fn socket_state_name(state: u8) -> &'static str {
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+/// `ADDR:PORT` as /proc/net shows it: the address as 32-bit words in hex, each in the
+/// machine's byte order (one word for IPv4, four for IPv6), the port in hex.
+fn parse_net_address(text: &str) -> Option<std::net::SocketAddr> {
+    let (address, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        let hex = address.get(i * 8..i * 8 + 8)?;
+        Some(u32::from_str_radix(hex, 16).ok()?.to_ne_bytes())
+    };
+    let ip = match address.len() {
+        8 => std::net::IpAddr::from(word(0)?),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for (i, chunk) in bytes.chunks_exact_mut(4).enumerate() {
+                chunk.copy_from_slice(&word(i)?);
+            }
+            std::net::IpAddr::from(bytes)
+        }
+        _ => return None,
+    };
+    Some(std::net::SocketAddr::new(ip, port))
+}
+
+/// Parses a socket line of `/proc/net/tcp` (and tcp6, udp, udp6): `sl local remote st
+/// tx:rx tr:when retrnsmt uid timeout inode ...`. The header line gives `None`.
+pub(crate) fn parse_net_line(line: &str) -> Option<NetSocket> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let field = |n: usize| fields.get(n).copied();
+    let (tx, rx) = field(4)?.split_once(':')?;
+    Some(NetSocket {
+        local: parse_net_address(field(1)?)?,
+        remote: parse_net_address(field(2)?)?,
+        state: u8::from_str_radix(field(3)?, 16).ok()?,
+        tx_queue: u32::from_str_radix(tx, 16).ok()?,
+        rx_queue: u32::from_str_radix(rx, 16).ok()?,
+        uid: field(7)?.parse().ok()?,
+        inode: field(9)?.parse().ok()?,
+    })
+}
+
+/// The inode of a `/proc/[pid]/fd/N` link target `socket:[INODE]`.
+pub(crate) fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -300,5 +380,48 @@ mod tests {
         for bad in ["", ";", "6,1;x", "x,1,2,-;m", "6,1,two,-;m", "6,1,2,-"] {
             assert_eq!(parse_kmsg_record(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn proc_net_lines() {
+        // 127.0.0.1:8080 listening, as a little-endian machine writes it.
+        let word = |ip: [u8; 4]| format!("{:08X}", u32::from_ne_bytes(ip));
+        let line = format!(
+            "   0: {}:1F90 00000000:0000 0A 00000002:00000003 00:00000000 00000000  1000        0 4242 1 0000000000000000 100 0 0 10 0",
+            word([127, 0, 0, 1])
+        );
+        let s = parse_net_line(&line).unwrap();
+        assert_eq!(s.local, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(s.remote, "0.0.0.0:0".parse().unwrap());
+        assert_eq!(socket_state_name(s.state), "LISTEN");
+        assert_eq!((s.tx_queue, s.rx_queue, s.uid, s.inode), (2, 3, 1000, 4242));
+        // ::1 port 443, established.
+        let v6 = format!(
+            "{}{}{}{}",
+            word([0; 4]),
+            word([0; 4]),
+            word([0; 4]),
+            word([0, 0, 0, 1])
+        );
+        let line = format!(
+            "   1: {v6}:01BB {v6}:D431 01 00000000:00000000 00:00000000 00000000     0        0 99 1"
+        );
+        let s = parse_net_line(&line).unwrap();
+        assert_eq!(s.local, "[::1]:443".parse().unwrap());
+        assert_eq!(s.remote, "[::1]:54321".parse().unwrap());
+        assert_eq!(socket_state_name(s.state), "ESTABLISHED");
+        for bad in [
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode",
+            "",
+            "0: 0100007F:1F90",
+            "0: 0100007F:ZZZZ 00000000:0000 0A 0:0 00:0 0 0 0 1",
+            "0: 00007F:1F90 00000000:0000 0A 0:0 00:0 0 0 0 1",
+            "0: 0100007F:1F90 00000000:0000 0A 00000000 00:0 0 0 0 1",
+        ] {
+            assert_eq!(parse_net_line(bad), None, "{bad:?}");
+        }
+        assert_eq!(socket_inode("socket:[4242]"), Some(4242));
+        assert_eq!(socket_inode("pipe:[4242]"), None);
+        assert_eq!(socket_inode("socket:[x]"), None);
     }
 }

@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::procfs::{
-    parse_cmdline, parse_kmsg_record, parse_meminfo, parse_mountinfo_line, parse_stat,
+    parse_cmdline, parse_kmsg_record, parse_meminfo, parse_mountinfo_line, parse_net_line,
+    parse_stat, socket_inode, socket_state_name,
 };
 use basalt_sys::kmsg;
 
@@ -168,6 +169,88 @@ fn read_disks(sys: &Path) -> Result<Vec<api::Disk>, NodeError> {
     Ok(out)
 }
 
+/// The state numbers of a socket that waits for peers: a TCP listener, an unconnected
+/// UDP socket (which the kernel shows as closed).
+const TCP_LISTEN: u8 = 10;
+const UDP_UNCONNECTED: u8 = 7;
+
+/// The TCP and UDP sockets of the reader's network namespace, each with the process that
+/// holds it (the first found, when several share it).
+fn read_sockets(proc: &Path, filter: api::NetstatFilter) -> Result<Vec<api::Socket>, NodeError> {
+    let holders = socket_holders(proc);
+    let mut out = Vec::new();
+    for protocol in ["tcp", "tcp6", "udp", "udp6"] {
+        let path = proc.join("net").join(protocol);
+        // A kernel without IPv6 has no tcp6 or udp6.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let waiting = if protocol.starts_with("tcp") {
+            TCP_LISTEN
+        } else {
+            UDP_UNCONNECTED
+        };
+        for socket in text.lines().filter_map(parse_net_line) {
+            let listening = socket.state == waiting;
+            let wanted = match filter {
+                api::NetstatFilter::All => true,
+                api::NetstatFilter::Listening => listening,
+                api::NetstatFilter::Connected => !listening,
+            };
+            if !wanted {
+                continue;
+            }
+            let (pid, process) = holders.get(&socket.inode).cloned().unwrap_or_default();
+            out.push(api::Socket {
+                protocol: protocol.to_string(),
+                local_ip: socket.local.ip().to_string(),
+                local_port: u32::from(socket.local.port()),
+                remote_ip: socket.remote.ip().to_string(),
+                remote_port: u32::from(socket.remote.port()),
+                state: socket_state_name(socket.state).to_string(),
+                uid: socket.uid,
+                inode: socket.inode,
+                tx_queue: socket.tx_queue,
+                rx_queue: socket.rx_queue,
+                pid,
+                process,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Socket inode -> (pid, command name), from every process's open files. Processes that
+/// vanish or cannot be read while listing are left out.
+fn socket_holders(proc: &Path) -> std::collections::HashMap<u64, (i32, String)> {
+    let mut holders = std::collections::HashMap::new();
+    let Ok(entries) = read_dir(proc) else {
+        return holders;
+    };
+    for entry in entries {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let comm = read_trimmed(&entry.path().join("comm")).unwrap_or_default();
+        for fd in fds.filter_map(Result::ok) {
+            let inode = std::fs::read_link(fd.path())
+                .ok()
+                .and_then(|link| socket_inode(&link.to_string_lossy()));
+            if let Some(inode) = inode {
+                holders.entry(inode).or_insert_with(|| (pid, comm.clone()));
+            }
+        }
+    }
+    holders
+}
+
 #[async_trait]
 impl System for ProcSystem {
     async fn processes(&self) -> Result<Vec<api::Process>, NodeError> {
@@ -176,6 +259,11 @@ impl System for ProcSystem {
             read_processes(&proc, ticks, page)
         })
         .await
+    }
+
+    async fn netstat(&self, filter: api::NetstatFilter) -> Result<Vec<api::Socket>, NodeError> {
+        let proc = self.proc.clone();
+        blocking("listing sockets", move || read_sockets(&proc, filter)).await
     }
 
     async fn memory(&self) -> Result<api::MemoryResult, NodeError> {
