@@ -33,6 +33,9 @@ pub struct Connection {
     pub channel: Channel,
     pub endpoint: String,
     pub nodes: Vec<String>,
+    /// What is wrong with the client certificate, if anything (see
+    /// [`crate::diagnose::client_certificate_problem`]).
+    pub client_certificate_problem: Option<String>,
     /// `nodes` as the header each request carries; `None` for the endpoint itself.
     nodes_header: Option<MetadataValue<Ascii>>,
 }
@@ -98,6 +101,7 @@ impl Connection {
         }
         let nodes_header = nodes_header(&nodes)?;
 
+        let mut client_certificate_problem = None;
         let tls = if global.insecure {
             let pin = global
                 .fingerprint
@@ -113,6 +117,10 @@ impl Connection {
                     osconfig.display()
                 );
             };
+            client_certificate_problem = crate::diagnose::client_certificate_problem(
+                &context.crt,
+                time::OffsetDateTime::now_utc(),
+            );
             ClientTls::Mutual {
                 ca: context.ca.clone(),
                 crt: context.crt.clone(),
@@ -130,6 +138,7 @@ impl Connection {
                         channel,
                         endpoint: endpoint.clone(),
                         nodes,
+                        client_certificate_problem,
                         nodes_header,
                     })
                 }

@@ -1,7 +1,8 @@
 //! What went wrong reaching a node, said so that the user knows what to do: nothing
 //! listening, no answer in time, a certificate refused (by which side, and why), the
-//! node wanting a client certificate. Permission denied needs nothing here: the node's
-//! answer names the roles the call needs.
+//! node wanting a client certificate, this client's own certificate expired. Permission
+//! denied needs nothing here: the node's answer names the roles the call needs and the
+//! caller's.
 
 use std::io;
 
@@ -38,6 +39,32 @@ pub fn closed_by_peer(error: &anyhow::Error) -> bool {
         });
         io_closed || http_closed
     })
+}
+
+/// What is wrong with this context's own client certificate on this machine's clock, if
+/// anything: a node refuses one that expired or is not valid yet, and with TLS 1.3 the
+/// client learns only that the connection closed, so the reason is found here.
+pub fn client_certificate_problem(crt_pem: &str, now: time::OffsetDateTime) -> Option<String> {
+    let info = basalt_pki::inspect(crt_pem).ok()?;
+    let date = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| t.to_string())
+    };
+    if now > info.not_after {
+        Some(format!(
+            "this context's client certificate expired on {} (a new osconfig comes from \
+             `osctl gen config` with the cluster's secrets)",
+            date(info.not_after)
+        ))
+    } else if now < info.not_before {
+        Some(format!(
+            "this context's client certificate is not valid before {}: check this \
+             machine's clock",
+            date(info.not_before)
+        ))
+    } else {
+        None
+    }
 }
 
 fn problem(cause: &(dyn std::error::Error + 'static), endpoint: &str) -> Option<String> {

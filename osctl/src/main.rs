@@ -266,13 +266,18 @@ fn remote(cli: &Cli, command: impl AsyncFnOnce(&connect::Connection) -> Result<(
         let connection = connect::Connection::open(&cli.global, &osconfig).await?;
         command(&connection)
             .await
-            .map_err(|e| explain_call(e, &connection.endpoint, cli.global.insecure))
+            .map_err(|e| explain_call(e, &connection, cli.global.insecure))
     })
 }
 
 /// A call that failed after the connection was made: a certificate refused after the
 /// handshake (TLS 1.3 refuses client certificates then), or the connection closed.
-fn explain_call(error: anyhow::Error, endpoint: &str, insecure: bool) -> anyhow::Error {
+fn explain_call(
+    error: anyhow::Error,
+    connection: &connect::Connection,
+    insecure: bool,
+) -> anyhow::Error {
+    let endpoint = &connection.endpoint;
     if let Some(text) = diagnose::explain(&error, endpoint) {
         return error.context(text);
     }
@@ -283,10 +288,16 @@ fn explain_call(error: anyhow::Error, endpoint: &str, insecure: bool) -> anyhow:
         ));
     }
     if diagnose::closed_by_peer(&error) {
+        if let Some(problem) = &connection.client_certificate_problem {
+            return error.context(format!(
+                "{endpoint} closed the connection after the handshake: it refused this client \
+                 certificate: {problem}"
+            ));
+        }
         return error.context(format!(
             "{endpoint} closed the connection after the handshake: it refused this client \
-             certificate (signed by another cluster's CA, or expired: a new osconfig comes \
-             from `osctl gen config` with the cluster's secrets)"
+             certificate (signed by another cluster's CA?): a new osconfig comes from `osctl \
+             gen config` with this cluster's secrets"
         ));
     }
     error

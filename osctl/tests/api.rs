@@ -644,3 +644,83 @@ async fn a_client_certificate_of_another_cluster_is_named_as_refused() {
     );
     node.shutdown().await.unwrap();
 }
+
+/// A copy of the cluster's osconfig in a new directory, its client certificate issued by
+/// the cluster's OS CA for `roles`, valid from now for `validity`.
+fn osconfig_with(dir: &Path, roles: &[basalt_pki::Role], validity: Duration) -> tempfile::TempDir {
+    use basalt_machine_config::client::ClientConfig;
+    let bundle = basalt_pki::SecretsBundle::read_from(dir.join("secrets.yaml")).unwrap();
+    let cert = basalt_pki::issue_client_cert(&bundle.certs.os, "someone", roles, validity).unwrap();
+    let mut client =
+        ClientConfig::parse(&std::fs::read_to_string(dir.join("osconfig")).unwrap()).unwrap();
+    let context = client.current_mut().unwrap();
+    context.crt = cert.crt;
+    context.key = basalt_machine_config::Secret::new(cert.key);
+    let new = tempfile::tempdir().unwrap();
+    std::fs::write(new.path().join("osconfig"), client.to_yaml().unwrap()).unwrap();
+    new
+}
+
+/// A client certificate that expired is named as expired (the node refuses it; with TLS
+/// 1.3 the client sees only the connection close, so osctl checks its own certificate).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_client_certificate_is_named_as_expired() {
+    let cluster = cluster_dir().await;
+    let node = configured(cluster.path(), "127.0.0.75", Vec::new()).await;
+    let endpoint = node.local_addr().to_string();
+    let expired = osconfig_with(
+        cluster.path(),
+        &[basalt_pki::Role::Admin],
+        Duration::from_secs(1),
+    );
+    // Valid for one second: expired after two.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let run = osctl(expired.path(), &["-e", &endpoint, "version"]).await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("refused this client certificate") && run.stderr.contains("expired"),
+        "{}",
+        run.stderr
+    );
+    node.shutdown().await.unwrap();
+}
+
+/// A call the caller's role does not allow names the roles it needs and the caller's.
+#[tokio::test(flavor = "multi_thread")]
+async fn permission_denied_names_the_role_needed() {
+    let cluster = cluster_dir().await;
+    let node = configured(cluster.path(), "127.0.0.76", Vec::new()).await;
+    let endpoint = node.local_addr().to_string();
+    let reader = osconfig_with(
+        cluster.path(),
+        &[basalt_pki::Role::Reader],
+        Duration::from_secs(3600),
+    );
+    ok(reader.path(), &["-e", &endpoint, "version"]).await;
+    let run = osctl(reader.path(), &["-e", &endpoint, "reboot"]).await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr
+            .contains("needs one of the roles os:admin, os:operator")
+            && run.stderr.contains("has os:reader"),
+        "{}",
+        run.stderr
+    );
+    node.shutdown().await.unwrap();
+}
+
+/// A node reached by a name its certificate does not carry is named as such.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_the_nodes_certificate_lacks_is_named() {
+    let cluster = cluster_dir().await;
+    let node = configured(cluster.path(), "127.0.0.1", Vec::new()).await;
+    let port = node.local_addr().port();
+    let run = osctl(
+        cluster.path(),
+        &["-e", &format!("localhost:{port}"), "version"],
+    )
+    .await;
+    assert!(!run.ok);
+    assert!(run.stderr.contains("does not name it"), "{}", run.stderr);
+    node.shutdown().await.unwrap();
+}
