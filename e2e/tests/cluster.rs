@@ -207,6 +207,30 @@ async fn shim_of(cluster: &Cluster, node: &str, timeout: Duration) -> u32 {
     }
 }
 
+/// Waits until `node`'s hostname resource says `expected`.
+async fn wait_for_hostname(cluster: &Cluster, node: &str, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let args = [
+            "-n",
+            node,
+            "get",
+            "hostname",
+            "-o",
+            "jsonpath={.spec.hostname}",
+        ];
+        let out = cluster.ok(&args).await;
+        if out.trim() == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node}'s hostname is {out:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn kill(pid: u32) {
     send(pid, "KILL");
 }
@@ -254,6 +278,29 @@ async fn a_three_node_cluster_is_made_used_through_one_endpoint_and_destroyed_le
     assert!(!out.contains("Maintenance: true"), "{out}");
     let out = cluster.ok(&["-n", &addresses[2], "get", "hostname"]).await;
     assert!(out.contains(&nodes[2]), "{out}");
+
+    // A worker's config changed live through the endpoint: patched, then edited back.
+    let renamed = format!("{}-renamed", nodes[2]);
+    let patch =
+        format!("apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nhostname: {renamed}\n");
+    let out = cluster
+        .ok(&["-n", &addresses[2], "patch", "mc", "-p", &patch])
+        .await;
+    assert!(out.contains("applied without a reboot"), "{out}");
+    wait_for_hostname(&cluster, &addresses[2], &renamed).await;
+    let editor = format!("sed -i 's/^hostname: .*/hostname: {}/'", nodes[2]);
+    let edited = cluster
+        .command(&["-n", &addresses[2], "edit", "mc"])
+        .env("EDITOR", &editor)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        edited.status.success(),
+        "{}",
+        String::from_utf8_lossy(&edited.stderr)
+    );
+    wait_for_hostname(&cluster, &addresses[2], &nodes[2]).await;
 
     // The workers hold no CA key: their API certificates came from the control plane's
     // trustd; the control plane issued its own.

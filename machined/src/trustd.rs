@@ -39,12 +39,14 @@ use crate::api::status::pki_status;
 
 /// How often trustd reads the node's CA and certificates again (a local call).
 const POLL: Duration = Duration::from_millis(200);
-/// A member not heard from for this long is dropped (members register every 10 s).
+/// A member not heard from for this long is dropped (members register every second).
 const MEMBER_TTL: Duration = Duration::from_secs(60);
 /// The most members, and addresses per member, trustd keeps: the registry's memory is
 /// bounded whatever token holders send.
 const MAX_MEMBERS: usize = 1024;
 const MAX_ADDRESSES: usize = 16;
+/// The most former names one registration may drop.
+const MAX_REPLACED: usize = 8;
 
 /// The running trustd task of a node.
 #[derive(Debug)]
@@ -347,17 +349,29 @@ impl TrustService for Signer {
     ) -> Result<Response<RegisterResponse>, Status> {
         self.authorize(&request).await?;
         let who = Self::who(&request);
+        let request = request.into_inner();
         let member = request
-            .into_inner()
             .member
             .ok_or_else(|| Status::invalid_argument("member: missing"))?;
         check_member(&member)?;
+        if request.replaces.len() > MAX_REPLACED {
+            return Err(Status::invalid_argument(format!(
+                "replaces: at most {MAX_REPLACED} former names, not {}",
+                request.replaces.len()
+            )));
+        }
         let now = Instant::now();
         let mut members = self
             .members
             .lock()
             .map_err(|_| Status::internal("the member registry is poisoned"))?;
         members.retain(|_, (_, seen)| now.duration_since(*seen) < MEMBER_TTL);
+        // A renamed node: its former names go now, not a minute later.
+        for name in request.replaces.iter().filter(|n| **n != member.name) {
+            if members.remove(name).is_some() {
+                tracing::info!(peer = %who, name = %name, now = %member.name, "member renamed");
+            }
+        }
         if !members.contains_key(&member.name) && members.len() >= MAX_MEMBERS {
             return Err(Status::resource_exhausted(format!(
                 "the cluster has {MAX_MEMBERS} members already"

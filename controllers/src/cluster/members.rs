@@ -1,6 +1,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use basalt_api::trustd::v1::{Member, RegisterRequest};
@@ -20,6 +20,11 @@ use crate::trustd;
 /// How often a node registers again (trustd drops a member not heard from in 60 s), so
 /// that every node learns of a new one within a second.
 const REFRESH: Duration = Duration::from_secs(1);
+/// trustd forgets a member not heard from in this long: a former name is sent as replaced
+/// for as long, so that every trustd, even one unreachable for a while, drops it.
+const FORMER_NAME_TTL: Duration = Duration::from_secs(60);
+/// The most former names one registration carries (trustd refuses more); the newest.
+const MAX_FORMER_NAMES: usize = 8;
 /// After a round in which no trustd answered (a control plane's own trustd starts a
 /// moment after its config).
 const RETRY: Duration = Duration::from_millis(500);
@@ -40,6 +45,9 @@ pub struct MembersController {
     channels_ca: String,
     /// No trustd answered the last round: said once, not every retry.
     unreachable: bool,
+    /// The name registered last, and the names before it with when they were replaced.
+    registered_as: Option<String>,
+    former_names: Vec<(String, Instant)>,
 }
 
 impl MembersController {
@@ -50,7 +58,27 @@ impl MembersController {
             channels: HashMap::new(),
             channels_ca: String::new(),
             unreachable: false,
+            registered_as: None,
+            former_names: Vec::new(),
         }
+    }
+}
+
+impl MembersController {
+    /// The names this node registered under before `name`, within [`FORMER_NAME_TTL`].
+    fn former_names_of(&mut self, name: &str) -> Vec<String> {
+        let now = Instant::now();
+        if let Some(old) = self.registered_as.replace(name.to_string()) {
+            if old != name {
+                self.former_names.push((old, now));
+            }
+        }
+        self.former_names.retain(|(former, since)| {
+            former != name && now.duration_since(*since) < FORMER_NAME_TTL
+        });
+        let excess = self.former_names.len().saturating_sub(MAX_FORMER_NAMES);
+        self.former_names.drain(..excess);
+        self.former_names.iter().map(|(n, _)| n.clone()).collect()
     }
 }
 
@@ -113,6 +141,7 @@ impl Controller for MembersController {
             role: role_name(role.spec.role).to_string(),
             addresses,
         };
+        let replaces = self.former_names_of(&me.name);
 
         // trustd on the endpoint's host, and on every control-plane member known.
         let known = rt.list::<MemberSpec>().await?;
@@ -154,6 +183,7 @@ impl Controller for MembersController {
             };
             let request = RegisterRequest {
                 member: Some(me.clone()),
+                replaces: replaces.clone(),
             };
             let answer = trustd::call(
                 &root.spec,
@@ -210,5 +240,26 @@ impl Controller for MembersController {
         } else {
             REFRESH
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_renamed_node_names_its_former_names_newest_last_and_at_most_eight() {
+        let mut c = MembersController::new(vec!["10.0.0.2".into()], 50001);
+        assert!(c.former_names_of("a").is_empty());
+        assert!(c.former_names_of("a").is_empty());
+        assert_eq!(c.former_names_of("b"), ["a"]);
+        // Back to a former name: it is no longer former.
+        assert_eq!(c.former_names_of("a"), ["b"]);
+        for i in 0..20 {
+            c.former_names_of(&format!("n{i}"));
+        }
+        let former = c.former_names_of("last");
+        assert_eq!(former.len(), MAX_FORMER_NAMES);
+        assert_eq!(former.last().map(String::as_str), Some("n19"));
     }
 }
