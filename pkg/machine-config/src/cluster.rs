@@ -15,8 +15,10 @@ kind_tag!(ClusterConfigKind => "ClusterConfig");
 pub struct ClusterConfig {
     pub api_version: ApiVersion,
     pub kind: ClusterConfigKind,
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::text()"))]
     pub name: String,
     /// Base64 of 32 random bytes: the cluster's identity in discovery.
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::text()"))]
     pub id: String,
     /// Base64 of 32 random bytes: the KubeSpan pre-shared key and discovery encryption key.
     #[serde(default, skip_serializing_if = "Secret::is_empty")]
@@ -44,6 +46,7 @@ pub struct ClusterConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ControlPlane {
     /// `https://HOST:PORT` of the Kubernetes API.
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::text()"))]
     pub endpoint: String,
 }
 
@@ -54,6 +57,7 @@ pub struct Etcd {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<CertKey>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::maybe_text()"))]
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_map()"))]
@@ -77,17 +81,18 @@ pub enum Cni {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterNetwork {
     #[serde(default = "default_pod_subnets")]
-    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_vec()"))]
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_texts()"))]
     pub pod_subnets: Vec<String>,
     #[serde(default = "default_service_subnets")]
-    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_vec()"))]
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_texts()"))]
     pub service_subnets: Vec<String>,
     #[serde(default = "default_dns_domain")]
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::text()"))]
     pub dns_domain: String,
     #[serde(default)]
     pub cni: Cni,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_vec()"))]
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_texts()"))]
     pub cni_urls: Vec<String>,
 }
 
@@ -120,9 +125,10 @@ impl Default for ClusterNetwork {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiServer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::maybe_text()"))]
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_vec()"))]
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_texts()"))]
     pub cert_sans: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_map()"))]

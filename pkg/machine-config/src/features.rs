@@ -29,7 +29,7 @@ pub struct KubeSpanConfig {
     pub mtu: Option<u32>,
     /// Only endpoints in these CIDRs (a leading `!` excludes) are advertised.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_vec()"))]
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_texts()"))]
     pub endpoint_filters: Vec<String>,
 }
 
@@ -70,6 +70,7 @@ impl Default for KubePrismConfig {
 pub struct ExtensionServiceConfig {
     pub api_version: ApiVersion,
     pub kind: ExtensionServiceConfigKind,
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::text()"))]
     pub name: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_map()"))]
@@ -84,6 +85,8 @@ pub struct ExtensionServiceConfig {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigFile {
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::text()"))]
     pub mount_path: String,
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::text()"))]
     pub content: String,
 }

@@ -34,14 +34,15 @@ pub struct MachineConfig {
     pub ca: Option<CertKey>,
     /// Extra names and addresses for the API server certificate of this node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_vec()"))]
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_texts()"))]
     pub cert_sans: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install: Option<Install>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_vec()"))]
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_texts()"))]
     pub kernel_args: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::maybe_text()"))]
     pub hostname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
@@ -68,8 +69,10 @@ pub struct MachineConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Install {
     /// The disk to install to, e.g. `/dev/sda` or `/dev/disk/by-id/...`.
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::text()"))]
     pub disk: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::maybe_text()"))]
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub wipe: bool,
@@ -86,7 +89,7 @@ pub struct Network {
     #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_vec()"))]
     pub nameservers: Vec<IpAddr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_vec()"))]
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_texts()"))]
     pub time_servers: Vec<String>,
 }
 
@@ -95,6 +98,7 @@ pub struct Network {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Link {
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::text()"))]
     pub name: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dhcp: bool,
@@ -102,7 +106,7 @@ pub struct Link {
     pub mtu: Option<u32>,
     /// Addresses in CIDR notation (`192.0.2.10/24`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_vec()"))]
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_texts()"))]
     pub addresses: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_vec()"))]
@@ -115,6 +119,7 @@ pub struct Link {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Route {
     /// Destination in CIDR notation; `0.0.0.0/0` for a default route.
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::text()"))]
     pub network: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<IpAddr>,
@@ -127,13 +132,14 @@ pub struct Route {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Kubelet {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::maybe_text()"))]
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_map()"))]
     pub extra_args: BTreeMap<String, String>,
     /// Subnets (CIDR) the kubelet picks its node IP from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_vec()"))]
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::small_texts()"))]
     pub node_ip_subnets: Vec<String>,
 }
 
@@ -151,7 +157,9 @@ pub enum FileOp {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct File {
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::text()"))]
     pub path: String,
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::text()"))]
     pub content: String,
     /// Unix permissions, e.g. `0o644` written as 420.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -12,7 +12,7 @@ pub const REDACTED: &str = "******";
 #[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[serde(transparent)]
-pub struct Secret(String);
+pub struct Secret(#[cfg_attr(test, proptest(strategy = "crate::arbitrary::text()"))] String);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
@@ -51,6 +51,7 @@ impl fmt::Debug for Secret {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CertKey {
+    #[cfg_attr(test, proptest(strategy = "crate::arbitrary::text()"))]
     pub crt: String,
     #[serde(default, skip_serializing_if = "Secret::is_empty")]
     pub key: Secret,
