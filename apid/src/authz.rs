@@ -88,7 +88,8 @@ pub fn rule_for(path: &str) -> Option<&'static Rule> {
 
 /// The result of a call as its response headers tell it: an error before the handler
 /// produced anything (a malformed or oversized message, a failed handler) comes back as a
-/// status in the headers; a stream's later errors come in its trailers.
+/// status in the headers; a stream's later errors come in its trailers. Exact for a unary
+/// call, which every mutating RPC is (a test keeps it so): the audit of changes uses it.
 pub fn result_of<B>(response: &http::Response<B>) -> tonic::Code {
     match Status::from_header_map(response.headers()) {
         Some(status) => status.code(),
@@ -218,6 +219,19 @@ mod tests {
                 "rule for unknown RPC {}",
                 rule.path
             );
+        }
+    }
+
+    /// The audit reads a call's result from its response headers ([`result_of`]), which
+    /// is the whole story only for unary calls: a streaming RPC that changes the node
+    /// needs its audit to read the trailers first.
+    #[test]
+    fn every_mutating_rpc_is_unary() {
+        for rule in RULES.iter().filter(|r| r.mutating) {
+            let streaming = basalt_api::METHODS
+                .iter()
+                .any(|(p, streams)| *p == rule.path && *streams);
+            assert!(!streaming, "{} changes the node and streams", rule.path);
         }
     }
 }

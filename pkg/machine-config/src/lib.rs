@@ -66,7 +66,9 @@ pub struct Config {
 
 impl Config {
     /// A copy with every secret replaced by [`REDACTED`]: for any display meant for
-    /// readers (the API's `os:reader` role, logs, dry-run diffs).
+    /// readers (the API's `os:reader` role, logs, dry-run diffs). Environment values and
+    /// file contents count as secrets: they carry credentials (a proxy's, a registry's)
+    /// as often as not.
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
         let redact_pair = |p: &mut Option<CertKey>| {
@@ -74,9 +76,22 @@ impl Config {
                 p.key.redact();
             }
         };
+        let redact_text = |text: &mut String| {
+            if !text.is_empty() {
+                *text = REDACTED.to_string();
+            }
+        };
         if let Some(m) = &mut c.machine {
             m.token.redact();
             redact_pair(&mut m.ca);
+            m.env.values_mut().for_each(redact_text);
+            m.files.iter_mut().for_each(|f| redact_text(&mut f.content));
+        }
+        for e in &mut c.extensions {
+            e.environment.values_mut().for_each(redact_text);
+            e.config_files
+                .iter_mut()
+                .for_each(|f| redact_text(&mut f.content));
         }
         if let Some(cl) = &mut c.cluster {
             cl.secret.redact();

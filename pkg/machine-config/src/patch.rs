@@ -4,7 +4,10 @@
 //! Strategic merge: maps merge key by key; a value `{"$patch": "delete"}` deletes the key
 //! (or, as a whole document, the document); lists of links merge by `name`, routes by
 //! `network`, files by `path`, extension config files by `mountPath` (an item with
-//! `$patch: delete` removes the item of that key); other lists and scalars are replaced.
+//! `$patch: delete` removes the item of that key); lists users add to rather than restate
+//! append the items not there yet: the certificate SANs (machine and API server) and the
+//! kernel arguments, as in Talos; other lists and scalars are replaced (a JSON patch
+//! replaces or removes any item).
 //!
 //! JSON patch paths start with the document kind: `/MachineConfig/network/links/0/mtu`,
 //! `/ExtensionServiceConfig/NAME/environment/FOO`.
@@ -59,6 +62,17 @@ fn merge_key(kind: &str, path: &[String]) -> Option<&'static str> {
     }
 }
 
+/// Whether the list at `path` in a document of `kind` takes a patch's items in addition to
+/// its own (each once), rather than being replaced by them.
+fn appends(kind: &str, path: &[String]) -> bool {
+    let path: Vec<&str> = path.iter().map(String::as_str).collect();
+    matches!(
+        (kind, path.as_slice()),
+        ("MachineConfig", ["certSans"] | ["kernelArgs"])
+            | ("ClusterConfig", ["apiServer", "certSans"])
+    )
+}
+
 fn is_delete(v: &Value) -> bool {
     v.get(DELETE).and_then(Value::as_str) == Some("delete")
 }
@@ -98,6 +112,13 @@ fn merge(kind: &str, path: &mut Vec<String>, base: &mut Value, patch: Value) {
                     Some(i) => merge(kind, path, &mut base[i], item),
                     None if is_delete(&item) => {}
                     None => base.push(strip_markers(item)),
+                }
+            }
+        }
+        (Value::Array(base), Value::Array(patch)) if appends(kind, path) => {
+            for item in patch.into_iter().map(strip_markers) {
+                if !base.contains(&item) {
+                    base.push(item);
                 }
             }
         }

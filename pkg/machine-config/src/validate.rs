@@ -168,6 +168,14 @@ impl Checker<'_> {
         }
     }
 
+    /// As [`Checker::not_redacted`], for the environment values and file contents a
+    /// redacted view hides.
+    fn not_redacted_text(&mut self, path: Vec<Seg>, text: &str) {
+        if text == crate::REDACTED {
+            self.fail(path, "holds the redacted placeholder, not the value itself");
+        }
+    }
+
     /// Only control-plane nodes hold CA keys.
     fn no_key(&mut self, path: Vec<Seg>, pair: &Option<CertKey>, what: &str) {
         if pair.as_ref().is_some_and(|p| !p.key.is_empty()) {
@@ -360,7 +368,11 @@ impl Config {
                 );
             }
         }
+        for (key, value) in &m.env {
+            c.not_redacted_text(path!["env", key.as_str()], value);
+        }
         for (i, f) in m.files.iter().enumerate() {
+            c.not_redacted_text(path!["files", i, "content"], &f.content);
             if !f.path.starts_with("/var/") || f.path.split('/').any(|p| p == "..") {
                 c.fail(
                     path!["files", i, "path"],
@@ -544,8 +556,12 @@ impl Config {
             if e.name.is_empty() {
                 c.fail(path!["name"], "an extension service needs a name");
             }
+            for (key, value) in &e.environment {
+                c.not_redacted_text(path!["environment", key.as_str()], value);
+            }
             let mut mounts = std::collections::BTreeSet::new();
             for (i, f) in e.config_files.iter().enumerate() {
+                c.not_redacted_text(path!["configFiles", i, "content"], &f.content);
                 if !f.mount_path.starts_with('/') {
                     c.fail(
                         path!["configFiles", i, "mountPath"],

@@ -138,6 +138,40 @@ fn strategic_merge_patch() {
     assert!(patched.extensions.is_empty(), "a document is deleted");
 }
 
+/// Certificate SANs and kernel arguments take a patch's items besides their own (each
+/// once); other lists are replaced by the patch's.
+#[test]
+fn strategic_merge_appends_sans_and_kernel_args_and_replaces_other_lists() {
+    let base = Patch::parse(
+        "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\n\
+         certSans: [a.example]\nkernelArgs: [quiet]\nnetwork: {timeServers: [ntp-1]}\n\
+         ---\napiVersion: basalt.dev/v1alpha1\nkind: ClusterConfig\n\
+         apiServer: {certSans: [api.example]}\n",
+    )
+    .unwrap();
+    let patch = Patch::parse(
+        "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\n\
+         certSans: [b.example, a.example]\nkernelArgs: [net.ifnames=0, quiet]\n\
+         network: {timeServers: [ntp-2]}\n\
+         ---\napiVersion: basalt.dev/v1alpha1\nkind: ClusterConfig\n\
+         apiServer: {certSans: [lb.example]}\n",
+    )
+    .unwrap();
+    let c = sample().patch(&base).unwrap().patch(&patch).unwrap();
+    let m = c.machine.as_ref().unwrap();
+    assert_eq!(m.cert_sans, ["a.example", "b.example"]);
+    let args = &m.kernel_args;
+    assert!(
+        args.ends_with(&["quiet".into(), "net.ifnames=0".into()]),
+        "{args:?}"
+    );
+    assert_eq!(args.iter().filter(|a| *a == "quiet").count(), 1, "{args:?}");
+    let servers = &m.network.as_ref().unwrap().time_servers;
+    assert_eq!(servers, &["ntp-2"], "replaced");
+    let api = c.cluster.as_ref().unwrap().api_server.as_ref().unwrap();
+    assert_eq!(api.cert_sans, ["api.example", "lb.example"]);
+}
+
 #[test]
 fn json_patch() {
     let patch = Patch::parse(&testdata("patch-json.yaml")).unwrap();
@@ -202,6 +236,48 @@ fn secrets_are_redacted_for_readers() {
         redacted.contains("OS-CA-CERT"),
         "certificates are not secret"
     );
+}
+
+/// Environment values and file contents are hidden too (they carry credentials), and a
+/// redacted view applied back is refused where it would erase them.
+#[test]
+fn environment_and_file_contents_are_redacted_and_not_applied_back() {
+    let patch = Patch::parse(
+        "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\n\
+         env: {HTTPS_PROXY: 'http://user:PROXY-PASS@proxy:3128'}\n\
+         files: [{path: /var/etc/registry.json, content: REGISTRY-TOKEN}]\n\
+         ---\napiVersion: basalt.dev/v1alpha1\nkind: ExtensionServiceConfig\nname: agent\n\
+         environment: {API_KEY: EXT-API-KEY}\n\
+         configFiles: [{mountPath: /etc/agent.conf, content: EXT-FILE-SECRET}]\n",
+    )
+    .unwrap();
+    let c = sample().patch(&patch).unwrap();
+    let raw = c.to_yaml().unwrap();
+    let redacted = c.redacted();
+    let shown = redacted.to_yaml().unwrap();
+    for secret in [
+        "PROXY-PASS",
+        "REGISTRY-TOKEN",
+        "EXT-API-KEY",
+        "EXT-FILE-SECRET",
+    ] {
+        assert!(raw.contains(secret), "the config file keeps {secret}");
+        assert!(!shown.contains(secret), "redacted output shows {secret}");
+    }
+    assert!(shown.contains("HTTPS_PROXY") && shown.contains("/var/etc/registry.json"));
+    c.validate(Mode::Cloud).unwrap();
+    let refused = redacted.validate(Mode::Cloud).unwrap_err().to_string();
+    for path in [
+        "env.HTTPS_PROXY",
+        "files[0].content",
+        "environment.API_KEY",
+        "configFiles[0].content",
+    ] {
+        assert!(
+            refused.contains(path) && refused.contains("redacted placeholder"),
+            "{path} not refused: {refused}"
+        );
+    }
 }
 
 #[test]
