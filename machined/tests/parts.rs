@@ -6,7 +6,7 @@ mod supervision;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use basalt_api::machine::v1 as api;
 use basalt_resources::runtime::{PowerAction, PowerRequestSpec, ServiceSpec, ServiceState};
@@ -638,6 +638,10 @@ async fn listing_recurses_to_a_depth_without_following_links() {
 
     let single = listing(&files, &root.join("a.txt"), true, 0).await;
     assert_eq!(names(&single), ["."]);
+    assert!(
+        single[0].error.is_empty() && single[0].size == 5,
+        "{single:?}"
+    );
     let err = files
         .list(p(&root.join("out")), true, 0)
         .await
@@ -773,4 +777,56 @@ async fn a_service_set_is_replaced_as_a_whole() {
         again.pid
     );
     set.shutdown().await;
+}
+
+/// While a directory under the root is swapped, again and again, with a symlink to a
+/// directory outside it (an atomic exchange), no listing shows a name from outside: the
+/// walk descends through directory descriptors, never through a path that changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listing_racing_a_symlink_swap_never_shows_an_outside_name() {
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, outside) = (tmp.path().join("root"), tmp.path().join("outside"));
+    std::fs::create_dir_all(root.join("d")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    for i in 0..20 {
+        std::fs::write(root.join("d").join(format!("inside-{i}")), "x").unwrap();
+        std::fs::write(outside.join(format!("OUTSIDE-{i}")), "x").unwrap();
+    }
+    std::os::unix::fs::symlink(&outside, root.join("d.swap")).unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, root) = (stop.clone(), root.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (a, b) = (root.join("d"), root.join("d.swap"));
+                renameat2(AT_FDCWD, &a, AT_FDCWD, &b, RenameFlags::RENAME_EXCHANGE).unwrap();
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let files = LocalFiles::new(vec![root.clone()]);
+    let (mut listings, mut inside_seen) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        for entry in listing(&files, &root, true, 0).await {
+            assert!(
+                !entry.name.contains("OUTSIDE") && !entry.relative_name.contains("OUTSIDE"),
+                "listing {listings} shows an outside name: {entry:?}"
+            );
+            inside_seen += usize::from(entry.relative_name.contains("inside-"));
+        }
+        listings += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    println!("{listings} listings during {swaps} swaps; {inside_seen} inside names seen");
+    assert!(
+        listings > 50 && swaps > 1000,
+        "{listings} listings, {swaps} swaps"
+    );
+    assert!(inside_seen > 0, "the walk never went into the directory");
 }

@@ -1,8 +1,12 @@
 //! Files under allowed roots. Every path is resolved (symlinks, `..`) before it is checked
-//! against the resolved roots, so no spelling of a path reaches outside them.
+//! against the resolved roots, so no spelling of a path reaches outside them; what was
+//! opened is checked again by the kernel's name for it, and a listing walks down from
+//! the opened root by directory descriptors, one name at a time and never through a
+//! symlink, so a directory swapped for a symlink while it runs cannot lead it outside.
 
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -10,6 +14,8 @@ use async_trait::async_trait;
 use basalt_api::machine::v1 as api;
 use bytes::BytesMut;
 use futures::StreamExt;
+use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
+use nix::sys::stat::{fstatat, Mode, SFlag};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
@@ -179,7 +185,13 @@ impl Files for LocalFiles {
         recurse: bool,
         max_depth: u32,
     ) -> Result<FileStream, NodeError> {
-        let (resolved, _) = self.resolve(root).await?;
+        let (resolved, allowed) = self.resolve(root).await?;
+        // Opened without following a last-moment symlink, and checked again by the
+        // kernel's name of what was opened, as for a read; the walk goes on from it.
+        let opened_root = open_root(&resolved).map_err(|e| NodeError::io(root, e))?;
+        let proc_name = PathBuf::from(format!("/proc/self/fd/{}", opened_root.as_raw_fd()));
+        let actual = tokio::fs::read_link(&proc_name).await;
+        self.check_opened(root, &allowed, &proc_name, actual)?;
         let max_depth = match (recurse, max_depth) {
             (false, _) => Some(1),
             (true, 0) => None,
@@ -187,11 +199,33 @@ impl Files for LocalFiles {
         };
         let (tx, rx) = mpsc::channel(LIST_BUFFER);
         tokio::spawn(send_walk(
-            Walk::new(resolved, max_depth),
+            Walk::new(resolved, opened_root, max_depth),
             self.walkers.clone(),
             tx,
         ));
         Ok(ReceiverStream::new(rx).boxed())
+    }
+}
+
+/// The listed root: a directory to walk, or any other file to describe (opened as a
+/// path only, which neither reads it nor blocks on a FIFO).
+fn open_root(path: &Path) -> std::io::Result<OwnedFd> {
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    // A directory is walked: it needs a descriptor that can read entries.
+    match fstatat(&fd, "", AtFlags::AT_EMPTY_PATH) {
+        Ok(stat) if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
+            Ok(openat(
+                &fd,
+                ".",
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?)
+        }
+        _ => Ok(fd),
     }
 }
 
@@ -237,29 +271,42 @@ async fn send_walk(
     }
 }
 
-/// Describes one entry without following it if it is a symlink.
-fn info(path: &Path, root: &Path) -> api::FileInfo {
-    let relative_name = match path.strip_prefix(root) {
-        Ok(rel) if rel.as_os_str().is_empty() => ".".to_string(),
-        Ok(rel) => rel.to_string_lossy().into_owned(),
-        Err(_) => path.to_string_lossy().into_owned(),
-    };
+/// The name of `name` inside `dir` as listed: relative to the listed root.
+fn relative(dir: &Path, name: &OsStr) -> String {
+    let path = dir.join(name);
+    if path.as_os_str().is_empty() {
+        ".".to_string()
+    } else {
+        path.to_string_lossy().into_owned()
+    }
+}
+
+/// Describes the entry `name` of the directory open as `dir` (an empty `name`: what
+/// `dir` itself is open as), without following it if it is a symlink. `shown` is its path as
+/// listed: the listed root joined with `relative_name`.
+fn info(dir: &OwnedFd, name: &OsStr, shown: &Path, relative_name: String) -> api::FileInfo {
     let mut out = api::FileInfo {
-        name: path.to_string_lossy().into_owned(),
+        name: shown.to_string_lossy().into_owned(),
         relative_name,
         ..Default::default()
     };
-    match std::fs::symlink_metadata(path) {
-        Ok(m) => {
-            out.size = m.len();
-            out.mode = m.mode();
-            out.is_dir = m.is_dir();
+    let flags = if name.is_empty() {
+        AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW
+    } else {
+        AtFlags::AT_SYMLINK_NOFOLLOW
+    };
+    match fstatat(dir, name, flags) {
+        Ok(stat) => {
+            let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
+            out.size = u64::try_from(stat.st_size).unwrap_or(0);
+            out.mode = stat.st_mode;
+            out.is_dir = kind == SFlag::S_IFDIR;
             out.modified = Some(basalt_resource::proto::Timestamp {
-                seconds: m.mtime(),
-                nanos: i32::try_from(m.mtime_nsec()).unwrap_or(0),
+                seconds: stat.st_mtime,
+                nanos: i32::try_from(stat.st_mtime_nsec).unwrap_or(0),
             });
-            if m.file_type().is_symlink() {
-                match std::fs::read_link(path) {
+            if kind == SFlag::S_IFLNK {
+                match readlinkat(dir, name) {
                     Ok(target) => out.link = target.to_string_lossy().into_owned(),
                     Err(e) => out.error = format!("reading the link: {e}"),
                 }
@@ -270,76 +317,120 @@ fn info(path: &Path, root: &Path) -> api::FileInfo {
     out
 }
 
-/// A depth-first walk of a root; memory grows with the depth only (one open directory per
-/// level). Symlinks are listed, never followed.
+/// Opens the directory `name` inside `dir` for walking, refusing a symlink (or anything
+/// else) put in its place since it was looked at: a walk descends one name at a time
+/// from the descriptor of the level above, so it cannot leave the listed root.
+fn open_below(dir: &OwnedFd, name: &OsStr) -> nix::Result<OwnedFd> {
+    openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// One open directory of a walk.
+struct Level {
+    /// For looking at and opening its entries.
+    fd: OwnedFd,
+    /// Reads its entries (a second descriptor of the same directory).
+    entries: nix::dir::OwningIter,
+    /// Relative to the listed root ("" for the root).
+    relative: PathBuf,
+    /// The depth of its entries.
+    depth: u32,
+}
+
+impl Level {
+    fn open(fd: OwnedFd, relative: PathBuf, depth: u32) -> nix::Result<Level> {
+        let entries = nix::dir::Dir::from_fd(fd.try_clone().map_err(|e| {
+            nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO))
+        })?)?
+        .into_iter();
+        Ok(Level {
+            fd,
+            entries,
+            relative,
+            depth,
+        })
+    }
+}
+
+/// A depth-first walk of a root through directory descriptors; memory grows with the
+/// depth only (one open directory per level). Symlinks are listed, never followed.
 struct Walk {
     root: PathBuf,
     max_depth: Option<u32>,
-    /// Open directories with the depth of their entries; the root itself is at depth 0.
-    stack: Vec<(std::fs::ReadDir, u32)>,
-    started: bool,
+    /// The root, opened and checked to be under its allowed root, once the walk starts.
+    opened_root: Option<OwnedFd>,
+    stack: Vec<Level>,
 }
 
 impl Walk {
-    fn new(root: PathBuf, max_depth: Option<u32>) -> Self {
+    fn new(root: PathBuf, opened_root: OwnedFd, max_depth: Option<u32>) -> Self {
         Walk {
             root,
             max_depth,
+            opened_root: Some(opened_root),
             stack: Vec::new(),
-            started: false,
         }
+    }
+
+    fn descends(&self, depth: u32) -> bool {
+        self.max_depth.is_none_or(|max| depth < max)
     }
 
     /// Up to [`WALK_BATCH`] next entries; empty when the walk is over. Blocks on the
     /// filesystem.
     fn next_batch(&mut self) -> Vec<api::FileInfo> {
         let mut batch = Vec::new();
-        if !self.started {
-            self.started = true;
-            let root = self.root.clone();
-            batch.push(self.visit(&root, 0));
+        if let Some(root) = self.opened_root.take() {
+            let mut entry = info(&root, OsStr::new(""), &self.root, ".".to_string());
+            if entry.is_dir && entry.error.is_empty() && self.descends(0) {
+                match Level::open(root, PathBuf::new(), 1) {
+                    Ok(level) => self.stack.push(level),
+                    Err(e) => entry.error = format!("reading the directory: {e}"),
+                }
+            }
+            batch.push(entry);
         }
         while batch.len() < WALK_BATCH {
-            let Some((dir, depth)) = self.stack.last_mut() else {
+            let Some(level) = self.stack.last_mut() else {
                 break;
             };
-            let depth = *depth;
-            match dir.next() {
+            let name = match level.entries.next() {
                 None => {
                     self.stack.pop();
+                    continue;
                 }
-                Some(Ok(entry)) => batch.push(self.visit(&entry.path(), depth)),
-                Some(Err(e)) => batch.push(api::FileInfo {
-                    error: format!("reading a directory entry: {e}"),
-                    ..Default::default()
-                }),
+                Some(Err(e)) => {
+                    batch.push(api::FileInfo {
+                        error: format!("reading a directory entry: {e}"),
+                        ..Default::default()
+                    });
+                    continue;
+                }
+                Some(Ok(entry)) => OsStr::from_bytes(entry.file_name().to_bytes()).to_owned(),
+            };
+            if name == "." || name == ".." {
+                continue;
             }
+            let relative_name = relative(&level.relative, &name);
+            let shown = self.root.join(&relative_name);
+            let depth = level.depth;
+            let descends = self.max_depth.is_none_or(|max| depth < max);
+            let mut entry = info(&level.fd, &name, &shown, relative_name.clone());
+            if entry.is_dir && entry.error.is_empty() && descends {
+                let opened = open_below(&level.fd, &name)
+                    .and_then(|fd| Level::open(fd, PathBuf::from(&relative_name), depth + 1));
+                match opened {
+                    Ok(below) => self.stack.push(below),
+                    Err(e) => entry.error = format!("reading the directory: {e}"),
+                }
+            }
+            batch.push(entry);
         }
         batch
-    }
-
-    /// Describes the entry at `path`, and opens it to be walked next when it is a
-    /// directory above the depth limit.
-    fn visit(&mut self, path: &Path, depth: u32) -> api::FileInfo {
-        let mut entry = info(path, &self.root);
-        if entry.is_dir && entry.error.is_empty() && self.max_depth.is_none_or(|max| depth < max) {
-            // A directory replaced by a symlink since it was looked at would be followed
-            // by read_dir: it is resolved again first. (Only openat2's RESOLVE_BENEATH
-            // would close the last gap.)
-            let dir = if std::fs::canonicalize(path).is_ok_and(|p| p.starts_with(&self.root)) {
-                std::fs::read_dir(path)
-            } else {
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    "it no longer resolves to a place inside the listed root",
-                ))
-            };
-            match dir {
-                Ok(dir) => self.stack.push((dir, depth + 1)),
-                Err(e) => entry.error = format!("reading the directory: {e}"),
-            }
-        }
-        entry
     }
 }
 
