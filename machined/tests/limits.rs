@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Bad input and greedy clients: oversized and malformed messages, floods of streams and
 //! calls. The server stays up, answers other clients, and logs why it refused.
-//! (Each test is its own process under nextest, so each captures its own logs.)
+//! (Logs are the process's: see `common::Logs`.)
 
 mod common;
 

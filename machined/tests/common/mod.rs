@@ -187,27 +187,44 @@ pub fn controlplane_yaml(cluster: &Cluster) -> String {
 }
 
 /// Everything the process logs from now on, for tests that check what the server says.
+/// tracing takes one global subscriber per process: the first capture installs it, and
+/// each capture reads from where the log was when it began. Under nextest every test is
+/// its own process; under `cargo test` tests share one, so a test's text may also hold
+/// lines of the tests running beside it (tests only look for lines they expect).
+pub struct Logs {
+    buffer: SharedBuffer,
+    start: usize,
+}
+
 #[derive(Clone, Default)]
-pub struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+struct SharedBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl Logs {
     pub fn capture() -> Logs {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("info")
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .init();
-        logs
+        static BUFFER: std::sync::OnceLock<SharedBuffer> = std::sync::OnceLock::new();
+        let buffer = BUFFER
+            .get_or_init(|| {
+                let buffer = SharedBuffer::default();
+                let writer = buffer.clone();
+                tracing_subscriber::fmt()
+                    .with_env_filter("info")
+                    .with_ansi(false)
+                    .with_writer(move || writer.clone())
+                    .init();
+                buffer
+            })
+            .clone();
+        let start = buffer.0.lock().unwrap().len();
+        Logs { buffer, start }
     }
 
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        let log = self.buffer.0.lock().unwrap();
+        String::from_utf8_lossy(&log[self.start..]).into_owned()
     }
 }
 
-impl std::io::Write for Logs {
+impl std::io::Write for SharedBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(buf);
         Ok(buf.len())
