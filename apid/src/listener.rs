@@ -2,9 +2,10 @@
 //! configuration is current (maintenance or cluster: it can change while the process
 //! runs), then the caller's identity read once from its certificate.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,10 +26,16 @@ use crate::identity::{MaintenanceIdentity, NodeIdentity};
 use crate::ApidError;
 
 /// A handshake that takes longer is dropped: a client that connects and says nothing
-/// must not hold a slot.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; more connections wait in the kernel's backlog.
-const MAX_HANDSHAKES: usize = 256;
+/// must not hold a slot for long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Handshakes in progress at once from one source (an IPv4 address, an IPv6 /64). A
+/// connection over it is closed at once: one host's stalled connections cannot take the
+/// slots everyone else needs.
+const MAX_HANDSHAKES_PER_SOURCE: usize = 32;
+/// Handshakes in progress at once in all; a connection over it is closed at once too.
+/// Every connection is accepted and looked at: none waits in the kernel's backlog behind
+/// stalled ones.
+const MAX_HANDSHAKES: usize = 1024;
 
 /// Who is calling, as established by the TLS handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +219,69 @@ impl AsyncWrite for ApidStream {
     }
 }
 
+/// Where connections come from, for the per-source quota: an IPv4 address (an IPv4 one
+/// mapped into IPv6 too), or the /64 of an IPv6 one (a host usually holds a whole /64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    V4(Ipv4Addr),
+    V6Prefix(u64),
+}
+
+impl Source {
+    fn of(ip: IpAddr) -> Source {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Source::V4(v4),
+            IpAddr::V6(v6) => Source::V6Prefix((u128::from(v6) >> 64) as u64),
+        }
+    }
+}
+
+/// Handshakes in progress per source.
+#[derive(Debug, Clone, Default)]
+struct Sources(Arc<std::sync::Mutex<HashMap<Source, usize>>>);
+
+impl Sources {
+    /// A handshake slot of `ip`'s source, or `None` when it has all of its quota.
+    fn take(&self, ip: IpAddr) -> Option<SourceSlot> {
+        let source = Source::of(ip);
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = counts.entry(source).or_insert(0);
+        if *count >= MAX_HANDSHAKES_PER_SOURCE {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            sources: self.clone(),
+            source,
+        })
+    }
+}
+
+/// One handshake's place in its source's quota, given back when dropped.
+struct SourceSlot {
+    sources: Sources,
+    source: Source,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .sources
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.source) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.source);
+            }
+        }
+    }
+}
+
 /// Accepts connections until `cancel`, handing each to `out` (for tonic's
 /// `serve_with_incoming`; public for the benchmark's bare server). A failed handshake
 /// (wrong CA, expired or missing certificate) is logged and closed: the request never
@@ -225,14 +295,8 @@ pub async fn accept(
     maintenance_over: CancellationToken,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let sources = Sources::default();
     loop {
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => return,
-            permit = handshakes.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
         let (tcp, addr) = tokio::select! {
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -245,13 +309,23 @@ pub async fn accept(
                 }
             },
         };
+        let Some(source_slot) = sources.take(addr.ip()) else {
+            tracing::debug!(peer = %addr, "closed: its source has {MAX_HANDSHAKES_PER_SOURCE} handshakes in progress");
+            continue;
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tracing::debug!(peer = %addr, "closed: {MAX_HANDSHAKES} handshakes in progress");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.borrow().clone());
         let out = out.clone();
         let maintenance_over = maintenance_over.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            drop(source_slot);
+            match handshake {
                 Ok(Ok(stream)) => {
                     let peer = match stream.get_ref().1.peer_certificates() {
                         Some([leaf, ..]) => Peer::from_certificate(addr, leaf),
@@ -279,5 +353,41 @@ pub async fn accept(
                 Err(_) => tracing::info!(peer = %addr, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_is_an_ipv4_address_or_an_ipv6_64_and_has_a_quota() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            Source::of(ip("10.0.0.1")),
+            Source::of(ip("::ffff:10.0.0.1"))
+        );
+        assert_ne!(Source::of(ip("10.0.0.1")), Source::of(ip("10.0.0.2")));
+        assert_eq!(
+            Source::of(ip("2001:db8:1:2::1")),
+            Source::of(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            Source::of(ip("2001:db8:1:2::1")),
+            Source::of(ip("2001:db8:1:3::1"))
+        );
+
+        let sources = Sources::default();
+        let slots: Vec<_> = (0..MAX_HANDSHAKES_PER_SOURCE)
+            .map(|_| sources.take(ip("10.0.0.1")).unwrap())
+            .collect();
+        assert!(sources.take(ip("10.0.0.1")).is_none());
+        assert!(sources.take(ip("10.0.0.2")).is_some());
+        drop(slots);
+        assert!(sources.take(ip("10.0.0.1")).is_some());
+        assert!(
+            sources.0.lock().unwrap().is_empty(),
+            "returned slots leave no entry"
+        );
     }
 }

@@ -178,3 +178,75 @@ async fn a_client_over_its_rate_is_refused_until_it_slows_down() {
     machine.version(mapi::VersionRequest {}).await.unwrap();
     assert!(logs.text().contains("rate limit"));
 }
+
+/// A gRPC channel to `server` whose connections come from `source` (a second loopback
+/// address stands for a second host).
+async fn channel_from(
+    source: std::net::IpAddr,
+    server: std::net::SocketAddr,
+    tls: &basalt_api::client::ClientTls,
+) -> tonic::transport::Channel {
+    let config = basalt_api::client::client_config(tls).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let connect = move |_: tonic::transport::Uri| {
+        let connector = connector.clone();
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind((source, 0).into())?;
+            let tcp = socket.connect(server).await?;
+            let name = rustls::pki_types::ServerName::IpAddress(server.ip().into());
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    };
+    tonic::transport::Endpoint::from_shared(format!("http://{server}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(connect))
+        .await
+        .unwrap()
+}
+
+/// 2,000 connections from one host that never start their handshakes take nothing from
+/// another host: a client on 127.0.0.2 is served within 1 s on every call while they
+/// hang (connections over the first host's quota are closed at once).
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_connections_from_one_host_do_not_starve_another() {
+    let cluster = Cluster::new();
+    let apid = cluster.start("127.0.0.1").await;
+    let server = apid.local_addr();
+    let mut stalled = Vec::new();
+    for _ in 0..2000 {
+        stalled.push(tokio::net::TcpStream::connect(server).await.unwrap());
+    }
+    let other = "127.0.0.2".parse().unwrap();
+    let tls = cluster.tls(&[Role::Reader]);
+    let mut slowest = Duration::ZERO;
+    for call in 0..10 {
+        let started = Instant::now();
+        let channel = channel_from(other, server, &tls).await;
+        MachineServiceClient::new(channel)
+            .version(mapi::VersionRequest {})
+            .await
+            .unwrap_or_else(|e| panic!("call {call}: {e:?}"));
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "call {call} took {took:?}");
+        slowest = slowest.max(took);
+    }
+    // Most of the flood was closed at once, not left waiting.
+    let mut closed = 0;
+    for tcp in &mut stalled {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut byte)).await
+        {
+            closed += 1;
+        }
+    }
+    println!("slowest of 10 calls from another host: {slowest:?}; {closed} of 2000 closed");
+    assert!(
+        closed >= 1900,
+        "only {closed} of 2000 stalled connections were closed"
+    );
+    drop(stalled);
+    apid.shutdown().await.unwrap();
+}
