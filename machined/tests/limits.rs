@@ -199,8 +199,11 @@ async fn channel_from(
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
         }
     };
+    // HTTP/2's smallest windows: the client buffers little of what it does not read.
     tonic::transport::Endpoint::from_shared(format!("http://{server}"))
         .unwrap()
+        .initial_connection_window_size(65_535)
+        .initial_stream_window_size(65_535)
         .connect_with_connector(tower::service_fn(connect))
         .await
         .unwrap()
@@ -248,5 +251,111 @@ async fn stalled_connections_from_one_host_do_not_starve_another() {
         "only {closed} of 2000 stalled connections were closed"
     );
     drop(stalled);
+    apid.shutdown().await.unwrap();
+}
+
+/// The process's resident memory, bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// Watches whose client never reads, while the node changes thousands of times, cost a
+/// bounded amount (an API watch holds at most 1,024 events besides what HTTP/2 lets
+/// through): the client reading at last gets what was buffered, then ABORTED ("fell too
+/// far behind"), and can watch again from a fresh snapshot. (RSS is this process's:
+/// clients and node both.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_that_never_reads_is_overrun_and_memory_stays_bounded() {
+    use basalt_resource::Resource;
+    use basalt_resources::config::HostnameConfigSpec;
+    let cluster = Cluster::new();
+    let apid = cluster.start("127.0.0.1").await;
+    let local = "127.0.0.1".parse().unwrap();
+    let tls = cluster.tls(&[Role::Admin]);
+    // A connection per watch: streams that share one share its flow-control window too,
+    // and the unread ones would hold it all.
+    let channel = || channel_from(local, apid.local_addr(), &tls);
+    let watch = rapi::WatchRequest {
+        r#type: "hostnameconfigs".into(),
+        bootstrap: true,
+        ..Default::default()
+    };
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        let mut client = ResourceServiceClient::new(channel().await);
+        idle.push(client.watch(watch.clone()).await.unwrap().into_inner());
+    }
+    let flood = |from: usize, to: usize| {
+        let state = apid.state().clone();
+        async move {
+            for i in from..to {
+                let spec = HostnameConfigSpec {
+                    hostname: format!("flood-{i}-{}", "x".repeat(200)),
+                };
+                state
+                    .put(Resource::new("flood", spec).into_any(), "test")
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    // Enough changes to fill every watch's queue; then four times as many, which must
+    // cost nothing more.
+    let (filled, changes) = (3_000, 15_000);
+    let before = rss();
+    flood(0, filled).await;
+    let after_filled = rss();
+    flood(filled, changes).await;
+    let after_all = rss();
+    let (filling, more) = (
+        after_filled.saturating_sub(before),
+        after_all.saturating_sub(after_filled),
+    );
+    println!(
+        "20 unread watches: RSS +{} KiB for the first {filled} changes, +{} KiB for {} more",
+        filling / 1024,
+        more / 1024,
+        changes - filled
+    );
+    assert!(filling < 10 << 20, "RSS grew {} MiB", filling >> 20);
+    assert!(more < 2 << 20, "RSS went on growing: {} KiB", more >> 10);
+
+    let mut first = idle.swap_remove(0);
+    let mut received = 0;
+    let status = loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), first.message())
+            .await
+            .unwrap_or_else(|_| panic!("no event nor error in 10 s after {received} events"));
+        match next {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => panic!("the watch ended without an error after {received} events"),
+            Err(status) => break status,
+        }
+    };
+    println!("{received} events, then {status:?}");
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    assert!(
+        status.message().contains("fell too far behind"),
+        "{status:?}"
+    );
+    assert!(received < changes, "{received} events: nothing was dropped");
+    // Watching again starts from a fresh snapshot.
+    let mut again = ResourceServiceClient::new(channel().await)
+        .watch(watch.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = again.message().await.unwrap().unwrap();
+    let spec = snapshot.resource.unwrap().spec;
+    assert!(spec.contains(&format!("flood-{}-", changes - 1)), "{spec}");
+    // Streams still open would hold the graceful shutdown.
+    drop((again, first, idle));
     apid.shutdown().await.unwrap();
 }

@@ -92,6 +92,12 @@ fn watch_message(event: Event) -> Result<api::WatchResponse, Status> {
     })
 }
 
+/// Events an API watch may have waiting for its client (beyond what HTTP/2 flow control
+/// lets through) before it is overrun: ABORTED, and the client watches again from a
+/// fresh snapshot. Controllers' watches keep the state's larger capacity; a client that
+/// never reads must not hold thousands of old resource versions.
+const API_WATCH_CAPACITY: usize = 1024;
+
 #[tonic::async_trait]
 impl ResourceService for ResourceApi {
     async fn get(
@@ -149,12 +155,12 @@ impl ResourceService for ResourceApi {
             let options = WatchKindOptions {
                 bootstrap: r.bootstrap,
                 selector: selector(&r.label_selector)?,
+                capacity: Some(API_WATCH_CAPACITY),
             };
             state.watch_kind(&kind, options).await
         } else {
-            state
-                .watch(&ResourceKey::new(kind.namespace, kind.type_name, r.id))
-                .await
+            let key = ResourceKey::new(kind.namespace, kind.type_name, r.id);
+            state.watch_with(&key, Some(API_WATCH_CAPACITY)).await
         }
         .map_err(state_status)?;
         // The stream, and with it the state watch, is dropped when the client goes away.

@@ -455,7 +455,8 @@ impl State {
 
     fn subscribe(&self, kind: &Kind, id: Option<&str>, options: WatchKindOptions) -> Watch {
         let store = self.kind_store(&kind.namespace, &kind.type_name);
-        let (tx, rx) = mpsc::channel(self.inner.watch_capacity);
+        let capacity = options.capacity.unwrap_or(self.inner.watch_capacity).max(1);
+        let (tx, rx) = mpsc::channel(capacity);
         let overrun = Arc::new(AtomicBool::new(false));
         let watcher = Watcher {
             id: id.map(str::to_string),
@@ -489,12 +490,23 @@ impl State {
     /// Watches one resource: first its current state (`Created`, if it exists), then
     /// every change.
     pub async fn watch(&self, key: &ResourceKey) -> Result<Watch, StateError> {
+        self.watch_with(key, None).await
+    }
+
+    /// As [`State::watch`], with at most `capacity` events waiting for the reader (the
+    /// state's capacity without it).
+    pub async fn watch_with(
+        &self,
+        key: &ResourceKey,
+        capacity: Option<usize>,
+    ) -> Result<Watch, StateError> {
         let mut watch = self.subscribe(
             &key.kind(),
             Some(&key.id),
             WatchKindOptions {
                 bootstrap: true,
                 selector: LabelQuery::everything(),
+                capacity,
             },
         );
         watch.initial.retain(|e| !matches!(e, Event::Bootstrapped));

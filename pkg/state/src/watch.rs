@@ -40,6 +40,10 @@ pub struct WatchKindOptions {
     pub bootstrap: bool,
     /// Only resources whose labels match.
     pub selector: LabelQuery,
+    /// How many events may wait for the reader before the watch is overrun; the state's
+    /// capacity without it. A watch for a remote client takes a small one, so that a
+    /// client that never reads holds little.
+    pub capacity: Option<usize>,
 }
 
 /// A stream of events. It ends when the state is dropped; it yields

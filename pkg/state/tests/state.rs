@@ -182,6 +182,7 @@ async fn list_and_watch_with_label_selectors() {
             WatchKindOptions {
                 bootstrap: true,
                 selector: web,
+                capacity: None,
             },
         )
         .await
