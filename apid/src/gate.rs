@@ -82,7 +82,18 @@ fn reply(status: Status) -> http::Response<Body> {
     status.into_http()
 }
 
-/// The nodes a call names, if any: `nodes: a,b,c`.
+/// How a node is told apart from another: its host (lowercase) and port as the forwarding
+/// would reach them, so that `IP`, `IP:50000` and `IP:50000/` are one node; the text
+/// itself for one that does not parse (forwarding reports it).
+fn node_identity(node: &str) -> String {
+    match basalt_api::client::Target::parse(node, basalt_api::DEFAULT_PORT) {
+        Ok(target) => format!("{}:{}", target.host.to_ascii_lowercase(), target.port),
+        Err(_) => node.to_string(),
+    }
+}
+
+/// The nodes a call names, if any: `nodes: a,b,c`; each node once, however it is spelt
+/// (the first spelling is the one answers are labelled with).
 fn nodes_of(request: &http::Request<Body>) -> Result<Option<Vec<String>>, Status> {
     let Some(value) = request.headers().get(basalt_api::NODES_HEADER) else {
         return Ok(None);
@@ -91,8 +102,9 @@ fn nodes_of(request: &http::Request<Body>) -> Result<Option<Vec<String>>, Status
         .to_str()
         .map_err(|_| Status::invalid_argument("the nodes metadata is not ASCII"))?;
     let mut nodes: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for node in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        if !nodes.iter().any(|n| n == node) {
+        if seen.insert(node_identity(node)) {
             nodes.push(node.to_string());
         }
     }
@@ -283,5 +295,29 @@ impl ServerStreamingService<Bytes> for ForwardTo {
         let call = ForwardTo::call(self, request);
         let stream = self.forwarder.stream(&self.nodes, call);
         Box::pin(async move { Ok(Response::new(stream)) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_of_one_node_are_one_node() {
+        let same = [
+            "10.0.0.2",
+            "10.0.0.2:50000",
+            "10.0.0.2:50000/",
+            "10.0.0.2:50000//",
+            "https://10.0.0.2:50000",
+            " 10.0.0.2 ",
+        ];
+        for spelling in same {
+            assert_eq!(node_identity(spelling), "10.0.0.2:50000", "{spelling:?}");
+        }
+        assert_eq!(node_identity("Node-A"), node_identity("node-a:50000"));
+        assert_ne!(node_identity("10.0.0.2:50001"), node_identity("10.0.0.2"));
+        assert_eq!(node_identity("[::1]:50000"), node_identity("::1"));
+        assert_eq!(node_identity("a b"), "a b");
     }
 }

@@ -233,3 +233,37 @@ async fn a_forwarded_stream_ends_on_the_target_when_the_client_leaves() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A Watch naming one node in 64 spellings opens one stream on it, not 64.
+#[tokio::test]
+async fn spellings_of_one_node_open_one_stream() {
+    let cluster = Cluster::new();
+    let a = cluster.start("127.0.0.33").await;
+    let b = cluster.start("127.0.0.34").await;
+    let address = b.local_addr().to_string();
+    let spellings: Vec<String> = (0..64)
+        .map(|i| match i % 4 {
+            0 => format!("{address}{}", "/".repeat(i / 4)),
+            1 => format!("https://{address}{}", "/".repeat(i / 4)),
+            2 => format!(" {address}{} ", "/".repeat(i / 4 + 1)),
+            _ => format!("tcp://{address}{}", "/".repeat(i / 4)),
+        })
+        .collect();
+    let admin = channel(a.local_addr(), &cluster.tls(&[Role::Admin])).await;
+    let mut watch = ResourceServiceClient::new(admin)
+        .watch(to_nodes(
+            rapi::WatchRequest {
+                r#type: "machinestatuses".into(),
+                bootstrap: true,
+                ..Default::default()
+            },
+            &spellings,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().expect("the bootstrap event");
+    assert_eq!(node_of(&first.metadata).0, spellings[0]);
+    assert_eq!(b.open_streams(), 1);
+    drop(watch);
+}
