@@ -164,9 +164,25 @@ mod tests {
         pid
     }
 
-    // nextest runs each test in its own process, so the zombies here are this test's.
+    /// Reaping is process-wide, so this test must be alone in its process for the zombies
+    /// to be its own: nextest runs every test alone; under `cargo test` (all of a crate's
+    /// tests in one process) it runs itself again, alone.
     #[test]
     fn zombies_are_reaped_and_waited_children_left_to_their_waiter() {
+        const ALONE: &str = "BASALT_REAPER_TEST_ALONE";
+        if std::env::var_os(ALONE).is_none() {
+            let status = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "boot::reaper::tests::zombies_are_reaped_and_waited_children_left_to_their_waiter",
+                    "--test-threads=1",
+                ])
+                .env(ALONE, "1")
+                .status()
+                .unwrap();
+            assert!(status.success(), "the test, run alone: {status}");
+            return;
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
