@@ -120,15 +120,49 @@ fn api_mode(action: Action) -> api::ApplyMode {
     }
 }
 
-/// Applies a config. The work runs in its own task: a client that goes away (or whose
+/// Configs being parsed and validated at once. On blocking threads, so that a costly one
+/// (anyone may send one to a node in maintenance mode) never holds a runtime worker that
+/// other clients' handshakes need; at most two, so that a flood of them cannot take
+/// every blocking thread either.
+static PARSING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// The config of an apply, parsed and validated; the error as the client should see it.
+async fn parse(data: Vec<u8>, mode: Mode) -> Result<(String, Config), Status> {
+    let _turn = PARSING
+        .acquire()
+        .await
+        .map_err(|_| Status::unavailable("the node is shutting down"))?;
+    let work = tokio::task::spawn_blocking(move || {
+        let text = String::from_utf8(data)
+            .map_err(|e| Status::invalid_argument(format!("the config is not UTF-8: {e}")))?;
+        let config = Config::parse(&text).map_err(config_status)?;
+        config
+            .validate(mode)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok((text, config))
+    });
+    work.await
+        .map_err(|e| Status::internal(format!("parsing the config failed: {e}")))?
+}
+
+/// Applies a config. It is parsed first, in the call (a client that goes away leaves
+/// nothing behind); the rest runs in its own task: a client that goes away (or whose
 /// deadline passes) halfway must not leave a config stored but not in effect, or a
 /// config tried without its revert.
 pub(crate) async fn apply(
     shared: &Arc<Shared>,
     caller: &AuthorizedCaller,
-    request: ApplyConfigurationRequest,
+    mut request: ApplyConfigurationRequest,
 ) -> Result<ApplyConfigurationResult, Status> {
-    let task = tokio::spawn(apply_whole(shared.clone(), caller.clone(), request));
+    let data = std::mem::take(&mut request.data);
+    let (text, config) = parse(data, shared.validation_mode).await?;
+    let task = tokio::spawn(apply_whole(
+        shared.clone(),
+        caller.clone(),
+        request,
+        text,
+        config,
+    ));
     task.await
         .map_err(|e| Status::internal(format!("applying the config failed: {e}")))?
 }
@@ -137,13 +171,10 @@ async fn apply_whole(
     shared: Arc<Shared>,
     caller: AuthorizedCaller,
     request: ApplyConfigurationRequest,
+    text: String,
+    config: Config,
 ) -> Result<ApplyConfigurationResult, Status> {
-    let text = std::str::from_utf8(&request.data)
-        .map_err(|e| Status::invalid_argument(format!("the config is not UTF-8: {e}")))?;
-    let config = Config::parse(text).map_err(config_status)?;
-    config
-        .validate(shared.validation_mode)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let text = text.as_str();
     let mode = mode(&request)?;
 
     let mut pending = shared.apply_lock.lock().await;

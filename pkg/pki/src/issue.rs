@@ -76,7 +76,8 @@ pub(crate) fn generate_ca(
 /// `O=<role>, ..., CN=<common_name>`, one O per role; extended key usage clientAuth.
 ///
 /// The key is Ed25519 when the CA's is, ECDSA P-256 otherwise. The certificate is valid
-/// from [`CLOCK_SKEW_ALLOWANCE`] ago for `validity`, but never past the CA's own end.
+/// from [`CLOCK_SKEW_ALLOWANCE`] ago until `validity` from now, but never past the CA's
+/// own end.
 pub fn issue_client_cert(
     ca: &CertAndKey,
     common_name: &str,
