@@ -198,25 +198,32 @@ async fn forwarded_calls_keep_the_callers_roles() {
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
 }
 
+/// An admin's Watch of machine statuses through `entry`, for `nodes`.
+async fn watch_through(
+    entry: &machined::Node,
+    cluster: &Cluster,
+    nodes: &[String],
+) -> tonic::Streaming<rapi::WatchResponse> {
+    let admin = channel(entry.local_addr(), &cluster.tls(&[Role::Admin])).await;
+    let request = rapi::WatchRequest {
+        r#type: "machinestatuses".into(),
+        bootstrap: true,
+        ..Default::default()
+    };
+    ResourceServiceClient::new(admin)
+        .watch(to_nodes(request, nodes))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 #[tokio::test]
 async fn a_forwarded_stream_ends_on_the_target_when_the_client_leaves() {
     let cluster = Cluster::new();
     let a = cluster.start("127.0.0.31").await;
     let b = cluster.start("127.0.0.32").await;
     let target = vec![b.local_addr().to_string()];
-    let admin = channel(a.local_addr(), &cluster.tls(&[Role::Admin])).await;
-    let mut watch = ResourceServiceClient::new(admin)
-        .watch(to_nodes(
-            rapi::WatchRequest {
-                r#type: "machinestatuses".into(),
-                bootstrap: true,
-                ..Default::default()
-            },
-            &target,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = watch_through(&a, &cluster, &target).await;
     let first = watch.message().await.unwrap().expect("the bootstrap event");
     assert_eq!(node_of(&first.metadata).0, target[0]);
     assert_eq!(b.open_streams(), 1);
@@ -249,19 +256,7 @@ async fn spellings_of_one_node_open_one_stream() {
             _ => format!("tcp://{address}{}", "/".repeat(i / 4)),
         })
         .collect();
-    let admin = channel(a.local_addr(), &cluster.tls(&[Role::Admin])).await;
-    let mut watch = ResourceServiceClient::new(admin)
-        .watch(to_nodes(
-            rapi::WatchRequest {
-                r#type: "machinestatuses".into(),
-                bootstrap: true,
-                ..Default::default()
-            },
-            &spellings,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = watch_through(&a, &cluster, &spellings).await;
     let first = watch.message().await.unwrap().expect("the bootstrap event");
     assert_eq!(node_of(&first.metadata).0, spellings[0]);
     assert_eq!(b.open_streams(), 1);
