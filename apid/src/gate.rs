@@ -147,27 +147,34 @@ impl Service<http::Request<Body>> for Gate {
                 tracing::info!(target: "audit", who = %caller.who(), method = %path, result = ?status.code(), reason = status.message(), "denied");
                 return Ok(reply(status));
             }
-            // The node that forwards a call has held its client to the limits already;
-            // counting it against the forwarding node would let one client's streams
-            // crowd out everyone else who comes through that node.
-            let permit = match caller.forwarded_by {
-                Some(_) => None,
-                None => match shared
-                    .limiter
-                    .admit(caller.peer.addr.ip(), &caller.peer.subject)
-                {
-                    Ok(p) => Some(p),
-                    Err(status) => {
-                        tracing::warn!(who = %caller.who(), method = %path, reason = status.message(), "call refused");
-                        return Ok(reply(status));
-                    }
-                },
-            };
             // A node forwarding to us has resolved the node list already.
             let nodes = if caller.forwarded_by.is_some() {
                 Ok(None)
             } else {
                 nodes_of(&request)
+            };
+            // The node that forwards a call has held its client to the limits already;
+            // counting it against the forwarding node would let one client's streams
+            // crowd out everyone else who comes through that node. A call this node fans
+            // out to N nodes takes N of its client's places in flight.
+            let weight = match &nodes {
+                Ok(Some(nodes)) => nodes.len(),
+                _ => 1,
+            };
+            let permit = match caller.forwarded_by {
+                Some(_) => None,
+                None => {
+                    match shared
+                        .limiter
+                        .admit(caller.peer.addr.ip(), &caller.peer.subject, weight)
+                    {
+                        Ok(p) => Some(p),
+                        Err(status) => {
+                            tracing::warn!(who = %caller.who(), method = %path, reason = status.message(), "call refused");
+                            return Ok(reply(status));
+                        }
+                    }
+                }
             };
             let response = match nodes {
                 Err(status) => reply(status),

@@ -76,11 +76,16 @@ struct Clients {
 
 /// Held while a call is in flight.
 #[derive(Debug)]
-pub(crate) struct Permit(Arc<AtomicUsize>);
+/// A call's place among its client's calls in flight: `weight` places for a call the
+/// node fans out to that many nodes.
+pub(crate) struct Permit {
+    in_flight: Arc<AtomicUsize>,
+    weight: usize,
+}
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.in_flight.fetch_sub(self.weight, Ordering::AcqRel);
     }
 }
 
@@ -95,7 +100,10 @@ impl Limiter {
         }
     }
 
-    pub fn admit(&self, ip: IpAddr, subject: &str) -> Result<Permit, Status> {
+    /// Admits a call of the client (`ip`, `subject`) that takes `weight` of its places
+    /// in flight (the number of nodes it goes to; at least one).
+    pub fn admit(&self, ip: IpAddr, subject: &str, weight: usize) -> Result<Permit, Status> {
+        let weight = weight.max(1);
         let now = Instant::now();
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         let Clients {
@@ -129,11 +137,14 @@ impl Limiter {
                 self.limits.calls_per_second, self.limits.burst
             )));
         }
-        let in_flight = bucket.in_flight.fetch_add(1, Ordering::AcqRel);
-        let permit = Permit(bucket.in_flight.clone());
-        if in_flight >= self.limits.max_calls_per_client {
+        let in_flight = bucket.in_flight.fetch_add(weight, Ordering::AcqRel);
+        let permit = Permit {
+            in_flight: bucket.in_flight.clone(),
+            weight,
+        };
+        if in_flight + weight > self.limits.max_calls_per_client {
             return Err(Status::resource_exhausted(format!(
-                "too many calls in flight: at most {} per client",
+                "too many calls in flight: at most {} per client (a call to N nodes counts N)",
                 self.limits.max_calls_per_client
             )));
         }
@@ -212,15 +223,36 @@ mod tests {
     fn in_flight_calls_are_capped_per_client() {
         let limiter = Limiter::new(limits(2, 1000.0, 1000.0));
         let ip = IpAddr::from([127, 0, 0, 1]);
-        let a = limiter.admit(ip, "admin").unwrap();
-        let _b = limiter.admit(ip, "admin").unwrap();
-        let err = limiter.admit(ip, "admin").unwrap_err();
+        let a = limiter.admit(ip, "admin", 1).unwrap();
+        let _b = limiter.admit(ip, "admin", 1).unwrap();
+        let err = limiter.admit(ip, "admin", 1).unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
         assert!(err.message().contains("in flight"), "{}", err.message());
         // Another client is not affected.
-        limiter.admit(ip, "reader").unwrap();
+        limiter.admit(ip, "reader", 1).unwrap();
         drop(a);
-        limiter.admit(ip, "admin").unwrap();
+        limiter.admit(ip, "admin", 1).unwrap();
+    }
+
+    #[test]
+    fn a_call_to_n_nodes_takes_n_places() {
+        let limiter = Limiter::new(limits(8, 1000.0, 1000.0));
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let fan_out = limiter.admit(ip, "admin", 6).unwrap();
+        let err = limiter.admit(ip, "admin", 3).unwrap_err();
+        assert!(
+            err.message().contains("N nodes counts N"),
+            "{}",
+            err.message()
+        );
+        let _two = limiter.admit(ip, "admin", 2).unwrap();
+        assert!(limiter.admit(ip, "admin", 1).is_err());
+        drop(fan_out);
+        limiter.admit(ip, "admin", 6).unwrap();
+        assert!(
+            limiter.admit(ip, "admin", 9).is_err(),
+            "more than the limit at once"
+        );
     }
 
     #[test]
@@ -228,23 +260,33 @@ mod tests {
         let limiter = Limiter::new(limits(1000, 0.001, 3.0));
         let ip = IpAddr::from([127, 0, 0, 1]);
         for _ in 0..3 {
-            drop(limiter.admit(ip, "x").unwrap());
+            drop(limiter.admit(ip, "x", 1).unwrap());
         }
-        let err = limiter.admit(ip, "x").unwrap_err();
+        let err = limiter.admit(ip, "x", 1).unwrap_err();
         assert!(err.message().contains("rate limit"), "{}", err.message());
     }
 
     #[test]
     fn clients_that_went_quiet_are_forgotten() {
         let limiter = Limiter::new(limits(10, 1000.0, 2.0));
-        let _held = limiter.admit(IpAddr::from([10, 0, 0, 1]), "busy").unwrap();
+        let _held = limiter
+            .admit(IpAddr::from([10, 0, 0, 1]), "busy", 1)
+            .unwrap();
         // Up to the size that triggers a sweep at the next call.
         for i in 0..SWEEP_AT as u32 - 1 {
-            drop(limiter.admit(IpAddr::from(i.to_be_bytes()), "x").unwrap());
+            drop(
+                limiter
+                    .admit(IpAddr::from(i.to_be_bytes()), "x", 1)
+                    .unwrap(),
+            );
         }
         // Each used one token of two; at 1,000/s they are all full again within 1 ms.
         std::thread::sleep(Duration::from_millis(10));
-        drop(limiter.admit(IpAddr::from([10, 0, 0, 2]), "new").unwrap());
+        drop(
+            limiter
+                .admit(IpAddr::from([10, 0, 0, 2]), "new", 1)
+                .unwrap(),
+        );
         let clients = limiter.clients.lock().unwrap();
         // The busy client and the new one are left.
         assert_eq!(clients.buckets.len(), 2, "{}", clients.buckets.len());

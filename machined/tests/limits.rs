@@ -359,3 +359,35 @@ async fn a_watch_that_never_reads_is_overrun_and_memory_stays_bounded() {
     drop((again, first, idle));
     apid.shutdown().await.unwrap();
 }
+
+/// A call naming N nodes takes N of its client's places in flight on the node that fans
+/// it out: over the limit, it is refused before any node is reached.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_to_n_nodes_counts_n_calls_in_flight() {
+    let cluster = Cluster::new();
+    let apid = start(
+        &cluster,
+        apid::Limits {
+            max_calls_per_client: 4,
+            ..Default::default()
+        },
+    )
+    .await;
+    let nodes: Vec<String> = (201..=205).map(|i| format!("127.0.0.{i}:9")).collect();
+    let mut machine =
+        MachineServiceClient::new(channel(apid.local_addr(), &cluster.tls(&[Role::Admin])).await);
+    let status = machine
+        .version(to_nodes(mapi::VersionRequest {}, &nodes))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("N nodes counts N"), "{status:?}");
+    // Within the limit, the call goes out (and reports the nodes that do not answer).
+    let answer = machine
+        .version(to_nodes(mapi::VersionRequest {}, &nodes[..4]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.messages.len(), 4);
+    apid.shutdown().await.unwrap();
+}
