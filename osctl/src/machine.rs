@@ -496,9 +496,13 @@ pub async fn run(connection: &Connection, command: MachineCmd) -> Result<()> {
             println!("NODE\tPROTO\tLOCAL\tREMOTE\tSTATE\tTX-Q\tRX-Q\tPID/PROGRAM");
             each!(answer, |node, m| {
                 for s in m.sockets {
-                    let address = |ip: &str, port: u32| match ip.contains(':') {
-                        true => format!("[{ip}]:{port}"),
-                        false => format!("{ip}:{port}"),
+                    // IPv6 addresses in brackets, as in a URL.
+                    let address = |ip: &str, port: u32| {
+                        if ip.contains(':') {
+                            format!("[{ip}]:{port}")
+                        } else {
+                            format!("{ip}:{port}")
+                        }
                     };
                     let program = match s.pid {
                         0 => "-".to_string(),
