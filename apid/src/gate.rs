@@ -203,7 +203,13 @@ impl Service<http::Request<Body>> for Gate {
             if rule.is_some_and(|r| r.mutating) {
                 tracing::info!(target: "audit", who = %caller.who(), roles = %caller.roles_header(), method = %path, result = ?result, "call");
             }
-            if maintenance && path == APPLY_CONFIGURATION && result == tonic::Code::Ok {
+            if maintenance
+                && path == APPLY_CONFIGURATION
+                && result == tonic::Code::Ok
+                && response
+                    .headers()
+                    .contains_key(crate::CONFIG_APPLIED_HEADER)
+            {
                 // The node has its config; the client's next call comes with a client
                 // certificate.
                 if !shared.left_maintenance(LEAVE_MAINTENANCE_TIMEOUT).await {

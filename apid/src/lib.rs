@@ -19,6 +19,11 @@ mod server;
 mod shared;
 pub mod socket;
 
+/// The response header with which the node says an ApplyConfiguration stored a config in
+/// effect (not a dry run): only then does apid, in maintenance mode, wait for the node's
+/// certificates before it answers.
+pub const CONFIG_APPLIED_HEADER: &str = "basalt-config-applied";
+
 pub use caller::AuthorizedCaller;
 pub use certificates::node_resources;
 pub use error::ApidError;

@@ -391,3 +391,106 @@ async fn a_call_to_n_nodes_counts_n_calls_in_flight() {
     assert_eq!(answer.messages.len(), 4);
     apid.shutdown().await.unwrap();
 }
+
+/// Hostile YAML of 1 MiB, which anyone may send to a node in maintenance mode, costs no
+/// more than a flat config of that size: each shape is refused (naming why) or parsed
+/// within 5× the time of a flat 1 MiB config, and another client is served meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_yaml_shapes_cost_no_more_than_a_flat_config() {
+    const MIB: usize = 1 << 20;
+    let cluster = Cluster::new();
+    let node = cluster.start_unconfigured("127.0.0.1").await;
+    let insecure = basalt_api::client::ClientTls::Insecure { pin: None };
+    let channel = channel(node.local_addr(), &insecure).await;
+    let dry_run = |yaml: String| mapi::ApplyConfigurationRequest {
+        data: yaml.into_bytes(),
+        dry_run: true,
+        ..Default::default()
+    };
+    let timed = |yaml: String| {
+        let mut machine = MachineServiceClient::new(channel.clone());
+        async move {
+            let started = Instant::now();
+            let result = machine.apply_configuration(dry_run(yaml)).await;
+            (started.elapsed(), result.err())
+        }
+    };
+
+    let flat = format!(
+        "{}---\napiVersion: basalt.dev/v1alpha1\nkind: ExtensionServiceConfig\nname: big\n\
+         configFiles:\n- mountPath: /etc/big\n  content: \"{}\"\n",
+        controlplane_yaml(&cluster),
+        "a".repeat(MIB)
+    );
+    // The flat config's time, the slower of two runs (the machine is shared).
+    let mut baseline = Duration::ZERO;
+    for _ in 0..2 {
+        let (took, error) = timed(flat.clone()).await;
+        assert!(error.is_none(), "the flat config: {error:?}");
+        baseline = baseline.max(took);
+    }
+
+    let mut block = String::new();
+    for depth in 0.. {
+        if block.len() > MIB {
+            break;
+        }
+        block.push_str(&format!("{}k{depth}:\n", " ".repeat(depth)));
+    }
+    let mut fan = format!("a: &a {}\nb: [", "v".repeat(1024));
+    while fan.len() < MIB {
+        fan.push_str("*a, ");
+    }
+    fan.push_str("*a]\n");
+    let shapes = [
+        (
+            "flow nesting",
+            format!("x: {}", "[".repeat(MIB)),
+            "nested more than",
+        ),
+        ("block nesting", block, "kind"),
+        (
+            "a 1 MiB scalar",
+            format!("kind: {}\n", "k".repeat(MIB)),
+            "bytes more",
+        ),
+        (
+            "a 1 MiB list",
+            format!(
+                "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nlist: [{}]\n",
+                "1, ".repeat(MIB / 3)
+            ),
+            "list",
+        ),
+        ("an alias fan", fan, "expands to more than"),
+    ];
+
+    // Another client, calling all along.
+    let served = {
+        let mut machine = MachineServiceClient::new(channel.clone());
+        tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            for _ in 0..50 {
+                let started = Instant::now();
+                machine.version(mapi::VersionRequest {}).await.unwrap();
+                slowest = slowest.max(started.elapsed());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            slowest
+        })
+    };
+    for (name, yaml, expected) in shapes {
+        let (took, error) = timed(yaml).await;
+        let error = error.unwrap_or_else(|| panic!("{name} was accepted"));
+        println!("{name}: {took:?} (flat: {baseline:?}): {}", error.message());
+        assert!(
+            took <= baseline * 5,
+            "{name} took {took:?}, more than 5× the flat config's {baseline:?}"
+        );
+        assert!(error.message().contains(expected), "{name}: {error:?}");
+    }
+    let slowest = served.await.unwrap();
+    println!("slowest Version call meanwhile: {slowest:?}");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    node.shutdown().await.unwrap();
+}

@@ -116,10 +116,19 @@ impl MachineService for MachineApi {
         request: Request<api::ApplyConfigurationRequest>,
     ) -> Result<Response<api::ApplyConfigurationResponse>, Status> {
         let caller = caller(&request)?;
-        let result = apply::apply(&self.shared, &caller, request.into_inner()).await?;
-        Ok(Response::new(api::ApplyConfigurationResponse {
+        let request = request.into_inner();
+        let dry_run = request.dry_run;
+        let result = apply::apply(&self.shared, &caller, request).await?;
+        let mut response = Response::new(api::ApplyConfigurationResponse {
             messages: vec![result],
-        }))
+        });
+        if !dry_run {
+            response.metadata_mut().insert(
+                apid::CONFIG_APPLIED_HEADER,
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+        }
+        Ok(response)
     }
 
     async fn time(

@@ -110,6 +110,30 @@ pub(crate) fn backend(shared: Arc<Shared>, limits: &Limits) -> Backend {
     })
 }
 
+/// The longest error message a response carries. An error may quote the caller's input
+/// (a config's unknown kind, say), and a header of a megabyte breaks the connection for
+/// every call on it: HTTP/2 clients refuse such headers.
+const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// Cuts an error message in the response headers to [`MAX_ERROR_MESSAGE`] bytes.
+fn bound_error_message(response: &mut http::Response<Body>) {
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return;
+    };
+    let message = status.message();
+    if message.len() <= MAX_ERROR_MESSAGE {
+        return;
+    }
+    let mut cut = MAX_ERROR_MESSAGE;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let bounded = format!("{}… ({} bytes more)", &message[..cut], message.len() - cut);
+    if let Err(e) = Status::new(status.code(), bounded).add_header(response.headers_mut()) {
+        tracing::warn!(error = %e, "cannot shorten an error message");
+    }
+}
+
 /// Publishes an `audit` event for every call that changes the node, with its result.
 #[derive(Clone)]
 struct Audited<S> {
@@ -144,7 +168,8 @@ where
         let response = self.inner.call(request);
         let events = self.events.clone();
         Box::pin(async move {
-            let response = response.await?;
+            let mut response = response.await?;
+            bound_error_message(&mut response);
             if apid::authz::rule_for(&method).is_some_and(|r| r.mutating) {
                 let result = format!("{:?}", apid::authz::result_of(&response));
                 events.publish(
