@@ -16,7 +16,7 @@ use basalt_resources::config::MachineConfigSpec;
 use clap::Subcommand;
 use tonic::{Code, Status};
 
-use crate::connect::Connection;
+use crate::connect::{Connection, Failures};
 use crate::machine::ApplyArgs;
 
 #[derive(Debug, Clone, Subcommand)]
@@ -103,21 +103,46 @@ async fn apply(
     one(answer.into_inner().messages, |m| m.metadata.as_ref())
 }
 
+/// Runs `one` for each node the call is for. With one node its error is the command's;
+/// with several, as the other verbs do, each node's error is printed, the other nodes
+/// still run, and the command fails at the end.
+async fn for_each_target<F, Fut>(connection: &Connection, mut one: F) -> Result<()>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut targets = connection.targets();
+    if targets.len() == 1 {
+        return one(targets.remove(0)).await;
+    }
+    let mut failures = Failures::default();
+    for target in targets {
+        let label = connection.label(target.as_deref());
+        if let Err(e) = one(target).await {
+            eprintln!("{label}: error: {e:#}");
+            failures.0 += 1;
+        }
+    }
+    failures.finish()
+}
+
 pub async fn patch(connection: &Connection, command: PatchCmd) -> Result<()> {
     let PatchCmd::MachineConfig { patch, apply: args } = command;
-    for target in connection.targets() {
+    let (patch, args) = (&patch, &args);
+    for_each_target(connection, |target| async move {
         let target = target.as_deref();
         let label = connection.label(target);
         let current = in_effect(connection, target).await?;
         let config = Config::parse(&current.yaml)
             .with_context(|| format!("the config in effect on {label}"))?;
-        let patched = crate::apply_patches(config, &patch)?.to_yaml()?;
-        let result = apply(connection, target, &args, patched, current.digest)
+        let patched = crate::apply_patches(config, patch)?.to_yaml()?;
+        let result = apply(connection, target, args, patched, current.digest)
             .await
             .with_context(|| format!("{label}: the patched config was not applied"))?;
         args.print(&label, &result);
-    }
-    Ok(())
+        Ok(())
+    })
+    .await
 }
 
 /// Lines starting with this are osctl's notes in the file being edited, removed on save.
@@ -178,11 +203,11 @@ fn fixable(status: &Status) -> bool {
 
 pub async fn edit(connection: &Connection, command: EditCmd) -> Result<()> {
     let EditCmd::MachineConfig { apply: args } = command;
-    for target in connection.targets() {
-        let target = target.as_deref();
-        edit_one(connection, target, &args).await?;
-    }
-    Ok(())
+    let args = &args;
+    for_each_target(connection, |target| async move {
+        edit_one(connection, target.as_deref(), args).await
+    })
+    .await
 }
 
 async fn edit_one(connection: &Connection, target: Option<&str>, args: &ApplyArgs) -> Result<()> {

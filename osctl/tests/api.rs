@@ -269,6 +269,34 @@ async fn nodes_flag_fans_out_and_reports_a_stopped_node() {
         );
     }
     assert!(took < Duration::from_secs(5), "took {took:?}");
+
+    // patch, like every verb, goes on past a dead node and fails at the end.
+    let dead_first = [nodes[2].as_str(), nodes[0].as_str(), nodes[1].as_str()].join(",");
+    let patch = hostname_patch("fanned");
+    let run = osctl(
+        dir,
+        &[
+            "-e",
+            &endpoint,
+            "-n",
+            &dead_first,
+            "patch",
+            "mc",
+            "-p",
+            &patch,
+        ],
+    )
+    .await;
+    assert!(!run.ok, "a dead node should fail the command");
+    assert!(
+        run.stderr.contains(&format!("{}: error", nodes[2]))
+            && run.stderr.contains("1 node(s) failed"),
+        "{}",
+        run.stderr
+    );
+    for node in &nodes[..2] {
+        wait_for_hostname(dir, node, "fanned").await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
