@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use basalt_kubeprism::testing::{echo_stream, get, TestBackend, TestCa};
+use basalt_kubeprism::testing::{echo_stream, get, Mode, TestBackend, TestCa, TlsLoad};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -88,12 +88,19 @@ async fn run() -> Result<()> {
     // Not probed with a connection: iperf3 would log a failed test for each.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let (_ours, ours_addr, ours_pid) = start_ours(&upstreams, false).await?;
-    let (_ours_iperf, ours_iperf, _) = start_ours(&[iperf_addr.to_string()], false).await?;
-    let (_copy_iperf, copy_iperf, _) = start_ours(&[iperf_addr.to_string()], true).await?;
-    let (_copy, copy_addr, _) = start_ours(&upstreams, true).await?;
+    // Ours checks the HTTP backends as the node checks API servers (HTTPS `/readyz`
+    // with the cluster CA); iperf3 speaks no HTTPS, so its balancers check by TCP.
+    let ca_dir = tempfile::tempdir()?;
+    let ca_file = ca_dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem())?;
+    let ca_path = ca_file;
+    let ca_file = Some(ca_path.as_path());
+    let (_ours, ours_addr, ours_pid) = start_ours(&upstreams, ca_file, false).await?;
+    let (_ours_iperf, ours_iperf, _) = start_ours(&[iperf_addr.to_string()], None, false).await?;
+    let (_copy_iperf, copy_iperf, _) = start_ours(&[iperf_addr.to_string()], None, true).await?;
+    let (_copy, copy_addr, _) = start_ours(&upstreams, ca_file, true).await?;
     let (_haproxy, _cfg, haproxy_addr, haproxy_iperf, haproxy_pid) =
-        start_haproxy(&upstreams, iperf_addr).await?;
+        start_haproxy(&upstreams, iperf_addr, HaproxyChecks::Default).await?;
 
     let targets = [
         Target {
@@ -143,6 +150,33 @@ async fn run() -> Result<()> {
         );
         results.failover.push(f);
     }
+    if wants("hang") {
+        // HAProxy with checks tuned for a fast failover: HTTPS `/readyz` every 200 ms,
+        // out after 2 failures (each timing out after 200 ms); once balancing by least
+        // connections as ours does (one client stuck on the hung server is then enough
+        // to steer the others away), once round robin (its default).
+        let mut proxies = vec![("ours", ours_addr, None)];
+        for balance in ["leastconn", "roundrobin"] {
+            let tuned = HaproxyChecks::Tuned {
+                ca: &ca_path,
+                balance,
+            };
+            let (child, cfg, addr, _, _) = start_haproxy(&upstreams, iperf_addr, tuned).await?;
+            proxies.push((balance, addr, Some((child, cfg))));
+        }
+        let tls = Arc::clone(&basalt_kubeprism::HttpsCheck::new(ca.pem().as_bytes(), None)?.tls);
+        for (name, addr, _) in &proxies {
+            let h = hang(*addr, &backends[0], &tls).await?;
+            println!(
+                "{name:10} hang: {} of {} new clients failed; last failure {} ms after the hang began; slowest answer {} ms",
+                h.failed,
+                h.clients,
+                h.last_failure.map_or("-".into(), |d| d.as_millis().to_string()),
+                h.slowest.as_millis()
+            );
+            results.hang.push(h);
+        }
+    }
     for t in targets[..2].iter().filter(|_| wants("memory")) {
         let pid = t.pid.context("a proxy has a pid")?;
         let (measured, mib) = idle_memory(t.http[0], pid, &backends).await?;
@@ -172,6 +206,8 @@ struct Results {
     latency: Vec<(f64, f64, f64)>,
     /// ours, haproxy
     failover: Vec<Failover>,
+    /// ours, haproxy with tuned checks (leastconn, roundrobin)
+    hang: Vec<Hang>,
     memory: Vec<f64>,
 }
 
@@ -196,6 +232,9 @@ impl Results {
             return;
         };
         let [f_ours, f_ha] = self.failover[..] else {
+            return;
+        };
+        let [h_ours, h_ha, h_ha_rr] = self.hang[..] else {
             return;
         };
         let [m_ours, m_ha] = self.memory[..] else {
@@ -268,6 +307,27 @@ impl Results {
             failover(f_ha),
             met(f_ours.failed == 0)
         );
+        let hang = |h: Hang| {
+            let pct = 100.0 * h.failed as f64 / h.clients.max(1) as f64;
+            format!(
+                "{} of {} ({pct:.1} %), slowest answer {} ms",
+                h.failed,
+                h.clients,
+                h.slowest.as_millis()
+            )
+        };
+        println!(
+            "| hang: one of three backends stops answering (TCP still accepted) for {} s under {} new TLS clients/s and {WATCHES} long-lived connections: new clients failed (ours: HTTPS checks as the node ships them; HAProxy: `check-ssl`, `inter 200ms fall 2`, leastconn) | {} | {} | | | ≤ 1 % | {} |",
+            HANG.as_secs(),
+            Duration::from_secs(1).as_micros() / HANG_EVERY.as_micros(),
+            hang(h_ours),
+            hang(h_ha),
+            met(h_ours.failed * 100 <= h_ours.clients)
+        );
+        println!(
+            "| same, HAProxy balancing round robin | | {} | | | (info) | |",
+            hang(h_ha_rr),
+        );
         println!(
             "| RSS with {IDLE_CONNECTIONS} idle proxied connections (MiB, extrapolated from {IDLE_STEPS:?}) | {m_ours:.1} | {m_ha:.1} | | {:.2} | ≤ 64 MiB | {} |",
             m_ours / m_ha,
@@ -277,7 +337,7 @@ impl Results {
 }
 
 /// Whether this run measures `part`: all of them unless `KUBEPRISM_BENCH_ONLY` lists
-/// some (comma-separated: throughput, rate, latency, failover, memory). The summary
+/// some (comma-separated: throughput, rate, latency, failover, hang, memory). The summary
 /// table is printed only when all are measured.
 fn wants(part: &str) -> bool {
     match std::env::var("KUBEPRISM_BENCH_ONLY") {
@@ -322,9 +382,16 @@ async fn wait_listening(addr: SocketAddr) -> Result<()> {
 
 /// Starts our balancer process; returns it (stdin held: it exits when dropped), its
 /// address and pid.
-async fn start_ours(upstreams: &[String], copy: bool) -> Result<(Child, SocketAddr, u32)> {
+async fn start_ours(
+    upstreams: &[String],
+    ca: Option<&std::path::Path>,
+    copy: bool,
+) -> Result<(Child, SocketAddr, u32)> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubeprism-bench-lb"));
     cmd.args(["--listen", "127.0.0.1:0"]);
+    if let Some(ca) = ca {
+        cmd.arg("--ca").arg(ca);
+    }
     if copy {
         cmd.arg("--copy");
     }
@@ -358,25 +425,48 @@ async fn start_ours(upstreams: &[String], copy: bool) -> Result<(Child, SocketAd
     Ok((child, addr, pid))
 }
 
-/// Starts HAProxy with its default checks (`check`: every 2 s, down after 3 failures,
-/// up after 2) in front of the backends, and a second frontend for iperf3. It splices
-/// (`option splice-auto`), as ours does: the throughput compared is zero-copy to
-/// zero-copy. Its pipes are capped at 256, as ours are, so that 2 × maxconn plus the
+/// How HAProxy checks its servers.
+enum HaproxyChecks<'a> {
+    /// `check`: TCP connect every 2 s, down after 3 failures, up after 2; `leastconn`.
+    Default,
+    /// HTTPS `/readyz` verified against `ca`, every 200 ms, down after 2 failures, up
+    /// after 2, balancing by `balance`.
+    Tuned {
+        ca: &'a std::path::Path,
+        balance: &'static str,
+    },
+}
+
+/// Starts HAProxy with `checks` in front of the backends, and a second frontend for
+/// iperf3. It splices (`option splice-auto`), as ours does: the throughput compared is
+/// zero-copy to zero-copy. Its pipes are capped at 256, as ours are, so that 2 × maxconn plus the
 /// pipes fit in the descriptor limit here (20,000).
 async fn start_haproxy(
     upstreams: &[String],
     iperf: SocketAddr,
+    checks: HaproxyChecks<'_>,
 ) -> Result<(Child, tempfile::TempDir, SocketAddr, SocketAddr, u32)> {
     let (http, iperf_front) = (free_port()?, free_port()?);
+    let (balance, httpchk, checks) = match checks {
+        HaproxyChecks::Default => ("leastconn", "", "check".to_string()),
+        HaproxyChecks::Tuned { ca, balance } => (
+            balance,
+            "    option httpchk GET /readyz\n",
+            format!(
+                "check check-ssl verify required ca-file {} inter 200ms fall 2 rise 2",
+                ca.display()
+            ),
+        ),
+    };
     let servers: String = upstreams
         .iter()
         .enumerate()
-        .map(|(i, u)| format!("    server s{i} {u} check\n"))
+        .map(|(i, u)| format!("    server s{i} {u} {checks}\n"))
         .collect();
     let config = format!(
         "global\n    maxconn 9300\n    maxpipes 256\n\ndefaults\n    mode tcp\n    option splice-auto\n    maxconn 9300\n    timeout connect 5s\n    timeout client 10m\n    timeout server 10m\n\n\
          frontend api\n    bind 127.0.0.1:{http}\n    default_backend apiservers\n\n\
-         backend apiservers\n    balance leastconn\n{servers}\n\
+         backend apiservers\n    balance {balance}\n{httpchk}{servers}\n\
          frontend iperf\n    bind 127.0.0.1:{iperf_front}\n    default_backend iperf\n\n\
          backend iperf\n    server iperf {iperf}\n"
     );
@@ -639,6 +729,67 @@ async fn failover(addr: SocketAddr, victim: &TestBackend) -> Result<Failover> {
         in_flight: in_flight.len(),
         failed: new.len(),
         span,
+    })
+}
+
+/// How long the hang lasts, and how often a new client comes meanwhile.
+const HANG: Duration = Duration::from_secs(5);
+const HANG_EVERY: Duration = Duration::from_millis(5);
+/// Long-lived connections held through the proxy meanwhile.
+const WATCHES: usize = 30;
+
+#[derive(Debug, Clone, Copy)]
+struct Hang {
+    /// Clients started during the hang, and how many of them failed.
+    clients: usize,
+    failed: usize,
+    /// The last failed client's end, after the hang began.
+    last_failure: Option<Duration>,
+    /// The slowest answer a client started during the hang got.
+    slowest: Duration,
+}
+
+/// Hangs `victim` (connections accepted, nothing read or answered) for [`HANG`] under a
+/// steady stream of new TLS clients through `addr`, counting the clients that failed.
+async fn hang(
+    addr: SocketAddr,
+    victim: &TestBackend,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<Hang> {
+    // Long-lived connections on every backend, as kubelet's and controllers' watches
+    // are: without them, one client stuck on the hung backend would be enough for a
+    // least-connections choice to send every other client elsewhere.
+    let mut streams = Vec::new();
+    for _ in 0..WATCHES {
+        streams.push(echo_stream(addr).await?);
+    }
+    let load = TlsLoad::start(addr, Arc::clone(tls), HANG_EVERY, Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    victim.set_mode(Mode::Hang);
+    let hung = Instant::now();
+    tokio::time::sleep(HANG).await;
+    victim.set_mode(Mode::Ready);
+    let recovered = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let outcomes = load.stop().await;
+    drop(streams);
+    // Back in every proxy's rotation before the next run.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.started >= hung && o.started < recovered)
+        .collect();
+    let failed: Vec<_> = during.iter().filter(|o| o.result.is_err()).collect();
+    Ok(Hang {
+        clients: during.len(),
+        failed: failed.len(),
+        last_failure: failed.iter().map(|o| o.started + o.took - hung).max(),
+        slowest: during
+            .iter()
+            .filter(|o| o.result.is_ok())
+            .map(|o| o.took)
+            .max()
+            .unwrap_or_default(),
     })
 }
 

@@ -38,8 +38,13 @@ pub struct BalancerConfig {
     pub dial_timeout: Duration,
     /// Upstreams tried for one client connection before it is closed.
     pub dial_attempts: usize,
-    /// All dial attempts for one client connection together take at most this long.
+    /// All dial attempts for one client connection, and the waits for their first
+    /// answers, together take at most this long.
     pub dial_budget: Duration,
+    /// An upstream that has not answered this long after the client's first bytes
+    /// reached it is suspect, and the bytes are replayed on another upstream (while one
+    /// is left to try within the budget; see the `replay` module).
+    pub answer_timeout: Duration,
     pub proxy: ProxyMode,
     pub health: HealthConfig,
     /// Threads serving connections (all accepting from one socket); 0: one per core.
@@ -60,6 +65,9 @@ impl Default for BalancerConfig {
             dial_timeout: Duration::from_millis(750),
             dial_attempts: 3,
             dial_budget: Duration::from_secs(2),
+            // An API server answers a ClientHello in milliseconds; a false alarm costs
+            // one replay and an early check.
+            answer_timeout: Duration::from_millis(500),
             proxy: ProxyMode::default(),
             health: HealthConfig::default(),
             threads: 0,
@@ -90,20 +98,18 @@ impl Default for HealthConfig {
 }
 
 impl HealthConfig {
-    /// The defaults for `check`. An HTTPS check runs every second while the upstream is
-    /// up, not every half second: each is a request that the API server answers for
-    /// every node, and the kept-alive connection sees a dead server at once anyway. Its
-    /// timeout is 2 s: a loaded API server may answer slowly without being down.
+    /// The defaults for `check`. An HTTPS check runs every 500 ms and times out after
+    /// 500 ms, and a timeout is a hard failure: a hung API server (whose kernel still
+    /// completes handshakes) is out of rotation within a second even if no client
+    /// happens to notice. A `/readyz` on a kept-alive connection costs the API server
+    /// little more than a TCP check would.
     pub fn with_check(check: Check) -> Self {
         match check {
             Check::Tcp => HealthConfig::default(),
             Check::Https(_) => HealthConfig {
                 check,
-                thresholds: Thresholds {
-                    interval_up: Duration::from_secs(1),
-                    ..Thresholds::default()
-                },
-                timeout: Duration::from_secs(2),
+                thresholds: Thresholds::default(),
+                timeout: Duration::from_millis(500),
             },
         }
     }

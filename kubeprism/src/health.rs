@@ -3,12 +3,12 @@
 //! come out.
 //!
 //! Hysteresis: `fall` consecutive failures take a healthy upstream down and `rise`
-//! consecutive successful checks bring a down one back, so one slow or unready answer
-//! from a loaded API server does not flap it. A *hard* failure — a failed dial on the
-//! data path, or a check whose connection is refused — is stronger evidence than a slow
-//! answer: it makes the upstream *suspect* at once, which takes it out of rotation while
-//! another upstream is healthy, and the next check (run early) either clears it or
-//! confirms it down.
+//! consecutive successful checks bring a down one back, so one unready answer from a
+//! loaded API server does not flap it. A *hard* failure — on the data path a failed dial
+//! or a client's first bytes left unanswered, or a check refused or timed out — is
+//! stronger evidence: it makes the upstream *suspect* at once, which takes it out of
+//! rotation while another upstream is healthy, and the next check (run early) either
+//! clears it or confirms it down.
 
 use std::time::Duration;
 
@@ -113,8 +113,8 @@ impl Health {
         self.state != before
     }
 
-    /// A hard failure (a dial on the data path failed, or a check's connection was
-    /// refused); returns whether the state changed.
+    /// A hard failure (see the module's documentation); returns whether the state
+    /// changed.
     pub fn on_hard_failure(&mut self) -> bool {
         let before = self.state;
         self.fail();

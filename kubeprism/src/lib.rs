@@ -5,11 +5,14 @@
 //!
 //! - **Passive health**: a failed or timed-out dial marks the upstream suspect and the
 //!   same client connection is dialed again on another upstream (bounded attempts and
-//!   time) before a byte moves, so the client never sees the dead one.
+//!   time) before a byte moves, so the client never sees the dead one. A hung upstream
+//!   dials fine (its kernel completes the handshake): the client's first bytes are kept
+//!   until the upstream answers, and replayed on another upstream if it does not
+//!   within 500 ms (`replay`).
 //! - **Active health**: a task per upstream checks it (TCP connect, or HTTPS
 //!   `GET /readyz` with the CA verified, on a kept-alive connection) every 200 ms while
-//!   it is down or suspect and every 500 ms (TCP) or 1 s (HTTPS) while it is up, with
-//!   rise/fall hysteresis ([`health`]).
+//!   it is down or suspect and every 500 ms while it is up, with rise/fall hysteresis
+//!   ([`health`]); an HTTPS check that gets no answer in 500 ms is a hard failure.
 //! - **Selection**: power of two choices weighted by outstanding connections and dial
 //!   latency ([`balance`]).
 //! - **Threads**: one per core, each with its own runtime, accepting from one shared
@@ -28,6 +31,7 @@ mod config;
 mod error;
 mod listener;
 mod proxy;
+mod replay;
 mod resolve;
 mod shared;
 mod spin;

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::balance::{choose, Rng};
 use crate::error::is_local;
 use crate::proxy::proxy;
+use crate::replay::{Answer, Held};
 use crate::shared::{Shared, Slot};
 use crate::spin;
 use crate::upstream::{ActiveGuard, Upstream};
@@ -71,24 +72,61 @@ pub(crate) async fn accept_loop(
 
 async fn serve(client: TcpStream, slot: Slot) {
     let shared = slot.shared();
-    let (upstream, stream) = match dial(shared).await {
-        Ok(dialed) => dialed,
-        Err(failure) => {
-            match failure {
-                DialFailure::NoUpstream => shared.note_failure(),
-                DialFailure::Local(e) => shared.note_local("dial", &e),
-            }
-            let _ = client.set_zero_linger();
-            return;
-        }
+    let Some((guard, stream)) = connect_client(shared, &client).await else {
+        return;
     };
-    let guard = ActiveGuard::new(upstream);
-    // The client socket has TCP_NODELAY from the listener already.
-    let _ = stream.set_nodelay(true);
     let mode = shared.config.proxy;
     if let Err(e) = proxy(mode, client, stream, &guard.0.counters).await {
         // Resets are the normal end of many connections; nothing to report.
         tracing::debug!(upstream = %guard.0.name, error = %e, "connection ended");
+    }
+}
+
+/// Finds the client an upstream that answers: dials, and while another upstream is
+/// left to try, waits for the first answer with the client's first bytes kept, to
+/// replay them elsewhere if none comes. `None`: the client was closed (or left).
+async fn connect_client(shared: &Shared, client: &TcpStream) -> Option<(ActiveGuard, TcpStream)> {
+    let mut dialer = Dialer::new(shared);
+    let mut held = Held::default();
+    let answer_timeout = shared.config.answer_timeout;
+    loop {
+        let (upstream, mut stream) = match dialer.dial().await {
+            Ok(dialed) => dialed,
+            Err(failure) => {
+                match failure {
+                    DialFailure::NoUpstream => shared.note_failure(),
+                    DialFailure::Local(e) => shared.note_local("dial", &e),
+                }
+                let _ = client.set_zero_linger();
+                return None;
+            }
+        };
+        // Counted from the dial: a client waiting on its answer is this upstream's load.
+        let guard = ActiveGuard::new(upstream);
+        // The client socket has TCP_NODELAY from the listener already.
+        let _ = stream.set_nodelay(true);
+        let answer = if dialer.can_retry(answer_timeout) {
+            held.await_answer(client, &mut stream, answer_timeout).await
+        } else {
+            // The last chance: no deadline, whatever the upstream's pace.
+            match held.resend(&mut stream).await {
+                Ok(()) => Answer::Proceed,
+                Err(e) => {
+                    tracing::debug!(upstream = %guard.0.name, error = %e, "connection ended");
+                    return None;
+                }
+            }
+        };
+        match answer {
+            Answer::Proceed => {
+                // Sent through user space, not the proxy: counted here.
+                let sent = &guard.0.counters.bytes_sent;
+                sent.fetch_add(held.len() as u64, Ordering::Relaxed);
+                return Some((guard, stream));
+            }
+            Answer::ClientGone => return None,
+            Answer::Silent(reason) => guard.0.on_data_path_failure(&reason),
+        }
     }
 }
 
@@ -105,40 +143,78 @@ thread_local! {
     static RNG: RefCell<Rng> = RefCell::new(Rng::new(crate::shared::seed()));
 }
 
-/// Dials upstreams until one answers, within the attempt and time budget.
-async fn dial(shared: &Shared) -> Result<(Arc<Upstream>, TcpStream), DialFailure> {
-    let set = shared.upstreams();
-    let config = &shared.config;
-    let mut rng = Rng::new(RNG.with(|rng| rng.borrow_mut().next_u64()));
-    let mut tried = vec![false; set.len()];
-    let started = Instant::now();
-    for _ in 0..config.dial_attempts {
-        let candidates: Vec<_> = set
-            .iter()
-            .zip(&tried)
-            .map(|(u, &t)| u.candidate(t))
-            .collect();
-        let i = choose(&candidates, &mut rng).ok_or(DialFailure::NoUpstream)?;
-        tried[i] = true;
-        let upstream = &set[i];
-        let left = config.dial_budget.saturating_sub(started.elapsed());
-        if left.is_zero() {
-            return Err(DialFailure::NoUpstream);
-        }
-        let attempt = Instant::now();
-        match connect(upstream.addr, config.dial_timeout.min(left)).await {
-            Ok(Ok(stream)) => {
-                upstream.on_dial_success(attempt.elapsed());
-                return Ok((Arc::clone(upstream), stream));
-            }
-            Ok(Err(e)) if is_local(&e) => return Err(DialFailure::Local(e)),
-            Ok(Err(e)) => upstream.on_dial_failure(&e.to_string()),
-            Err(_) => {
-                upstream.on_dial_failure(&io::Error::from(io::ErrorKind::TimedOut).to_string())
-            }
+/// The upstreams tried for one client connection, within the attempt and time budget
+/// (dials and waits for a first answer alike).
+struct Dialer<'a> {
+    shared: &'a Shared,
+    set: Arc<Vec<Arc<Upstream>>>,
+    tried: Vec<bool>,
+    attempts: usize,
+    started: Instant,
+    rng: Rng,
+}
+
+impl<'a> Dialer<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        let set = shared.upstreams();
+        Dialer {
+            shared,
+            tried: vec![false; set.len()],
+            set,
+            attempts: 0,
+            started: Instant::now(),
+            rng: Rng::new(RNG.with(|rng| rng.borrow_mut().next_u64())),
         }
     }
-    Err(DialFailure::NoUpstream)
+
+    fn left(&self) -> Duration {
+        self.shared
+            .config
+            .dial_budget
+            .saturating_sub(self.started.elapsed())
+    }
+
+    /// Whether, after waiting `wait` more, another upstream could still be tried.
+    fn can_retry(&self, wait: Duration) -> bool {
+        self.attempts < self.shared.config.dial_attempts
+            && self.tried.contains(&false)
+            && self.left() > wait
+    }
+
+    /// Dials untried upstreams until one connects.
+    async fn dial(&mut self) -> Result<(Arc<Upstream>, TcpStream), DialFailure> {
+        let config = &self.shared.config;
+        while self.attempts < config.dial_attempts {
+            self.attempts += 1;
+            let candidates: Vec<_> = self
+                .set
+                .iter()
+                .zip(&self.tried)
+                .map(|(u, &t)| u.candidate(t))
+                .collect();
+            let i = choose(&candidates, &mut self.rng).ok_or(DialFailure::NoUpstream)?;
+            self.tried[i] = true;
+            let upstream = &self.set[i];
+            let left = self.left();
+            if left.is_zero() {
+                return Err(DialFailure::NoUpstream);
+            }
+            let attempt = Instant::now();
+            match connect(upstream.addr, config.dial_timeout.min(left)).await {
+                Ok(Ok(stream)) => {
+                    upstream.on_dial_success(attempt.elapsed());
+                    return Ok((Arc::clone(upstream), stream));
+                }
+                Ok(Err(e)) if is_local(&e) => return Err(DialFailure::Local(e)),
+                Ok(Err(e)) => upstream.on_data_path_failure(&format!("dial: {e}")),
+                Err(_) => upstream.on_data_path_failure(&format!(
+                    "dial: {}",
+                    io::Error::from(io::ErrorKind::TimedOut)
+                )),
+            }
+        }
+        Err(DialFailure::NoUpstream)
+    }
 }
 
 /// Connects within `limit`. The timer is armed only for a dial not done after two turns

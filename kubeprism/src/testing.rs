@@ -12,9 +12,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -64,7 +66,8 @@ pub enum Mode {
     Unready,
     /// Every answer waits this long first.
     Slow(Duration),
-    /// Accepts connections and never answers (nor reads).
+    /// Accepts connections and neither reads nor answers until the mode changes, as a
+    /// stopped process (SIGSTOP) whose kernel still completes handshakes.
     Hang,
     /// `/readyz` answers 403, as kube-apiserver does when anonymous requests may not
     /// read it.
@@ -85,6 +88,12 @@ impl TestCa {
         let key = KeyPair::generate().map_err(tls)?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // A name of its own: with rcgen's default name on both, OpenSSL (HAProxy's
+        // checks in `make bench`) takes the server's certificate for self-signed.
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "kubeprism test CA");
         let cert = params.self_signed(&key).map_err(tls)?;
         Ok(TestCa {
             pem: cert.pem(),
@@ -270,9 +279,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
 }
 
 async fn connection(stream: TcpStream, shared: Arc<Shared>) {
-    if *shared.mode.borrow() == Mode::Hang {
-        std::future::pending::<()>().await;
-    }
+    until_not_hung(&shared).await;
     let mut first = [0u8; 1];
     let tls = matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 0x16);
     let result = if tls {
@@ -287,6 +294,13 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     if let Err(e) = result {
         tracing::debug!(backend = %shared.name, error = %e, "test backend connection");
     }
+}
+
+/// Returns once the backend is not hung (at once if it is not).
+async fn until_not_hung(shared: &Shared) {
+    let mut mode = shared.mode.subscribe();
+    // The sender lives in `shared`: the wait cannot fail.
+    let _ = mode.wait_for(|m| *m != Mode::Hang).await;
 }
 
 /// Serves requests on one connection until the client closes it or asks to close it
@@ -313,9 +327,10 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(
         let mode = *shared.mode.borrow();
         match mode {
             Mode::Slow(d) => tokio::time::sleep(d).await,
-            Mode::Hang => std::future::pending::<()>().await,
+            Mode::Hang => until_not_hung(shared).await,
             Mode::Ready | Mode::Unready | Mode::Forbidden => {}
         }
+        let mode = *shared.mode.borrow();
         let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
         let path = head.split(' ').nth(1).unwrap_or_default().to_string();
         let close = head.contains("\r\nconnection: close\r\n");
@@ -369,6 +384,28 @@ pub async fn get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
     parse_answer(&answer)
 }
 
+/// `GET path` over TLS to `addr`, verified with `tls` (e.g. an [`crate::HttpsCheck`]'s,
+/// made from a [`TestCa`]) as `127.0.0.1`: what kubelet's first request looks like to
+/// a balancer (a ClientHello first).
+pub async fn get_tls(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    path: &str,
+) -> io::Result<(u16, String)> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut s = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await?;
+    parse_answer(&answer)
+}
+
 fn parse_answer(answer: &[u8]) -> io::Result<(u16, String)> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "bad answer");
     let text = String::from_utf8_lossy(answer);
@@ -413,4 +450,78 @@ pub async fn echo_round_trip(s: &mut TcpStream, payload: &[u8]) -> io::Result<()
         return Err(io::Error::new(io::ErrorKind::InvalidData, "echo differs"));
     }
     Ok(())
+}
+
+/// What one client of a [`TlsLoad`] got.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub started: Instant,
+    /// Until its answer, or until it failed or gave up.
+    pub took: Duration,
+    /// The name of the backend that answered, or why the client failed.
+    pub result: Result<String, String>,
+}
+
+/// A steady stream of new TLS clients, each asking `/name` once on its own connection
+/// (as kubelet and host-network pods open theirs), until stopped.
+#[derive(Debug)]
+pub struct TlsLoad {
+    outcomes: Arc<Mutex<Vec<Outcome>>>,
+    task: JoinHandle<()>,
+    give_up: Duration,
+}
+
+impl TlsLoad {
+    /// One new client every `every` to `addr`, verified with `tls`; a client without
+    /// its answer after `give_up` has failed.
+    pub fn start(
+        addr: SocketAddr,
+        tls: Arc<rustls::ClientConfig>,
+        every: Duration,
+        give_up: Duration,
+    ) -> TlsLoad {
+        let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::default();
+        let record = Arc::clone(&outcomes);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let (tls, record) = (Arc::clone(&tls), Arc::clone(&record));
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let answer = tokio::time::timeout(give_up, get_tls(addr, tls, "/name"));
+                    let result = match answer.await {
+                        Ok(Ok((200, name))) => Ok(name),
+                        Ok(Ok((code, _))) => Err(format!("status {code}")),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err(format!("no answer within {give_up:?}")),
+                    };
+                    let took = started.elapsed();
+                    let outcome = Outcome {
+                        started,
+                        took,
+                        result,
+                    };
+                    record
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(outcome);
+                });
+            }
+        });
+        TlsLoad {
+            outcomes,
+            task,
+            give_up,
+        }
+    }
+
+    /// Stops starting clients, lets the last ones finish, and returns every outcome in
+    /// the order they ended.
+    pub async fn stop(self) -> Vec<Outcome> {
+        self.task.abort();
+        tokio::time::sleep(self.give_up + Duration::from_millis(200)).await;
+        std::mem::take(&mut *self.outcomes.lock().unwrap_or_else(PoisonError::into_inner))
+    }
 }

@@ -145,14 +145,16 @@ impl Upstream {
         c.total.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn on_dial_failure(&self, error: &str) {
+    /// A client's connection failed on this upstream: the dial failed, or the upstream
+    /// did not answer the client's first bytes.
+    pub fn on_data_path_failure(&self, error: &str) {
         self.counters.dial_failures.fetch_add(1, Ordering::Relaxed);
         let mut checked = self.checked();
-        checked.last_error = Some(format!("dial: {error}"));
+        checked.last_error = Some(error.to_string());
         if checked.health.on_hard_failure() {
             checked.since = Instant::now();
             self.publish(checked.health.state());
-            tracing::warn!(upstream = %self.name, state = ?checked.health.state(), %error, "dial failed");
+            tracing::warn!(upstream = %self.name, state = ?checked.health.state(), %error, "client connection failed");
             drop(checked);
             // Confirm or clear the suspicion now rather than at the next interval (only
             // on a change: a flood of failed dials must not become a flood of checks).
@@ -176,7 +178,11 @@ impl Upstream {
             checked.last_error = Some(format!("check: {e}"));
         }
         let changed = match &result {
-            Err(CheckError::Refused(_)) => checked.health.on_hard_failure(),
+            // A hung server's kernel still completes handshakes: a check that gets
+            // no answer in time is as telling as a refused one.
+            Err(CheckError::Refused(_) | CheckError::Timeout(_)) => {
+                checked.health.on_hard_failure()
+            }
             _ => checked.health.on_check(ok),
         };
         if changed {
@@ -246,14 +252,19 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_check_is_a_hard_failure_a_slow_one_is_not() {
+    fn refused_and_timed_out_checks_are_hard_failures_a_not_ready_one_is_not() {
+        for hard in [
+            CheckError::Timeout(500),
+            CheckError::Refused("refused".into()),
+        ] {
+            let u = upstream();
+            u.on_check(Err(hard), Duration::from_millis(500));
+            assert_eq!(u.state(), HealthState::Suspect);
+            assert_eq!(u.status().check_failures, 1);
+        }
         let u = upstream();
-        u.on_check(Err(CheckError::Timeout(1000)), Duration::from_secs(1));
+        u.on_check(Err(CheckError::NotReady(503)), Duration::from_millis(1));
         assert_eq!(u.state(), HealthState::Healthy);
-        let u = upstream();
-        u.on_check(Err(CheckError::Refused("refused".into())), Duration::ZERO);
-        assert_eq!(u.state(), HealthState::Suspect);
-        assert_eq!(u.status().check_failures, 1);
     }
 
     #[test]

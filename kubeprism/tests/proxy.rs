@@ -1,7 +1,7 @@
 //! Bytes go through intact both ways, large and small, with half-close from either side
 //! and a reset after an answer, in both proxy modes; and they are counted.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 mod common;
 
@@ -181,4 +181,84 @@ async fn splice_mode_delivers_the_answer_of_an_upstream_that_resets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_mode_delivers_the_answer_of_an_upstream_that_resets() {
     answer_then_reset(ProxyMode::Copy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_an_upstream_closes_unanswered_is_replayed_on_another() {
+    let ca = TestCa::new().unwrap();
+    let b = backends(1, &ca).await;
+    // Takes connections and closes each unanswered: an API server shutting down.
+    let closing = TcpListener::bind(loopback()).await.unwrap();
+    let closing_name = closing.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = closing.accept().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            // With the request unread, the close is a reset, as a dying server's is.
+            drop(s);
+        }
+    });
+    let lb = balancer(
+        BalancerConfig::default(),
+        &[closing_name.clone(), b[0].upstream()],
+    )
+    .await;
+    // Every client gets the real backend's answer, also those that met the closing
+    // upstream first (until one has).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut clients = 0;
+    loop {
+        let answer = basalt_kubeprism::testing::get(lb.local_addr(), "/name").await;
+        assert_eq!(answer.unwrap(), (200, "b0".into()));
+        clients += 1;
+        let status = lb.status();
+        let closing = status.upstream(&closing_name).unwrap();
+        if closing.dial_failures > 0 {
+            let error = closing.last_error.clone().unwrap_or_default();
+            assert!(error.contains("before answering"), "{error}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no client met it");
+    }
+    println!("{clients} clients until one met the closing upstream");
+    assert_eq!(lb.status().failed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_more_than_can_be_kept_is_proxied_unharmed() {
+    const SIZE: usize = 64 * 1024;
+    // Two plain upstreams that read 64 KiB and answer "ok" (the checks' connections
+    // send nothing and are let go).
+    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel();
+    let mut upstreams = Vec::new();
+    for _ in 0..2 {
+        let listener = TcpListener::bind(loopback()).await.unwrap();
+        upstreams.push(listener.local_addr().unwrap().to_string());
+        let got_tx = got_tx.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let got_tx = got_tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; SIZE];
+                    if s.read_exact(&mut buf).await.is_ok() {
+                        s.write_all(b"ok").await.unwrap();
+                        got_tx.send(buf).unwrap();
+                    }
+                });
+            }
+        });
+    }
+    let lb = balancer(BalancerConfig::default(), &upstreams).await;
+    // More than the 16 KiB kept for a replay, at once, before any answer: the rest is
+    // proxied as it comes.
+    let mut client = TcpStream::connect(lb.local_addr()).await.unwrap();
+    let sent: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    client.write_all(&sent).await.unwrap();
+    let mut answer = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(&answer, b"ok");
+    assert!(got.recv().await.unwrap() == sent, "the bytes differ");
+    assert!(got.try_recv().is_err(), "sent to two upstreams");
 }

@@ -1,14 +1,17 @@
 //! The balancer alone in its own process, for `make bench` (which measures its memory
 //! and compares it with HAProxy):
-//! `kubeprism-bench-lb --listen IP:PORT [--copy] [--threads N] [--spin-us MICROSECONDS]
-//! --upstream HOST:PORT...`. Prints `listening IP:PORT`, runs until stdin closes.
+//! `kubeprism-bench-lb --listen IP:PORT [--ca PEM-FILE] [--copy] [--threads N]
+//! [--spin-us MICROSECONDS] --upstream HOST:PORT...`. Prints `listening IP:PORT`, runs
+//! until stdin closes. With `--ca`, upstreams are checked over HTTPS (`/readyz`,
+//! verified against that CA) with the settings the node ships; without, by TCP connect.
 
 #![allow(clippy::print_stdout)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use basalt_kubeprism::{Balancer, BalancerConfig, ProxyMode};
+use basalt_kubeprism::{Balancer, BalancerConfig, Check, HealthConfig, HttpsCheck, ProxyMode};
 use tokio::io::AsyncReadExt;
 
 // The balancer serves connections on threads of its own; this runtime only runs the
@@ -30,6 +33,13 @@ async fn main() -> anyhow::Result<()> {
         match arg.as_str() {
             "--listen" => listen = args.next().context("--listen IP:PORT")?.parse()?,
             "--upstream" => upstreams.push(args.next().context("--upstream HOST:PORT")?),
+            "--ca" => {
+                let path = args.next().context("--ca PEM-FILE")?;
+                let pem = std::fs::read(&path).with_context(|| format!("reading {path}"))?;
+                let check = HttpsCheck::new(&pem, None)?;
+                // What the node's KubePrism controller sets.
+                config.health = HealthConfig::with_check(Check::Https(Arc::new(check)));
+            }
             "--copy" => config.proxy = ProxyMode::Copy,
             "--threads" => config.threads = args.next().context("--threads N")?.parse()?,
             "--spin-us" => {

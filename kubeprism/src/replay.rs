@@ -1,0 +1,140 @@
+//! Waiting for an upstream's first answer, with the client's first bytes kept to replay
+//! on another upstream.
+//!
+//! A hung API server (stopped, or wedged) still has a kernel that completes TCP
+//! handshakes: the dial succeeds and the client's ClientHello goes into a socket nobody
+//! reads. Until the upstream sends its first byte, nothing was answered, so the client's
+//! bytes so far can be sent again to another upstream without the client noticing
+//! (for TLS: the handshake simply continues with whoever answers). So the bytes are
+//! kept (up to [`REPLAY_LIMIT`]) until the first upstream byte arrives; from then on
+//! the connection is proxied as usual.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// The most of a client's first bytes kept for a replay: a ClientHello is a few hundred
+/// bytes, a plain-text request head a few KiB. A client that sends more before any
+/// answer is proxied without the safety net.
+pub(crate) const REPLAY_LIMIT: usize = 16 * 1024;
+
+/// What the client sent before any upstream answered.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    bytes: Vec<u8>,
+    /// The client finished sending (its FIN was read).
+    client_done: bool,
+}
+
+/// How the wait for an upstream's first byte ended.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// The upstream sent its first byte, or the client sent more than can be kept (or
+    /// nothing at all before closing): proxy from here.
+    Proceed,
+    /// The upstream said nothing within the deadline after the client's bytes reached
+    /// it, or closed first: the reason, for its health.
+    Silent(String),
+    /// The client went away before anything was answered.
+    ClientGone,
+}
+
+impl Held {
+    /// The bytes kept, to count as sent to the upstream that answers.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Sends the kept bytes (and the client's FIN) to a newly dialed upstream, for the
+    /// last upstream tried, which gets no deadline.
+    pub async fn resend(&self, upstream: &mut TcpStream) -> io::Result<()> {
+        if !self.bytes.is_empty() {
+            upstream.write_all(&self.bytes).await?;
+        }
+        if self.client_done {
+            upstream.shutdown().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the kept bytes to `upstream`, then forwards what the client sends until
+    /// the upstream's first byte. The deadline starts when the first client byte
+    /// reaches this upstream: a client that says nothing is not the upstream's fault.
+    pub async fn await_answer(
+        &mut self,
+        client: &TcpStream,
+        upstream: &mut TcpStream,
+        timeout: Duration,
+    ) -> Answer {
+        if let Err(e) = self.resend(upstream).await {
+            return Answer::Silent(format!("sending the client's first bytes: {e}"));
+        }
+        let mut deadline = (!self.bytes.is_empty()).then(|| Instant::now() + timeout);
+        loop {
+            let silence = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut first = [0u8; 1];
+            tokio::select! {
+                // The answer first: a byte from the upstream settles it.
+                biased;
+                peeked = upstream.peek(&mut first) => return match peeked {
+                    Ok(0) => Answer::Silent("closed before answering".into()),
+                    Ok(_) => Answer::Proceed,
+                    Err(e) => Answer::Silent(format!("before answering: {e}")),
+                },
+                readable = client.readable(), if !self.client_done => {
+                    if readable.is_err() {
+                        return Answer::ClientGone;
+                    }
+                    match self.take_from(client) {
+                        Ok(Some(0)) => {
+                            self.client_done = true;
+                            if self.bytes.is_empty() {
+                                return Answer::Proceed;
+                            }
+                            if upstream.shutdown().await.is_err() {
+                                return Answer::Silent("closed before answering".into());
+                            }
+                        }
+                        Ok(Some(n)) => {
+                            let new = &self.bytes[self.bytes.len() - n..];
+                            if let Err(e) = upstream.write_all(new).await {
+                                return Answer::Silent(format!("sending the client's bytes: {e}"));
+                            }
+                            deadline.get_or_insert_with(|| Instant::now() + timeout);
+                        }
+                        // Full: the rest stays in the client's socket for the proxy.
+                        Ok(None) => return Answer::Proceed,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Answer::ClientGone,
+                    }
+                }
+                () = silence => {
+                    let ms = timeout.as_millis();
+                    return Answer::Silent(format!("no answer {ms} ms after the client's first bytes"));
+                }
+            }
+        }
+    }
+
+    /// Reads what the client has into the kept bytes: `Some(n)` bytes read (0: the
+    /// client finished sending), `None` when [`REPLAY_LIMIT`] is reached.
+    fn take_from(&mut self, client: &TcpStream) -> io::Result<Option<usize>> {
+        if self.bytes.len() >= REPLAY_LIMIT {
+            return Ok(None);
+        }
+        // Allocated on the first bytes only, and freed once the upstream answers.
+        let before = self.bytes.len();
+        self.bytes.resize(REPLAY_LIMIT, 0);
+        let read = client.try_read(&mut self.bytes[before..]);
+        self.bytes.truncate(before + *read.as_ref().unwrap_or(&0));
+        read.map(Some)
+    }
+}
