@@ -9,6 +9,7 @@
 //! kept (up to [`REPLAY_LIMIT`]) until the first upstream byte arrives; from then on
 //! the connection is proxied as usual.
 
+use std::cell::RefCell;
 use std::io;
 use std::time::Duration;
 
@@ -127,14 +128,46 @@ impl Held {
     /// Reads what the client has into the kept bytes: `Some(n)` bytes read (0: the
     /// client finished sending), `None` when [`REPLAY_LIMIT`] is reached.
     fn take_from(&mut self, client: &TcpStream) -> io::Result<Option<usize>> {
-        if self.bytes.len() >= REPLAY_LIMIT {
+        let room = REPLAY_LIMIT.saturating_sub(self.bytes.len());
+        if room == 0 {
             return Ok(None);
         }
-        // Allocated on the first bytes only, and freed once the upstream answers.
-        let before = self.bytes.len();
-        self.bytes.resize(REPLAY_LIMIT, 0);
-        let read = client.try_read(&mut self.bytes[before..]);
-        self.bytes.truncate(before + *read.as_ref().unwrap_or(&0));
-        read.map(Some)
+        // Read through the thread's scratch buffer, kept at the size read: thousands of
+        // clients waiting for their first answer at once hold a ClientHello each, not
+        // 16 KiB each (which the allocator would keep after they are gone).
+        SCRATCH.with_borrow_mut(|scratch| {
+            let n = client.try_read(&mut scratch[..room])?;
+            self.bytes.reserve_exact(n);
+            self.bytes.extend_from_slice(&scratch[..n]);
+            Ok(Some(n))
+        })
+    }
+}
+
+thread_local! {
+    /// Per serving thread: where a client's first bytes are read before they are kept.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; REPLAY_LIMIT]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_client_waiting_holds_what_it_sent_not_the_limit() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (served, _) = listener.accept().await.unwrap();
+        client.write_all(&[0x16; 300]).await.unwrap();
+        let mut held = Held::default();
+        served.readable().await.unwrap();
+        assert_eq!(held.take_from(&served).unwrap(), Some(300));
+        // What 10,000 clients awaiting their first answer each hold: see the bench's
+        // idle memory (16 KiB each took it from 27 to 185 MiB).
+        assert!(held.bytes.capacity() < 1024, "{}", held.bytes.capacity());
+        assert_eq!(held.len(), 300);
     }
 }

@@ -1,0 +1,185 @@
+//! The nodes calls may be forwarded to: followed from the node's `ForwardTargets`
+//! resources (the node's own names and addresses, the control-plane endpoint's host and
+//! the cluster's members; tests add their own). A call naming any other node is refused
+//! before a connection is made, so that the API cannot be made to reach, or probe, an
+//! address of the caller's choosing.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use basalt_api::client::Target;
+use basalt_api::resource::v1 as rapi;
+use basalt_resource::ResourceSpec;
+use basalt_resources::cluster::ForwardTargetSpec;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::certificates::node_resources;
+use crate::shared::Shared;
+
+/// How long apid waits before it watches the targets again after the watch failed.
+const REWATCH_DELAY: Duration = Duration::from_secs(1);
+
+/// Target (a name or an address, lowercase) → the addresses it is reached at (none: as
+/// written), from every `ForwardTargets` resource.
+#[derive(Debug, Default)]
+pub(crate) struct ForwardTargets(RwLock<BTreeMap<String, Vec<String>>>);
+
+impl ForwardTargets {
+    fn replace(&self, targets: BTreeMap<String, Vec<String>>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = targets;
+    }
+
+    /// Where to send a call for `node`: a target name with addresses at the first of
+    /// them (on the port `node` names, if any), any other target as written; refused
+    /// when `node`'s host is no target.
+    pub fn resolve(&self, node: &str) -> Result<String, Status> {
+        let refused = || {
+            Status::permission_denied(format!(
+                "node {node} is not among the nodes this node forwards to \
+                 (osctl get forwardtargets lists them)"
+            ))
+        };
+        let target = Target::parse(node, 0).map_err(|_| refused())?;
+        let host = target.host.to_ascii_lowercase();
+        let targets = self.0.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(addresses) = targets.get(&host) {
+            return Ok(match addresses.first() {
+                None => node.to_string(),
+                Some(address) if target.port == 0 => address.clone(),
+                Some(address) if address.contains(':') => format!("[{address}]:{}", target.port),
+                Some(address) => format!("{address}:{}", target.port),
+            });
+        }
+        if targets
+            .values()
+            .flatten()
+            .any(|a| a.eq_ignore_ascii_case(&host))
+        {
+            return Ok(node.to_string());
+        }
+        Err(refused())
+    }
+}
+
+/// Every `ForwardTargets` resource's targets, merged.
+async fn list(shared: &Shared) -> Result<BTreeMap<String, Vec<String>>, Status> {
+    let request = rapi::ListRequest {
+        r#type: ForwardTargetSpec::TYPE.to_string(),
+        ..Default::default()
+    };
+    let mut stream = node_resources(&shared.backend)
+        .list(request)
+        .await?
+        .into_inner();
+    let mut targets: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    while let Some(message) = stream.message().await? {
+        let Some(resource) = message.resource else {
+            continue;
+        };
+        let id = resource
+            .metadata
+            .as_ref()
+            .map(|m| m.id.clone())
+            .unwrap_or_default();
+        match serde_yaml_ng::from_str::<ForwardTargetSpec>(&resource.spec) {
+            Ok(spec) => {
+                for (target, addresses) in spec.targets {
+                    let known = targets.entry(target.to_ascii_lowercase()).or_default();
+                    for address in addresses {
+                        if !known.contains(&address) {
+                            known.push(address);
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::error!(id = %id, error = %e, "unreadable forward targets"),
+        }
+    }
+    Ok(targets)
+}
+
+/// Keeps `shared.forward_targets` as the node's `ForwardTargets` resources are: listed
+/// again on every change.
+pub(crate) async fn follow_targets(shared: Arc<Shared>, cancel: CancellationToken) {
+    loop {
+        let request = rapi::WatchRequest {
+            r#type: ForwardTargetSpec::TYPE.to_string(),
+            ..Default::default()
+        };
+        let mut client = node_resources(&shared.backend);
+        let watch = tokio::select! {
+            _ = cancel.cancelled() => return,
+            watch = client.watch(request) => watch,
+        };
+        match watch {
+            Ok(events) => {
+                let mut events = events.into_inner();
+                loop {
+                    match list(&shared).await {
+                        Ok(targets) => shared.forward_targets.replace(targets),
+                        Err(status) => {
+                            tracing::error!(error = %status.message(), "cannot list the forward targets")
+                        }
+                    }
+                    let event = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        event = events.message() => event,
+                    };
+                    if !matches!(event, Ok(Some(_))) {
+                        break;
+                    }
+                }
+            }
+            Err(status) => {
+                tracing::error!(error = %status.message(), "cannot watch the forward targets");
+            }
+        }
+        tokio::time::sleep(REWATCH_DELAY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_targets_are_reached() {
+        let targets = ForwardTargets::default();
+        let status = targets.resolve("10.9.9.9").unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        targets.replace(BTreeMap::from([
+            ("cp-1".to_string(), vec!["10.5.0.2".to_string()]),
+            ("w-1".to_string(), vec!["fd00::3".to_string()]),
+            ("10.5.0.4".to_string(), vec![]),
+            ("api.lab".to_string(), vec![]),
+        ]));
+        assert_eq!(targets.resolve("cp-1").unwrap(), "10.5.0.2");
+        assert_eq!(targets.resolve("CP-1:50001").unwrap(), "10.5.0.2:50001");
+        assert_eq!(targets.resolve("w-1:50001").unwrap(), "[fd00::3]:50001");
+        assert_eq!(targets.resolve("10.5.0.2").unwrap(), "10.5.0.2");
+        assert_eq!(targets.resolve("10.5.0.2:50000").unwrap(), "10.5.0.2:50000");
+        assert_eq!(
+            targets.resolve("[fd00::3]:50000").unwrap(),
+            "[fd00::3]:50000"
+        );
+        assert_eq!(
+            targets.resolve("https://10.5.0.4/").unwrap(),
+            "https://10.5.0.4/"
+        );
+        assert_eq!(targets.resolve("api.lab:50000").unwrap(), "api.lab:50000");
+        for outsider in [
+            "10.9.9.9",
+            "w-2",
+            "example.com",
+            "10.5.0.33",
+            "10.5.0.2x",
+            "",
+        ] {
+            let status = targets.resolve(outsider).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{outsider}");
+            assert!(status.message().contains("forwardtargets"), "{outsider}");
+        }
+    }
+}
