@@ -121,6 +121,24 @@ pub fn label_items(response: &[u8], node: &str, out: &mut BytesMut) -> Result<()
     Ok(())
 }
 
+/// The one error for a node that cannot be reached, however that failed (refused,
+/// silent, another protocol or CA, no such name): what the target's state is stays in
+/// this node's log, not in an answer (the API is no port scanner).
+fn unreachable(node: &str, reason: &dyn std::fmt::Display) -> Status {
+    tracing::info!(node, %reason, "cannot reach a node to forward to");
+    Status::unavailable(format!("node {node} is unreachable"))
+}
+
+/// A forwarded call's error: the node's own answer as it is, or, when the call never
+/// reached the node (an error from this side's transport, which carries its cause),
+/// [`unreachable`].
+fn remote(node: &str, status: Status) -> Status {
+    match std::error::Error::source(&status) {
+        Some(cause) => unreachable(node, &cause),
+        None => status,
+    }
+}
+
 fn malformed(node: &str, e: &dyn std::fmt::Display) -> Status {
     Status::internal(format!("node {node} sent a malformed response: {e}"))
 }
@@ -252,18 +270,14 @@ impl Forwarder {
     }
 
     async fn unary_one(&self, node: &str, call: &Call) -> Result<Bytes, Status> {
-        let mut client = self.client(node)?;
+        let mut client = self.client(node).map_err(|s| unreachable(node, &s))?;
         let request = self.request(call, Some(self.call_timeout));
-        // The channel's connect timeout bounds reaching the node; this, its answer.
         let work = async {
-            client
-                .ready()
-                .await
-                .map_err(|e| Status::unavailable(format!("node {node}: {e}")))?;
-            client
-                .unary(request, call.path.clone(), RawCodec)
-                .await
+            client.ready().await.map_err(|e| unreachable(node, &e))?;
+            let answer = client.unary(request, call.path.clone(), RawCodec).await;
+            answer
                 .map(Response::into_inner)
+                .map_err(|s| remote(node, s))
         };
         match tokio::time::timeout(self.call_timeout, work).await {
             Ok(result) => result,
@@ -292,18 +306,16 @@ impl Forwarder {
         };
         let mut client = match self.client(&node) {
             Ok(c) => c,
-            Err(status) => return failed(&node, status),
+            Err(status) => return failed(&node, unreachable(&node, &status)),
         };
         let request = self.request(&call, None);
         let start = async {
-            client
-                .ready()
-                .await
-                .map_err(|e| Status::unavailable(format!("node {node}: {e}")))?;
+            client.ready().await.map_err(|e| unreachable(&node, &e))?;
             client
                 .server_streaming(request, call.path.clone(), RawCodec)
                 .await
                 .map(Response::into_inner)
+                .map_err(|s| remote(&node, s))
         };
         let messages = match tokio::time::timeout(self.reach_timeout, start).await {
             Ok(Ok(messages)) => messages,

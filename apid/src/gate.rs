@@ -247,7 +247,7 @@ async fn forward(
     };
     let nodes = match nodes
         .iter()
-        .map(|n| shared.members.resolve(n))
+        .map(|n| shared.forward_targets.resolve(n))
         .collect::<Result<Vec<_>, _>>()
     {
         Ok(nodes) => nodes,

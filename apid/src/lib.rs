@@ -14,10 +14,10 @@ mod gate;
 pub mod identity;
 pub mod limits;
 pub mod listener;
-mod members;
 mod server;
 mod shared;
 pub mod socket;
+mod targets;
 
 /// The response header with which the node says an ApplyConfiguration stored a config in
 /// effect (not a dry run): only then does apid, in maintenance mode, wait for the node's

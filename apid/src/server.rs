@@ -15,8 +15,8 @@ use crate::gate::{Gate, MachineRoute, ResourceRoute};
 use crate::identity::{MaintenanceIdentity, NodeIdentity};
 use crate::limits::{Limiter, Limits};
 use crate::listener::{self, maintenance_config};
-use crate::members::{follow_members, Members};
 use crate::shared::{Backend, Mode, Shared};
+use crate::targets::{follow_targets, ForwardTargets};
 use crate::ApidError;
 
 #[derive(Debug)]
@@ -66,7 +66,7 @@ impl Apid {
             tls,
             maintenance_over: CancellationToken::new(),
             open_streams: Arc::new(AtomicUsize::new(0)),
-            members: Members::default(),
+            forward_targets: ForwardTargets::default(),
         });
         let listener =
             TcpListener::bind(options.listen)
@@ -95,7 +95,7 @@ impl Apid {
             certificates,
             cancel.clone(),
         ));
-        tokio::spawn(follow_members(shared.clone(), cancel.clone()));
+        tokio::spawn(follow_targets(shared.clone(), cancel.clone()));
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(listener::accept(
             listener,

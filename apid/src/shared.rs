@@ -16,7 +16,7 @@ use crate::forward::Forwarder;
 use crate::identity::{MaintenanceIdentity, NodeIdentity};
 use crate::limits::{Limiter, Limits};
 use crate::listener::cluster_config;
-use crate::members::Members;
+use crate::targets::ForwardTargets;
 use crate::ApidError;
 
 /// The node behind apid: it serves the Machine and Resource services for the calls apid
@@ -41,8 +41,8 @@ pub(crate) struct Shared {
     pub maintenance_over: CancellationToken,
     /// Server streams open to clients (watches, logs, events, forwarded ones...).
     pub open_streams: Arc<AtomicUsize>,
-    /// The cluster's members: the nodes calls may be forwarded to.
-    pub members: Members,
+    /// The nodes calls may be forwarded to.
+    pub forward_targets: ForwardTargets,
 }
 
 impl Shared {

@@ -90,6 +90,9 @@ pub fn register_all(engine: &mut Engine, sources: &Sources) -> Result<(), Regist
         sources.api_sans.clone(),
         sources.trustd_port,
     ))?;
+    engine.register(cluster::ForwardTargetsController::new(
+        sources.api_sans.clone(),
+    ))?;
     engine.register(k8s::KubePrismEndpointsController)?;
     engine.register(k8s::KubePrismController::new(sources.kubeprism_listen))?;
     Ok(())

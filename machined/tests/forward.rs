@@ -28,6 +28,7 @@ async fn one_endpoint_reaches_three_nodes_and_reports_a_dead_one() {
         .iter()
         .map(|n| n.local_addr().to_string())
         .collect();
+    cluster.forward_from(&a, &nodes).await;
     let admin = channel(a.local_addr(), &cluster.tls(&[Role::Admin])).await;
     let mut machine = MachineServiceClient::new(admin.clone());
     let mut resources = ResourceServiceClient::new(admin.clone());
@@ -130,6 +131,9 @@ async fn one_endpoint_reaches_three_nodes_and_reports_a_dead_one() {
             held.push(socket);
         }
     });
+    cluster
+        .forward_from(&a, &[nodes[0].clone(), silent_node.clone()])
+        .await;
     let start = Instant::now();
     let version = machine
         .version(to_nodes(
@@ -161,6 +165,7 @@ async fn forwarded_calls_keep_the_callers_roles() {
     let a = cluster.start("127.0.0.21").await;
     let b = cluster.start("127.0.0.22").await;
     let target = vec![b.local_addr().to_string()];
+    cluster.forward_from(&a, &target).await;
     let reader = channel(a.local_addr(), &cluster.tls(&[Role::Reader])).await;
 
     // Denied where the call enters...
@@ -223,6 +228,7 @@ async fn a_forwarded_stream_ends_on_the_target_when_the_client_leaves() {
     let a = cluster.start("127.0.0.31").await;
     let b = cluster.start("127.0.0.32").await;
     let target = vec![b.local_addr().to_string()];
+    cluster.forward_from(&a, &target).await;
     let mut watch = watch_through(&a, &cluster, &target).await;
     let first = watch.message().await.unwrap().expect("the bootstrap event");
     assert_eq!(node_of(&first.metadata).0, target[0]);
@@ -248,6 +254,9 @@ async fn spellings_of_one_node_open_one_stream() {
     let a = cluster.start("127.0.0.33").await;
     let b = cluster.start("127.0.0.34").await;
     let address = b.local_addr().to_string();
+    cluster
+        .forward_from(&a, std::slice::from_ref(&address))
+        .await;
     let spellings: Vec<String> = (0..64)
         .map(|i| match i % 4 {
             0 => format!("{address}{}", "/".repeat(i / 4)),
@@ -261,4 +270,82 @@ async fn spellings_of_one_node_open_one_stream() {
     assert_eq!(node_of(&first.metadata).0, spellings[0]);
     assert_eq!(b.open_streams(), 1);
     drop(watch);
+}
+
+/// A node outside the forward targets is refused before any connection is made; one
+/// inside that cannot be reached gets the same error however it fails (refused, silent,
+/// another protocol): the API tells nothing of an address's state.
+#[tokio::test]
+async fn only_forward_targets_are_reached_and_unreachable_ones_look_alike() {
+    let cluster = Cluster::new();
+    let a = cluster.start("127.0.0.41").await;
+    let admin = channel(a.local_addr(), &cluster.tls(&[Role::Admin])).await;
+    let mut machine = MachineServiceClient::new(admin);
+
+    // Listeners that count their connections: silent, and speaking another protocol.
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut addresses = Vec::new();
+    for (ip, answer) in [
+        ("127.0.0.42", None),
+        ("127.0.0.43", Some(&b"SSH-2.0-x\r\n"[..])),
+    ] {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        addresses.push(listener.local_addr().unwrap().to_string());
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Some(answer) = answer {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = socket.write_all(answer).await;
+                }
+                held.push(socket);
+            }
+        });
+    }
+    // Nothing listens on this one: refused.
+    let refused = "127.0.0.44:9".to_string();
+
+    // Not targets yet: refused by the node, nothing reached.
+    for node in addresses.iter().chain([&refused]) {
+        let status = machine
+            .version(to_nodes(
+                mapi::VersionRequest {},
+                std::slice::from_ref(node),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("forwardtargets"), "{status:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // Targets now: each fails alike.
+    let nodes = [addresses[0].clone(), addresses[1].clone(), refused];
+    cluster.forward_from(&a, &nodes).await;
+    let answer = machine
+        .version(to_nodes(mapi::VersionRequest {}, &nodes))
+        .await
+        .unwrap()
+        .into_inner();
+    let errors: Vec<_> = answer
+        .messages
+        .iter()
+        .map(|m| {
+            let m = m.metadata.clone().unwrap();
+            (m.code, m.error.replace(&m.node, "NODE"))
+        })
+        .collect();
+    assert_eq!(errors.len(), 3);
+    assert!(
+        errors.iter().all(|e| *e
+            == (
+                tonic::Code::Unavailable as i32,
+                "node NODE is unreachable".to_string()
+            )),
+        "{errors:?}"
+    );
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2);
 }

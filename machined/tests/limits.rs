@@ -374,6 +374,7 @@ async fn a_call_to_n_nodes_counts_n_calls_in_flight() {
     )
     .await;
     let nodes: Vec<String> = (201..=205).map(|i| format!("127.0.0.{i}:9")).collect();
+    cluster.forward_from(&apid, &nodes[..4]).await;
     let mut machine =
         MachineServiceClient::new(channel(apid.local_addr(), &cluster.tls(&[Role::Admin])).await);
     let status = machine

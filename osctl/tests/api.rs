@@ -97,6 +97,33 @@ async fn node(ip: &str, config: Option<String>, services: Vec<ServiceDefinition>
 }
 
 /// A node running the control-plane config of the cluster in `dir`.
+/// Lets `node` forward calls to `targets` (other nodes on loopback, no members of a
+/// cluster) with a test's `ForwardTargets` resource; returns once it does.
+async fn forward_from(dir: &Path, node: &Node, targets: &[String]) {
+    use basalt_resource::Resource;
+    use basalt_resources::cluster::ForwardTargetSpec;
+    let spec = ForwardTargetSpec {
+        targets: targets
+            .iter()
+            .map(|t| (t.rsplit_once(':').unwrap().0.to_string(), Vec::new()))
+            .collect(),
+    };
+    node.state()
+        .put(Resource::new("test", spec).into_any(), "test")
+        .await
+        .unwrap();
+    let (endpoint, list) = (node.local_addr().to_string(), targets.join(","));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while osctl(dir, &["-e", &endpoint, "-n", &list, "version"])
+        .await
+        .stderr
+        .contains("forwardtargets")
+    {
+        assert!(Instant::now() < deadline, "not forwarding to {list}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn configured(dir: &Path, ip: &str, services: Vec<ServiceDefinition>) -> Node {
     let config = std::fs::read_to_string(dir.join("controlplane.yaml")).unwrap();
     node(ip, Some(config), services).await
@@ -231,6 +258,7 @@ async fn nodes_flag_fans_out_and_reports_a_stopped_node() {
         .collect();
     let endpoint = nodes[0].clone();
     let list = nodes.join(",");
+    forward_from(dir, &a, &nodes).await;
 
     let out = ok(
         dir,

@@ -155,6 +155,40 @@ pub fn denied_by_table(status: &tonic::Status) -> bool {
         && status.message().contains("needs one of the roles")
 }
 
+impl Cluster {
+    /// Lets `node` forward calls to `targets` (`host[:port]` each, other nodes on
+    /// loopback: no member of a cluster, so not targets by themselves), as a test's
+    /// `ForwardTargets` resource; returns once its API forwards to them.
+    pub async fn forward_from(&self, node: &Node, targets: &[String]) {
+        use basalt_resource::Resource;
+        use basalt_resources::cluster::ForwardTargetSpec;
+        let spec = ForwardTargetSpec {
+            targets: targets
+                .iter()
+                .map(|t| (Target::parse(t, 0).unwrap().host, Vec::new()))
+                .collect(),
+        };
+        node.state()
+            .put(Resource::new("test", spec).into_any(), "test")
+            .await
+            .unwrap();
+        let admin = channel(node.local_addr(), &self.tls(&[Role::Admin])).await;
+        let mut machine =
+            basalt_api::machine::v1::machine_service_client::MachineServiceClient::new(admin);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let request = to_nodes(basalt_api::machine::v1::VersionRequest {}, targets);
+            match machine.version(request).await {
+                Err(s) if s.code() == tonic::Code::PermissionDenied => {
+                    assert!(std::time::Instant::now() < deadline, "{s:?}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
 /// A request for `nodes`.
 pub fn to_nodes<T>(message: T, nodes: &[String]) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

@@ -13,6 +13,7 @@ pub fn builtin_registry() -> Result<Registry, ResourceError> {
     registry.register::<config::MachineConfigSpec>()?;
     registry.register::<config::MachineTypeSpec>()?;
     registry.register::<cluster::MemberSpec>()?;
+    registry.register::<cluster::ForwardTargetSpec>()?;
     registry.register::<network::HostnameSpec>()?;
     registry.register::<network::LinkConfigSpec>()?;
     registry.register::<network::NetworkServersConfigSpec>()?;
