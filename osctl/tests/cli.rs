@@ -146,7 +146,7 @@ fn validate_reports_every_problem_with_its_position() {
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(
-        err.contains("network.links[0].mtu (line 12, column 7): 9999999 is not an MTU"),
+        err.contains("network.links[0].mtu (line 21, column 7): 9999999 is not an MTU"),
         "{err}"
     );
     let out = osctl(d, &["validate", "--mode", "sideways", invalid]);

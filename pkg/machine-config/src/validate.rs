@@ -185,11 +185,32 @@ impl Checker<'_> {
 
     fn pair_with_key(&mut self, path: Vec<Seg>, pair: &Option<CertKey>, what: &str) {
         match pair {
-            Some(p) if !p.crt.is_empty() && !p.key.is_empty() => self.not_redacted(path, &p.key),
+            Some(p) if !p.crt.is_empty() && !p.key.is_empty() => {
+                if p.key.expose() == crate::REDACTED {
+                    self.not_redacted(path, &p.key);
+                    return;
+                }
+                let pair = basalt_pki::CertAndKey {
+                    crt: p.crt.clone(),
+                    key: p.key.expose().to_string(),
+                };
+                if let Err(e) = pair.check_ca(what) {
+                    self.fail(path, e.to_string());
+                }
+            }
             _ => self.fail(
                 path,
                 format!("{what} certificate and key are required on control-plane nodes"),
             ),
+        }
+    }
+
+    /// A CA certificate a worker holds without its key: it must parse and be a CA.
+    fn ca_certificate(&mut self, path: Vec<Seg>, pair: &Option<CertKey>, what: &str) {
+        if let Some(p) = pair.as_ref().filter(|p| !p.crt.is_empty()) {
+            if let Err(e) = basalt_pki::check_ca_certificate(&p.crt, &format!("{what}.crt")) {
+                self.fail(path, e.to_string());
+            }
         }
     }
 }
@@ -280,7 +301,10 @@ impl Config {
         c.required_secret(path!["token"], &m.token, "the machine token");
         match m.role {
             Role::Controlplane => c.pair_with_key(path!["ca"], &m.ca, "the OS CA"),
-            Role::Worker => c.no_key(path!["ca", "key"], &m.ca, "the OS CA"),
+            Role::Worker => {
+                c.no_key(path!["ca", "key"], &m.ca, "the OS CA");
+                c.ca_certificate(path!["ca", "crt"], &m.ca, "the OS CA");
+            }
         }
         match (mode, &m.install) {
             (Mode::Metal, None) => c.fail(path!["install"], "an install disk is required on metal"),
@@ -449,6 +473,13 @@ impl Config {
                 &cl.service_account_key,
                 "the service account key",
             );
+            let key = cl.service_account_key.expose();
+            if !key.is_empty() && key != crate::REDACTED {
+                let checked = basalt_pki::KeyPem(key.to_string()).check("the service account key");
+                if let Err(e) = checked {
+                    c.fail(path!["serviceAccountKey"], e.to_string());
+                }
+            }
             c.required_secret(
                 path!["bootstrapToken"],
                 &cl.bootstrap_token,
@@ -462,6 +493,7 @@ impl Config {
                 );
             }
             c.no_key(path!["ca", "key"], &cl.ca, "the Kubernetes CA");
+            c.ca_certificate(path!["ca", "crt"], &cl.ca, "the Kubernetes CA");
             c.no_key(
                 path!["aggregatorCa", "key"],
                 &cl.aggregator_ca,
@@ -469,6 +501,7 @@ impl Config {
             );
             let etcd_ca = cl.etcd.as_ref().and_then(|e| e.ca.clone());
             c.no_key(path!["etcd", "ca", "key"], &etcd_ca, "the etcd CA");
+            c.ca_certificate(path!["etcd", "ca", "crt"], &etcd_ca, "the etcd CA");
             if !cl.service_account_key.is_empty() {
                 c.fail(
                     path!["serviceAccountKey"],

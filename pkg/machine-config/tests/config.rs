@@ -37,6 +37,71 @@ fn a_full_controlplane_config_parses_and_validates_on_metal() {
     assert_eq!(c.extensions[0].name, "nut-client");
 }
 
+/// Certificates and keys are checked, not only present: each parses, each key is its
+/// certificate's, and each CA certificate may issue certificates.
+#[test]
+fn certificates_and_keys_must_parse_match_and_be_cas() {
+    use basalt_machine_config::CertKey;
+    let sample = sample();
+    let cluster = sample.cluster.clone().unwrap();
+    let k8s_ca = cluster.ca.clone().unwrap();
+    let leaf = basalt_pki::issue_server_cert(
+        &basalt_pki::CertAndKey {
+            crt: k8s_ca.crt.clone(),
+            key: k8s_ca.key.expose().to_string(),
+        },
+        "leaf",
+        &[],
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap();
+    type Change = Box<dyn Fn(&mut Config)>;
+    let cases: Vec<(Change, &str, &str)> = vec![
+        (
+            Box::new(|c: &mut Config| {
+                let other = c.cluster.as_ref().unwrap().ca.clone().unwrap().key;
+                c.machine.as_mut().unwrap().ca.as_mut().unwrap().key = other;
+            }),
+            "MachineConfig: ca",
+            "does not belong to the certificate next to it",
+        ),
+        (
+            Box::new(|c: &mut Config| {
+                c.cluster.as_mut().unwrap().ca.as_mut().unwrap().crt = "K8S-CA-CERT".into();
+            }),
+            "ClusterConfig: ca",
+            "the Kubernetes CA.crt",
+        ),
+        (
+            Box::new(move |c: &mut Config| {
+                let etcd = c.cluster.as_mut().unwrap().etcd.as_mut().unwrap();
+                etcd.ca = Some(CertKey {
+                    crt: leaf.crt.clone(),
+                    key: basalt_machine_config::Secret::new(leaf.key.clone()),
+                });
+            }),
+            "ClusterConfig: etcd.ca",
+            "cannot be used as a certificate authority",
+        ),
+        (
+            Box::new(|c: &mut Config| {
+                c.cluster.as_mut().unwrap().service_account_key =
+                    basalt_machine_config::Secret::new("SA-KEY");
+            }),
+            "ClusterConfig: serviceAccountKey",
+            "the service account key: not a usable private key",
+        ),
+    ];
+    for (change, path, reason) in cases {
+        let mut c = sample.clone();
+        change(&mut c);
+        let err = c.validate(Mode::Cloud).unwrap_err().to_string();
+        let line = err.lines().find(|l| l.contains(path)).unwrap_or_default();
+        assert!(line.contains(reason), "{path}: want {reason:?} in\n{err}");
+        assert_eq!(err.lines().count(), 2, "one problem only:\n{err}");
+    }
+}
+
 #[test]
 fn container_mode_refuses_disks_and_kernel_args() {
     let (config, source) = Config::parse_with_source(&testdata("controlplane.yaml")).unwrap();
@@ -45,10 +110,10 @@ fn container_mode_refuses_disks_and_kernel_args() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("install (line 9, column 1): a container has no disk to install to"),
+        err.contains("install (line 21, column 1): a container has no disk to install to"),
         "{err}"
     );
-    assert!(err.contains("kernelArgs (line 11, column 1)"), "{err}");
+    assert!(err.contains("kernelArgs (line 23, column 1)"), "{err}");
 }
 
 #[test]
@@ -213,16 +278,26 @@ fn bad_patches_are_errors() {
 #[test]
 fn secrets_are_redacted_for_readers() {
     let c = sample();
-    let secrets = [
+    // The first line of each PEM body in the sample: five private keys (the CAs' and
+    // the service account's) and the certificates.
+    let text = std::fs::read_to_string("testdata/controlplane.yaml").unwrap();
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let first_lines = |begin: &str| -> Vec<&str> {
+        lines
+            .windows(2)
+            .filter(|w| w[0] == begin)
+            .map(|w| w[1])
+            .collect()
+    };
+    let keys = first_lines("-----BEGIN PRIVATE KEY-----");
+    assert_eq!(keys.len(), 5, "{keys:?}");
+    let certificates = first_lines("-----BEGIN CERTIFICATE-----");
+    let mut secrets = vec![
         "abcdef.0123456789abcdef",
-        "OS-CA-KEY",
-        "K8S-CA-KEY",
-        "AGG-CA-KEY",
-        "ETCD-CA-KEY",
-        "SA-KEY",
         "xyzxyz.0123456789xyzxyz",
         "HyAhIiMkJSYnKCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4=",
     ];
+    secrets.extend(keys);
     let raw = c.to_yaml().unwrap();
     let redacted = c.redacted().to_yaml().unwrap();
     let debug = format!("{c:?}");
@@ -233,7 +308,7 @@ fn secrets_are_redacted_for_readers() {
     }
     assert!(redacted.contains(REDACTED));
     assert!(
-        redacted.contains("OS-CA-CERT"),
+        certificates.iter().all(|c| redacted.contains(c)),
         "certificates are not secret"
     );
 }

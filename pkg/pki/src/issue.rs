@@ -1,28 +1,44 @@
 //! Making certificates: self-signed CAs (through rcgen) and leaf certificates signed by
-//! a CA (encoded in [`crate::der`], because a client certificate has one Organization per
-//! role and rcgen can write only one).
+//! a CA (built with RustCrypto's `x509-cert`, because a client certificate has one
+//! Organization per role and rcgen can write only one per name).
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose,
-    PublicKeyData, SerialNumber, SigningKey,
+    BasicConstraints as CaConstraints, CertificateParams, DistinguishedName, DnType, IsCa,
+    KeyUsagePurpose, PublicKeyData, SigningKey,
 };
 use ring::digest;
 use time::OffsetDateTime;
+use x509_cert::attr::AttributeTypeAndValue;
+use x509_cert::der::asn1::{
+    Any, BitString, GeneralizedTime, Ia5String, ObjectIdentifier, OctetString, SetOfVec, UtcTime,
+};
+use x509_cert::der::oid::db::rfc4519::{COMMON_NAME, ORGANIZATION_NAME};
+use x509_cert::der::oid::db::rfc5280::{ID_KP_CLIENT_AUTH, ID_KP_SERVER_AUTH};
+use x509_cert::der::oid::db::rfc5912::ECDSA_WITH_SHA_256;
+use x509_cert::der::oid::db::rfc8410::ID_ED_25519 as ED25519;
+use x509_cert::der::oid::AssociatedOid;
+use x509_cert::der::pem::LineEnding;
+use x509_cert::der::{self, Decode, Encode, EncodePem, Tag};
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
+    SubjectAltName, SubjectKeyIdentifier,
+};
+use x509_cert::ext::Extension;
+use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
+use x509_cert::time::{Time, Validity};
+use x509_cert::{Certificate, TbsCertificate, Version};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::ParsedExtension;
-use x509_parser::oid_registry::{
-    Oid, OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ED25519, OID_X509_COMMON_NAME,
-    OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER, OID_X509_EXT_BASIC_CONSTRAINTS,
-    OID_X509_EXT_EXTENDED_KEY_USAGE, OID_X509_EXT_KEY_USAGE, OID_X509_EXT_SUBJECT_ALT_NAME,
-    OID_X509_EXT_SUBJECT_KEY_IDENTIFIER, OID_X509_ORGANIZATION_NAME,
-};
 
 use crate::inspect::{ca_problem, display_name};
 use crate::keys::{certificate_der, check_key_matches, parse_certificate, parse_key, KeyAlgorithm};
-use crate::{der, random_bytes, CertAndKey, PkiError, Role};
+use crate::{random_bytes, CertAndKey, PkiError, Role};
 
 /// How far before "now" a certificate becomes valid: a peer whose clock runs a few
 /// minutes behind the issuer's must still accept a certificate issued a moment ago.
@@ -34,14 +50,6 @@ pub const CA_VALIDITY: time::Duration = time::Duration::days(3650);
 
 /// RFC 5280 caps a common name at 64 characters (ub-common-name).
 const MAX_COMMON_NAME: usize = 64;
-
-/// id-kp-serverAuth, 1.3.6.1.5.5.7.3.1 (oid-registry does not name the key purposes).
-const OID_KP_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
-/// id-kp-clientAuth, 1.3.6.1.5.5.7.3.2.
-const OID_KP_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
-
-/// KeyUsage bits (RFC 5280 4.2.1.3), numbered from the first bit.
-const KU_DIGITAL_SIGNATURE: u8 = 0;
 
 /// Makes a self-signed CA certificate and its key.
 pub(crate) fn generate_ca(
@@ -58,11 +66,11 @@ pub(crate) fn generate_ca(
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, common_name);
     params.distinguished_name = name;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.is_ca = IsCa::Ca(CaConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.not_before = now - CLOCK_SKEW_ALLOWANCE;
     params.not_after = now + CA_VALIDITY;
-    params.serial_number = Some(SerialNumber::from_slice(&serial_number()?));
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial_number()?));
     let cert = params
         .self_signed(&key)
         .map_err(|e| failed(e.to_string()))?;
@@ -174,13 +182,12 @@ impl San {
         Ok(San::Dns(value.to_owned()))
     }
 
-    fn encode(&self) -> Vec<u8> {
-        // GeneralName: dNSName [2] IA5String, iPAddress [7] OCTET STRING.
-        match self {
-            San::Dns(name) => der::implicit_primitive(2, name.as_bytes()),
-            San::Ip(IpAddr::V4(ip)) => der::implicit_primitive(7, &ip.octets()),
-            San::Ip(IpAddr::V6(ip)) => der::implicit_primitive(7, &ip.octets()),
-        }
+    fn general_name(&self) -> der::Result<GeneralName> {
+        Ok(match self {
+            San::Dns(name) => GeneralName::DnsName(Ia5String::new(name)?),
+            San::Ip(IpAddr::V4(ip)) => GeneralName::IpAddress(OctetString::new(ip.octets())?),
+            San::Ip(IpAddr::V6(ip)) => GeneralName::IpAddress(OctetString::new(ip.octets())?),
+        })
     }
 }
 
@@ -221,27 +228,58 @@ pub(crate) fn sign(ca: &CertAndKey, leaf: &Leaf<'_>, spki: &[u8]) -> Result<Stri
     let (not_before, not_after) = leaf_validity(&ca_cert, &ca_name, leaf)?;
 
     // Neither algorithm takes parameters (RFC 8410 3, RFC 5758 3.2).
-    let signature_oid = match algorithm {
-        KeyAlgorithm::Ed25519 => OID_SIG_ED25519,
-        KeyAlgorithm::EcdsaP256 => OID_SIG_ECDSA_WITH_SHA256,
+    let signature_algorithm = AlgorithmIdentifierOwned {
+        oid: match algorithm {
+            KeyAlgorithm::Ed25519 => ED25519,
+            KeyAlgorithm::EcdsaP256 => ECDSA_WITH_SHA_256,
+        },
+        parameters: None,
     };
-    let signature_algorithm = der::sequence(&[&der::oid(signature_oid.as_bytes())]);
-    let tbs = der::sequence(&[
-        &der::explicit(0, &der::small_integer(2)), // version v3
-        &der::unsigned_integer(&serial_number()?),
-        &signature_algorithm,
-        ca_cert.subject().as_raw(),
-        &der::sequence(&[&der::time(not_before), &der::time(not_after)]),
-        &subject(leaf),
-        spki,
-        &der::explicit(3, &extensions(leaf, spki, &ca_cert)),
-    ]);
-    let signature = ca_key.sign(&tbs).map_err(|e| PkiError::Generate {
-        what: format!("the signature of {:?}", leaf.common_name),
+    let encoding = |e: der::Error| PkiError::Generate {
+        what: format!("the certificate of {:?}", leaf.common_name),
         reason: e.to_string(),
-    })?;
-    let cert = der::sequence(&[&tbs, &signature_algorithm, &der::bit_string(&signature)]);
-    Ok(pem_certificate(&cert))
+    };
+    let tbs = TbsCertificate {
+        version: Version::V3,
+        serial_number: SerialNumber::new(&serial_number()?).map_err(encoding)?,
+        signature: signature_algorithm.clone(),
+        issuer: Name::from_der(ca_cert.subject().as_raw()).map_err(encoding)?,
+        validity: Validity {
+            not_before: x509_time(not_before).map_err(encoding)?,
+            not_after: x509_time(not_after).map_err(encoding)?,
+        },
+        subject: subject(leaf).map_err(encoding)?,
+        subject_public_key_info: SubjectPublicKeyInfoOwned::from_der(spki).map_err(encoding)?,
+        issuer_unique_id: None,
+        subject_unique_id: None,
+        extensions: Some(extensions(leaf, spki, &ca_cert).map_err(encoding)?),
+    };
+    let signature =
+        ca_key
+            .sign(&tbs.to_der().map_err(encoding)?)
+            .map_err(|e| PkiError::Generate {
+                what: format!("the signature of {:?}", leaf.common_name),
+                reason: e.to_string(),
+            })?;
+    let cert = Certificate {
+        tbs_certificate: tbs,
+        signature_algorithm,
+        signature: BitString::from_bytes(&signature).map_err(encoding)?,
+    };
+    cert.to_pem(LineEnding::LF).map_err(encoding)
+}
+
+/// UTCTime through 2049, GeneralizedTime from 2050 on (RFC 5280 4.1.2.5), to the
+/// second.
+fn x509_time(at: OffsetDateTime) -> der::Result<Time> {
+    let since_epoch = std::time::Duration::from_secs(
+        u64::try_from(at.unix_timestamp()).map_err(|_| der::ErrorKind::DateTime)?,
+    );
+    Ok(if at.year() < 2050 {
+        Time::UtcTime(UtcTime::from_unix_duration(since_epoch)?)
+    } else {
+        Time::GeneralTime(GeneralizedTime::from_unix_duration(since_epoch)?)
+    })
 }
 
 fn check_common_name(name: &str) -> Result<(), PkiError> {
@@ -292,76 +330,73 @@ fn leaf_validity(
 }
 
 /// `O=..., O=..., CN=...`, one attribute per RDN, as UTF8String (RFC 5280 4.1.2.6).
-fn subject(leaf: &Leaf<'_>) -> Vec<u8> {
-    let rdn = |oid: &Oid<'_>, value: &str| {
-        der::set(&[&der::sequence(&[
-            &der::oid(oid.as_bytes()),
-            &der::utf8_string(value),
-        ])])
+fn subject(leaf: &Leaf<'_>) -> der::Result<Name> {
+    let rdn = |oid: ObjectIdentifier, value: &str| -> der::Result<RelativeDistinguishedName> {
+        let value = Any::new(Tag::Utf8String, value.as_bytes())?;
+        let attribute = AttributeTypeAndValue { oid, value };
+        Ok(RelativeDistinguishedName(SetOfVec::try_from(vec![
+            attribute,
+        ])?))
     };
-    let mut rdns: Vec<Vec<u8>> = leaf
+    let mut rdns = leaf
         .organizations
         .iter()
-        .map(|o| rdn(&OID_X509_ORGANIZATION_NAME, o))
-        .collect();
-    rdns.push(rdn(&OID_X509_COMMON_NAME, leaf.common_name));
-    let parts: Vec<&[u8]> = rdns.iter().map(Vec::as_slice).collect();
-    der::sequence(&parts)
+        .map(|o| rdn(ORGANIZATION_NAME, o))
+        .collect::<der::Result<Vec<_>>>()?;
+    rdns.push(rdn(COMMON_NAME, leaf.common_name)?);
+    Ok(RdnSequence(rdns))
 }
 
-fn extensions(leaf: &Leaf<'_>, spki: &[u8], ca: &X509Certificate<'_>) -> Vec<u8> {
-    let extension = |oid: &Oid<'_>, critical: bool, value: &[u8]| {
-        let oid = der::oid(oid.as_bytes());
-        let value = der::octet_string(value);
-        if critical {
-            der::sequence(&[&oid, &der::boolean(true), &value])
-        } else {
-            der::sequence(&[&oid, &value])
-        }
-    };
+fn extensions(
+    leaf: &Leaf<'_>,
+    spki: &[u8],
+    ca: &X509Certificate<'_>,
+) -> der::Result<Vec<Extension>> {
+    fn extension<T: Encode + AssociatedOid>(value: &T, critical: bool) -> der::Result<Extension> {
+        Ok(Extension {
+            extn_id: T::OID,
+            critical,
+            extn_value: OctetString::new(value.to_der()?)?,
+        })
+    }
     let mut purposes = Vec::new();
     if leaf.server_auth {
-        purposes.push(der::oid(OID_KP_SERVER_AUTH));
+        purposes.push(ID_KP_SERVER_AUTH);
     }
-    purposes.push(der::oid(OID_KP_CLIENT_AUTH));
-    let purposes: Vec<&[u8]> = purposes.iter().map(Vec::as_slice).collect();
-
+    purposes.push(ID_KP_CLIENT_AUTH);
     let mut all = vec![
         // Not a CA: a leaf key must not be able to mint certificates.
-        extension(&OID_X509_EXT_BASIC_CONSTRAINTS, true, &der::sequence(&[])),
         extension(
-            &OID_X509_EXT_KEY_USAGE,
+            &BasicConstraints {
+                ca: false,
+                path_len_constraint: None,
+            },
             true,
-            &der::named_bits(&[KU_DIGITAL_SIGNATURE]),
-        ),
+        )?,
+        extension(&KeyUsage(KeyUsages::DigitalSignature.into()), true)?,
+        extension(&ExtendedKeyUsage(purposes), false)?,
         extension(
-            &OID_X509_EXT_EXTENDED_KEY_USAGE,
+            &SubjectKeyIdentifier(OctetString::new(key_identifier(spki))?),
             false,
-            &der::sequence(&purposes),
-        ),
+        )?,
         extension(
-            &OID_X509_EXT_SUBJECT_KEY_IDENTIFIER,
+            &AuthorityKeyIdentifier {
+                key_identifier: Some(OctetString::new(authority_key_id(ca))?),
+                authority_cert_issuer: None,
+                authority_cert_serial_number: None,
+            },
             false,
-            &der::octet_string(&key_identifier(spki)),
-        ),
-        extension(
-            &OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER,
-            false,
-            // AuthorityKeyIdentifier ::= SEQUENCE { keyIdentifier [0] IMPLICIT ... }
-            &der::sequence(&[&der::implicit_primitive(0, &authority_key_id(ca))]),
-        ),
+        )?,
     ];
     if !leaf.sans.is_empty() {
-        let names: Vec<Vec<u8>> = leaf.sans.iter().map(San::encode).collect();
-        let names: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
-        all.push(extension(
-            &OID_X509_EXT_SUBJECT_ALT_NAME,
-            false,
-            &der::sequence(&names),
-        ));
+        let names = leaf
+            .sans
+            .iter()
+            .map(San::general_name)
+            .collect::<der::Result<Vec<_>>>()?;
+        all.push(extension(&SubjectAltName(names), false)?);
     }
-    let all: Vec<&[u8]> = all.iter().map(Vec::as_slice).collect();
-    der::sequence(&all)
+    Ok(all)
 }
 
 /// The CA's own subject key identifier, so that chains build by identifier; for a CA
@@ -388,20 +423,6 @@ fn serial_number() -> Result<[u8; 16], PkiError> {
     let mut serial = random_bytes::<16>()?;
     serial[0] = (serial[0] & 0x7f) | 0x40;
     Ok(serial)
-}
-
-fn pem_certificate(der: &[u8]) -> String {
-    use base64::Engine as _;
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::with_capacity(body.len() + body.len() / 64 + 60);
-    out.push_str("-----BEGIN CERTIFICATE-----\n");
-    // Base64 output is ASCII, so splitting it at any byte is splitting at a char.
-    for line in body.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
 }
 
 /// A node's request for its API certificates: certificate signing requests (PEM) for two
@@ -616,15 +637,6 @@ mod tests {
         assert!(check_common_name("").is_err());
         assert!(check_common_name(&"x".repeat(65)).is_err());
         assert!(check_common_name("a\nb").is_err());
-    }
-
-    #[test]
-    fn pem_lines_are_64_wide() {
-        let pem = pem_certificate(&[0xab; 100]);
-        let lines: Vec<&str> = pem.lines().collect();
-        assert_eq!(lines[0], "-----BEGIN CERTIFICATE-----");
-        assert_eq!(lines[1].len(), 64);
-        assert_eq!(lines.last().copied(), Some("-----END CERTIFICATE-----"));
     }
 
     #[test]

@@ -47,6 +47,12 @@ impl CertAndKey {
         check_key_matches(&cert, &key, &format!("{field}.key"))
     }
 
+    /// As [`CertAndKey::check`], and the certificate may issue certificates.
+    pub fn check_ca(&self, field: &str) -> Result<(), PkiError> {
+        check_ca_certificate(&self.crt, &format!("{field}.crt"))?;
+        self.check(field)
+    }
+
     /// The certificate's subject as text (`CN=etcd-ca`), or why it cannot be read.
     fn subject(&self) -> String {
         certificate_der(&self.crt, "crt")
@@ -75,6 +81,13 @@ impl fmt::Display for CertAndKey {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct KeyPem(pub String);
+
+impl KeyPem {
+    /// Checks that the key parses; `field` names it in errors.
+    pub fn check(&self, field: &str) -> Result<(), PkiError> {
+        parse_key(&self.0, field).map(drop)
+    }
+}
 
 impl fmt::Debug for KeyPem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -146,6 +159,19 @@ impl KeyAlgorithm {
 
 /// The DER of the one PEM certificate in `pem`. Anything but whitespace around the block
 /// is refused: a second certificate pasted by mistake would otherwise be ignored silently.
+/// Checks that `crt` (PEM) parses and may issue certificates; `field` names it in errors.
+pub fn check_ca_certificate(crt: &str, field: &str) -> Result<(), PkiError> {
+    let der = certificate_der(crt, field)?;
+    let cert = parse_certificate(&der, field)?;
+    match crate::inspect::ca_problem(&cert) {
+        None => Ok(()),
+        Some(reason) => Err(PkiError::NotACa {
+            subject: crate::inspect::display_name(&cert),
+            reason,
+        }),
+    }
+}
+
 pub(crate) fn certificate_der(pem: &str, field: &str) -> Result<Vec<u8>, PkiError> {
     let invalid = |reason: String| PkiError::InvalidCertificate {
         field: field.to_owned(),

@@ -10,7 +10,6 @@
 //!   and [`BootstrapToken`] redact it in Debug, and errors describe keys in fixed words.
 
 mod bundle;
-mod der;
 mod error;
 mod file;
 mod inspect;
@@ -27,7 +26,7 @@ pub use issue::{
     NodeCertRequest, NodeCertificates, NodeKeys, SignedNodeCerts, CA_VALIDITY,
     CLOCK_SKEW_ALLOWANCE,
 };
-pub use keys::{CertAndKey, KeyPem};
+pub use keys::{check_ca_certificate, CertAndKey, KeyPem};
 pub use role::Role;
 
 /// `N` bytes from the operating system's CSPRNG.
