@@ -360,6 +360,52 @@ async fn a_watch_that_never_reads_is_overrun_and_memory_stays_bounded() {
     apid.shutdown().await.unwrap();
 }
 
+/// Large resources overrun an unread API watch by the bytes its events hold (4 MiB),
+/// long before its 1,024 events.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unread_watch_of_large_resources_is_overrun_by_their_bytes() {
+    use basalt_resource::Resource;
+    use basalt_resources::config::HostnameConfigSpec;
+    let cluster = Cluster::new();
+    let apid = cluster.start("127.0.0.1").await;
+    let tls = cluster.tls(&[Role::Admin]);
+    let mut watch = ResourceServiceClient::new(channel(apid.local_addr(), &tls).await)
+        .watch(rapi::WatchRequest {
+            r#type: "hostnameconfigs".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // 200 versions of 64 KiB: each update holds the old one and the new one.
+    for i in 0..200 {
+        let spec = HostnameConfigSpec {
+            hostname: format!("large-{i}-{}", "x".repeat(64 << 10)),
+        };
+        apid.state()
+            .put(Resource::new("large", spec).into_any(), "test")
+            .await
+            .unwrap();
+    }
+    let mut received = 0;
+    let status = loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .unwrap_or_else(|_| panic!("no event nor error in 10 s after {received} events"));
+        match next {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => panic!("the watch ended without an error after {received} events"),
+            Err(status) => break status,
+        }
+    };
+    println!("{received} events of ~128 KiB, then {status:?}");
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    // 4 MiB hold ~32 such events, and HTTP/2 takes a few more.
+    assert!(received < 64, "{received} events before the overrun");
+    drop(watch);
+    apid.shutdown().await.unwrap();
+}
+
 /// A call naming N nodes takes N of its client's places in flight on the node that fans
 /// it out: over the limit, it is refused before any node is reached.
 #[tokio::test(flavor = "multi_thread")]

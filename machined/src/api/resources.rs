@@ -7,7 +7,7 @@ use std::sync::Arc;
 use basalt_api::resource::v1 as api;
 use basalt_api::resource::v1::resource_service_server::ResourceService;
 use basalt_resource::{AnyResource, Kind, LabelQuery, ResourceDefinitionSpec, ResourceKey};
-use basalt_state::{Event, WatchKindOptions};
+use basalt_state::{Event, WatchKindOptions, WatchLimits};
 use futures::stream::{self, BoxStream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -92,11 +92,15 @@ fn watch_message(event: Event) -> Result<api::WatchResponse, Status> {
     })
 }
 
-/// Events an API watch may have waiting for its client (beyond what HTTP/2 flow control
+/// What an API watch may have waiting for its client (beyond what HTTP/2 flow control
 /// lets through) before it is overrun: ABORTED, and the client watches again from a
-/// fresh snapshot. Controllers' watches keep the state's larger capacity; a client that
-/// never reads must not hold thousands of old resource versions.
-const API_WATCH_CAPACITY: usize = 1024;
+/// fresh snapshot. 1,024 events or 4 MiB of the resources they hold, whichever comes
+/// first: a client that never reads must not hold thousands of old resource versions,
+/// nor a few hundred large ones. Controllers' watches keep the state's larger capacity.
+const API_WATCH_LIMITS: WatchLimits = WatchLimits {
+    events: Some(1024),
+    bytes: Some(4 << 20),
+};
 
 #[tonic::async_trait]
 impl ResourceService for ResourceApi {
@@ -155,12 +159,12 @@ impl ResourceService for ResourceApi {
             let options = WatchKindOptions {
                 bootstrap: r.bootstrap,
                 selector: selector(&r.label_selector)?,
-                capacity: Some(API_WATCH_CAPACITY),
+                limits: API_WATCH_LIMITS,
             };
             state.watch_kind(&kind, options).await
         } else {
             let key = ResourceKey::new(kind.namespace, kind.type_name, r.id);
-            state.watch_with(&key, Some(API_WATCH_CAPACITY)).await
+            state.watch_with(&key, API_WATCH_LIMITS).await
         }
         .map_err(state_status)?;
         // The stream, and with it the state watch, is dropped when the client goes away.

@@ -101,6 +101,16 @@ impl AnyResource {
         self.metadata.same_content(&other.metadata) && self.spec.dyn_eq(other.spec.as_ref())
     }
 
+    /// About how many bytes the resource takes (its spec as JSON, and its metadata's
+    /// texts): for bounding what a slow reader may hold.
+    pub fn approx_len(&self) -> usize {
+        let m = &self.metadata;
+        let pairs = m.labels.iter().chain(&m.annotations);
+        let labels: usize = pairs.map(|(k, v)| k.len() + v.len()).sum();
+        let fixed = std::mem::size_of::<AnyResource>() + std::mem::size_of::<Metadata>();
+        fixed + m.id.len() + labels + self.spec.encoded_len()
+    }
+
     /// The resource as one YAML document with `metadata` and `spec`.
     pub fn to_yaml(&self) -> Result<String, ResourceError> {
         let doc = DocumentRef {

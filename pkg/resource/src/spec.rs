@@ -36,6 +36,9 @@ pub trait DynSpec: Any + Debug + Send + Sync {
     fn dyn_eq(&self, other: &dyn DynSpec) -> bool;
     fn to_yaml(&self) -> Result<String, ResourceError>;
     fn to_json_value(&self) -> Result<serde_json::Value, ResourceError>;
+    /// Bytes of the spec as JSON, counted without writing them: what a reader that has
+    /// not read a version yet holds of it, roughly.
+    fn encoded_len(&self) -> usize;
 }
 
 impl<S: ResourceSpec> DynSpec for S {
@@ -63,5 +66,27 @@ impl<S: ResourceSpec> DynSpec for S {
             type_name: S::TYPE.to_string(),
             reason: e.to_string(),
         })
+    }
+
+    fn encoded_len(&self) -> usize {
+        let mut count = ByteCount(0);
+        // A spec that cannot be written counts what was written of it: writing it where
+        // it goes reports the error.
+        let _ = serde_json::to_writer(&mut count, self);
+        count.0
+    }
+}
+
+/// A writer that only counts.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

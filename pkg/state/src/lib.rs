@@ -14,7 +14,7 @@ mod watch;
 pub use error::StateError;
 pub use persistent::LoadReport;
 pub use state::{State, StateBuilder};
-pub use watch::{Event, Watch, WatchKindOptions};
+pub use watch::{Event, Watch, WatchKindOptions, WatchLimits};
 
 /// The default number of events a watcher may fall behind before its watch is closed
 /// with [`StateError::Overrun`].

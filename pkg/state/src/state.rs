@@ -1,6 +1,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, RwLock};
 
 use basalt_resource::{
@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::kind_store::KindStore;
 use crate::persistent::{LoadReport, PersistentStore};
-use crate::watch::{Event, Watch, WatchKindOptions, Watcher};
+use crate::watch::{Event, Watch, WatchKindOptions, WatchLimits, Watcher};
 use crate::{StateError, DEFAULT_WATCH_CAPACITY};
 
 /// The resource state of a node. Cheap to clone: clones share the same state.
@@ -455,14 +455,18 @@ impl State {
 
     fn subscribe(&self, kind: &Kind, id: Option<&str>, options: WatchKindOptions) -> Watch {
         let store = self.kind_store(&kind.namespace, &kind.type_name);
-        let capacity = options.capacity.unwrap_or(self.inner.watch_capacity).max(1);
+        let limits = options.limits;
+        let capacity = limits.events.unwrap_or(self.inner.watch_capacity).max(1);
         let (tx, rx) = mpsc::channel(capacity);
         let overrun = Arc::new(AtomicBool::new(false));
+        let pending = Arc::new(AtomicUsize::new(0));
         let watcher = Watcher {
             id: id.map(str::to_string),
             selector: options.selector,
             tx,
             overrun: overrun.clone(),
+            max_bytes: limits.bytes,
+            pending: pending.clone(),
         };
         let mut initial = VecDeque::new();
         let mut inner = store.lock();
@@ -484,21 +488,21 @@ impl State {
             initial,
             rx,
             overrun,
+            pending,
         }
     }
 
     /// Watches one resource: first its current state (`Created`, if it exists), then
     /// every change.
     pub async fn watch(&self, key: &ResourceKey) -> Result<Watch, StateError> {
-        self.watch_with(key, None).await
+        self.watch_with(key, WatchLimits::default()).await
     }
 
-    /// As [`State::watch`], with at most `capacity` events waiting for the reader (the
-    /// state's capacity without it).
+    /// As [`State::watch`], within `limits` (see [`WatchLimits`]).
     pub async fn watch_with(
         &self,
         key: &ResourceKey,
-        capacity: Option<usize>,
+        limits: WatchLimits,
     ) -> Result<Watch, StateError> {
         let mut watch = self.subscribe(
             &key.kind(),
@@ -506,7 +510,7 @@ impl State {
             WatchKindOptions {
                 bootstrap: true,
                 selector: LabelQuery::everything(),
-                capacity,
+                limits,
             },
         );
         watch.initial.retain(|e| !matches!(e, Event::Bootstrapped));

@@ -1,5 +1,5 @@
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use basalt_resource::{AnyResource, Kind, LabelQuery};
@@ -40,10 +40,19 @@ pub struct WatchKindOptions {
     pub bootstrap: bool,
     /// Only resources whose labels match.
     pub selector: LabelQuery,
-    /// How many events may wait for the reader before the watch is overrun; the state's
-    /// capacity without it. A watch for a remote client takes a small one, so that a
-    /// client that never reads holds little.
-    pub capacity: Option<usize>,
+    pub limits: WatchLimits,
+}
+
+/// How far a watch's reader may fall behind before the watch is overrun. A watch for a
+/// remote client takes small limits, so that a client that never reads holds little.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WatchLimits {
+    /// Events waiting for the reader; the state's capacity without it.
+    pub events: Option<usize>,
+    /// Bytes of the resources those events hold ([`AnyResource::approx_len`]); no
+    /// bound without it. Sized events cost a serialization each (counted, not written),
+    /// so only watches for remote clients take this bound.
+    pub bytes: Option<usize>,
 }
 
 /// A stream of events. It ends when the state is dropped; it yields
@@ -53,8 +62,11 @@ pub struct WatchKindOptions {
 pub struct Watch {
     pub(crate) kind: Kind,
     pub(crate) initial: VecDeque<Event>,
-    pub(crate) rx: mpsc::Receiver<Event>,
+    /// Each event with its size in bytes (0 when the watch has no byte bound).
+    pub(crate) rx: mpsc::Receiver<(Event, usize)>,
     pub(crate) overrun: Arc<AtomicBool>,
+    /// Bytes of the events waiting in `rx`.
+    pub(crate) pending: Arc<AtomicUsize>,
 }
 
 impl Watch {
@@ -64,7 +76,7 @@ impl Watch {
             return Some(Ok(event));
         }
         match self.rx.recv().await {
-            Some(event) => Some(Ok(event)),
+            Some(event) => Some(Ok(self.taken(event))),
             None => self.end(),
         }
     }
@@ -75,10 +87,18 @@ impl Watch {
             return Some(Ok(event));
         }
         match self.rx.try_recv() {
-            Ok(event) => Some(Ok(event)),
+            Ok(event) => Some(Ok(self.taken(event))),
             Err(mpsc::error::TryRecvError::Empty) => None,
             Err(mpsc::error::TryRecvError::Disconnected) => self.end(),
         }
+    }
+
+    /// An event the reader takes: its bytes no longer wait.
+    fn taken(&self, (event, size): (Event, usize)) -> Event {
+        if size > 0 {
+            self.pending.fetch_sub(size, Ordering::AcqRel);
+        }
+        event
     }
 
     fn end(&mut self) -> Option<Result<Event, StateError>> {
@@ -93,8 +113,11 @@ impl Watch {
 pub(crate) struct Watcher {
     pub id: Option<String>,
     pub selector: LabelQuery,
-    pub tx: mpsc::Sender<Event>,
+    pub tx: mpsc::Sender<(Event, usize)>,
     pub overrun: Arc<AtomicBool>,
+    /// The byte bound, and the bytes waiting (shared with the [`Watch`]).
+    pub max_bytes: Option<usize>,
+    pub pending: Arc<AtomicUsize>,
 }
 
 impl Watcher {
@@ -119,7 +142,22 @@ impl Watcher {
             (Some(old), None) => Event::Destroyed(old.clone()),
             (None, None) => return true,
         };
-        match self.tx.try_send(event) {
+        let size = match self.max_bytes {
+            None => 0,
+            Some(max) => {
+                let size = match &event {
+                    Event::Updated { old, new } => old.approx_len() + new.approx_len(),
+                    other => other.resource().map_or(0, |r| r.approx_len()),
+                };
+                let pending = self.pending.fetch_add(size, Ordering::AcqRel);
+                if pending.saturating_add(size) > max {
+                    self.overrun.store(true, Ordering::Release);
+                    return false;
+                }
+                size
+            }
+        };
+        match self.tx.try_send((event, size)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.overrun.store(true, Ordering::Release);

@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 
 use basalt_resource::{AnyResource, Kind, LabelQuery, Phase, ResourceSpec};
-use basalt_state::{Event, State, StateError, WatchKindOptions};
+use basalt_state::{Event, State, StateError, WatchKindOptions, WatchLimits};
 use common::{counter, key, Counter};
 
 fn kind() -> Kind {
@@ -182,7 +182,7 @@ async fn list_and_watch_with_label_selectors() {
             WatchKindOptions {
                 bootstrap: true,
                 selector: web,
-                capacity: None,
+                limits: Default::default(),
             },
         )
         .await
@@ -230,6 +230,52 @@ async fn a_watcher_that_falls_behind_is_told_not_skipped() {
     }
     assert_eq!(seen, 4, "the events that fit are delivered, in order");
     assert!(watch.next().await.is_none());
+}
+
+/// A watch bounded in bytes is overrun by what its events hold, not by their number;
+/// what the reader takes no longer counts.
+#[tokio::test]
+async fn a_watch_bounded_in_bytes_is_overrun_by_large_resources() {
+    let state = State::new();
+    let options = WatchKindOptions {
+        limits: WatchLimits {
+            events: Some(10_000),
+            bytes: Some(64 << 10),
+        },
+        ..Default::default()
+    };
+    let mut watch = state.watch_kind(&kind(), options).await.unwrap();
+    let small = counter("small", 0).into_any().approx_len();
+    let batch = (48 << 10) / small;
+    // Three batches of small events, each within the bound, read in between: more than
+    // the bound in all, and no overrun.
+    for round in 0..3 {
+        for i in 0..batch {
+            let id = format!("s{round}-{i}");
+            state.create(counter(&id, 0).into_any(), "").await.unwrap();
+        }
+        for _ in 0..batch {
+            assert!(matches!(watch.next().await, Some(Ok(Event::Created(_)))));
+        }
+    }
+    // Large ones, 16 KiB each: the fourth does not fit.
+    for i in 0..6 {
+        let mut large = counter(&format!("l{i}"), 0).into_any();
+        large
+            .metadata
+            .labels
+            .insert("pad".into(), "x".repeat(16 << 10));
+        state.create(large, "").await.unwrap();
+    }
+    let mut seen = 0;
+    loop {
+        match watch.next().await {
+            Some(Ok(_)) => seen += 1,
+            Some(Err(StateError::Overrun(_))) => break,
+            other => panic!("expected an overrun, got {other:?}"),
+        }
+    }
+    assert_eq!(seen, 3, "what fits in 64 KiB is delivered first");
 }
 
 #[tokio::test]
