@@ -115,9 +115,10 @@ pub(crate) fn backend(shared: Arc<Shared>, limits: &Limits) -> Backend {
 /// every call on it: HTTP/2 clients refuse such headers.
 const MAX_ERROR_MESSAGE: usize = 1024;
 
-/// Cuts an error message in the response headers to [`MAX_ERROR_MESSAGE`] bytes.
-fn bound_error_message(response: &mut http::Response<Body>) {
-    let Some(status) = Status::from_header_map(response.headers()) else {
+/// Cuts an error message in `headers` (a response's, or a stream's trailers) to
+/// [`MAX_ERROR_MESSAGE`] bytes.
+fn bound_error_message(headers: &mut http::HeaderMap) {
+    let Some(status) = Status::from_header_map(headers) else {
         return;
     };
     let message = status.message();
@@ -129,9 +130,25 @@ fn bound_error_message(response: &mut http::Response<Body>) {
         cut -= 1;
     }
     let bounded = format!("{}… ({} bytes more)", &message[..cut], message.len() - cut);
-    if let Err(e) = Status::new(status.code(), bounded).add_header(response.headers_mut()) {
+    if let Err(e) = Status::new(status.code(), bounded).add_header(headers) {
         tracing::warn!(error = %e, "cannot shorten an error message");
     }
+}
+
+/// The response with its error message bounded, in the headers and in the trailers
+/// that end a stream.
+fn bound_error_messages(mut response: http::Response<Body>) -> http::Response<Body> {
+    use http_body_util::BodyExt;
+    bound_error_message(response.headers_mut());
+    response.map(|body| {
+        Body::new(body.map_frame(|frame| match frame.into_trailers() {
+            Ok(mut trailers) => {
+                bound_error_message(&mut trailers);
+                http_body::Frame::trailers(trailers)
+            }
+            Err(frame) => frame,
+        }))
+    })
 }
 
 /// Publishes an `audit` event for every call that changes the node, with its result.
@@ -168,8 +185,7 @@ where
         let response = self.inner.call(request);
         let events = self.events.clone();
         Box::pin(async move {
-            let mut response = response.await?;
-            bound_error_message(&mut response);
+            let response = bound_error_messages(response.await?);
             if apid::authz::rule_for(&method).is_some_and(|r| r.mutating) {
                 let result = format!("{:?}", apid::authz::result_of(&response));
                 events.publish(
@@ -180,5 +196,41 @@ where
             }
             Ok(response)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A stream that ends with an error of 1 MiB in its trailers (as a header of that
+    /// size, it would break the client's connection): the client gets 1 KiB of it.
+    #[tokio::test]
+    async fn an_error_message_in_a_streams_trailers_is_cut_too() {
+        let mut trailers = http::HeaderMap::new();
+        let long = "é".repeat(512 << 10);
+        Status::aborted(long).add_header(&mut trailers).unwrap();
+        let frames = futures::stream::iter([
+            Ok::<_, Status>(http_body::Frame::data(bytes::Bytes::from_static(b"data"))),
+            Ok(http_body::Frame::trailers(trailers)),
+        ]);
+        let body = Body::new(http_body_util::StreamBody::new(frames));
+        let response = bound_error_messages(http::Response::new(body));
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        let status = Status::from_header_map(&trailers).unwrap();
+        assert_eq!(status.code(), tonic::Code::Aborted);
+        assert!(
+            status.message().len() <= MAX_ERROR_MESSAGE + 32,
+            "{}",
+            status.message().len()
+        );
+        assert!(
+            status.message().ends_with("(1047552 bytes more)"),
+            "{}",
+            &status.message()[1000..]
+        );
+        assert_eq!(collected.to_bytes(), "data");
     }
 }
