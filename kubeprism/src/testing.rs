@@ -374,14 +374,7 @@ async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, name: &str) -> io::Re
 /// A client of the test backend: `GET path` over plain TCP to `addr`; returns the
 /// status code and body.
 pub async fn get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).await?;
-    parse_answer(&answer)
+    get_on(TcpStream::connect(addr).await?, path).await
 }
 
 /// `GET path` over TLS to `addr`, verified with `tls` (e.g. an [`crate::HttpsCheck`]'s,
@@ -394,9 +387,17 @@ pub async fn get_tls(
 ) -> io::Result<(u16, String)> {
     let tcp = TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-    let mut s = tokio_rustls::TlsConnector::from(tls)
+    let tls = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await?;
+    get_on(tls, path).await
+}
+
+/// `GET path` on a connection, which the answer closes.
+async fn get_on<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    path: &str,
+) -> io::Result<(u16, String)> {
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n").as_bytes(),
     )

@@ -328,17 +328,7 @@ async fn a_watch_that_never_reads_is_overrun_and_memory_stays_bounded() {
     assert!(more < 2 << 20, "RSS went on growing: {} KiB", more >> 10);
 
     let mut first = idle.swap_remove(0);
-    let mut received = 0;
-    let status = loop {
-        let next = tokio::time::timeout(Duration::from_secs(10), first.message())
-            .await
-            .unwrap_or_else(|_| panic!("no event nor error in 10 s after {received} events"));
-        match next {
-            Ok(Some(_)) => received += 1,
-            Ok(None) => panic!("the watch ended without an error after {received} events"),
-            Err(status) => break status,
-        }
-    };
+    let (received, status) = read_until_error(&mut first).await;
     println!("{received} events, then {status:?}");
     assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
     assert!(
@@ -358,6 +348,24 @@ async fn a_watch_that_never_reads_is_overrun_and_memory_stays_bounded() {
     // Streams still open would hold the graceful shutdown.
     drop((again, first, idle));
     apid.shutdown().await.unwrap();
+}
+
+/// Reads a watch until it ends with an error; returns the events before it and the
+/// error. Fails if the watch ends cleanly, or stalls for 10 s.
+async fn read_until_error(
+    watch: &mut tonic::Streaming<rapi::WatchResponse>,
+) -> (usize, tonic::Status) {
+    let mut received = 0;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .unwrap_or_else(|_| panic!("no event nor error in 10 s after {received} events"));
+        match next {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => panic!("the watch ended without an error after {received} events"),
+            Err(status) => return (received, status),
+        }
+    }
 }
 
 /// Large resources overrun an unread API watch by the bytes its events hold (4 MiB),
@@ -387,17 +395,7 @@ async fn an_unread_watch_of_large_resources_is_overrun_by_their_bytes() {
             .await
             .unwrap();
     }
-    let mut received = 0;
-    let status = loop {
-        let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
-            .await
-            .unwrap_or_else(|_| panic!("no event nor error in 10 s after {received} events"));
-        match next {
-            Ok(Some(_)) => received += 1,
-            Ok(None) => panic!("the watch ended without an error after {received} events"),
-            Err(status) => break status,
-        }
-    };
+    let (received, status) = read_until_error(&mut watch).await;
     println!("{received} events of ~128 KiB, then {status:?}");
     assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
     // 4 MiB hold ~32 such events, and HTTP/2 takes a few more.
