@@ -52,8 +52,9 @@ pub enum ApiVersion {
     V1Alpha1,
 }
 
-/// A whole node configuration: its documents by kind.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// A whole node configuration: its documents by kind. `Debug` shows what
+/// [`Config::redacted`] shows: a config in a log line or a panic keeps its secrets.
+#[derive(Clone, PartialEq, Default)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Config {
     pub machine: Option<MachineConfig>,
@@ -62,6 +63,19 @@ pub struct Config {
     pub kubeprism: Option<KubePrismConfig>,
     /// One per extension service, unique by name.
     pub extensions: Vec<ExtensionServiceConfig>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = self.redacted();
+        f.debug_struct("Config")
+            .field("machine", &shown.machine)
+            .field("cluster", &shown.cluster)
+            .field("kubespan", &shown.kubespan)
+            .field("kubeprism", &shown.kubeprism)
+            .field("extensions", &shown.extensions)
+            .finish()
+    }
 }
 
 impl Config {

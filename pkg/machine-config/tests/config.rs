@@ -330,6 +330,7 @@ fn environment_and_file_contents_are_redacted_and_not_applied_back() {
     let raw = c.to_yaml().unwrap();
     let redacted = c.redacted();
     let shown = redacted.to_yaml().unwrap();
+    let debug = format!("{c:?}");
     for secret in [
         "PROXY-PASS",
         "REGISTRY-TOKEN",
@@ -338,7 +339,9 @@ fn environment_and_file_contents_are_redacted_and_not_applied_back() {
     ] {
         assert!(raw.contains(secret), "the config file keeps {secret}");
         assert!(!shown.contains(secret), "redacted output shows {secret}");
+        assert!(!debug.contains(secret), "Debug shows {secret}");
     }
+    assert!(debug.contains("HTTPS_PROXY"), "{debug}");
     assert!(shown.contains("HTTPS_PROXY") && shown.contains("/var/etc/registry.json"));
     c.validate(Mode::Cloud).unwrap();
     let refused = redacted.validate(Mode::Cloud).unwrap_err().to_string();
