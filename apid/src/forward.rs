@@ -272,6 +272,7 @@ impl Forwarder {
     async fn unary_one(&self, node: &str, call: &Call) -> Result<Bytes, Status> {
         let mut client = self.client(node).map_err(|s| unreachable(node, &s))?;
         let request = self.request(call, Some(self.call_timeout));
+        // The channel's connect timeout bounds reaching the node; this, its answer.
         let work = async {
             client.ready().await.map_err(|e| unreachable(node, &e))?;
             let answer = client.unary(request, call.path.clone(), RawCodec).await;
@@ -320,12 +321,11 @@ impl Forwarder {
         let messages = match tokio::time::timeout(self.reach_timeout, start).await {
             Ok(Ok(messages)) => messages,
             Ok(Err(status)) => return failed(&node, status),
+            // A silent port, or a node that does not start its answer in time: either
+            // way told apart from a refused one by nothing but the delay.
             Err(_) => {
-                let status = Status::deadline_exceeded(format!(
-                    "node {node} did not answer within {:?}",
-                    self.reach_timeout
-                ));
-                return failed(&node, status);
+                let reason = format!("no answer within {:?}", self.reach_timeout);
+                return failed(&node, unreachable(&node, &reason));
             }
         };
         let label = Bytes::from(metadata_field(&node, None));

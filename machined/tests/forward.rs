@@ -347,5 +347,26 @@ async fn only_forward_targets_are_reached_and_unreachable_ones_look_alike() {
             )),
         "{errors:?}"
     );
+    // Streams alike.
+    let admin = channel(a.local_addr(), &cluster.tls(&[Role::Admin])).await;
+    let list = rapi::ListRequest {
+        r#type: "machinestatuses".into(),
+        ..Default::default()
+    };
+    let mut stream = ResourceServiceClient::new(admin)
+        .list(to_nodes(list, &nodes))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stream_errors = Vec::new();
+    while let Some(message) = stream.message().await.unwrap() {
+        let m = message.metadata.unwrap();
+        stream_errors.push((m.code, m.error.replace(&m.node, "NODE")));
+    }
+    assert_eq!(stream_errors.len(), 3);
+    assert!(
+        stream_errors.iter().all(|e| *e == errors[0]),
+        "{stream_errors:?}"
+    );
     assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2);
 }
