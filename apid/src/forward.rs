@@ -121,17 +121,19 @@ pub fn label_items(response: &[u8], node: &str, out: &mut BytesMut) -> Result<()
     Ok(())
 }
 
-/// The one error for a node that cannot be reached, however that failed (refused,
-/// silent, another protocol or CA, no such name): what the target's state is stays in
-/// this node's log, not in an answer (the API is no port scanner).
+/// The one error for a node that was not reached, or whose connection was lost on the
+/// way, however that happened (refused, silent, another protocol or CA, no such name, a
+/// reset): which of these it was stays in this node's log, not in an answer (the API is
+/// no port scanner), and a caller must not take it that the call was not done.
 fn unreachable(node: &str, reason: &dyn std::fmt::Display) -> Status {
-    tracing::info!(node, %reason, "cannot reach a node to forward to");
-    Status::unavailable(format!("node {node} is unreachable"))
+    tracing::info!(node, %reason, "a forwarded call did not reach its node, or lost it");
+    Status::unavailable(format!(
+        "node {node} is unreachable, or the connection to it was lost"
+    ))
 }
 
-/// A forwarded call's error: the node's own answer as it is, or, when the call never
-/// reached the node (an error from this side's transport, which carries its cause),
-/// [`unreachable`].
+/// A forwarded call's error: the node's own answer as it is, or, for an error of this
+/// side's transport (which carries its cause), [`unreachable`].
 fn remote(node: &str, status: Status) -> Status {
     match std::error::Error::source(&status) {
         Some(cause) => unreachable(node, &cause),

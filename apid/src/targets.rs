@@ -120,7 +120,10 @@ pub(crate) async fn follow_targets(shared: Arc<Shared>, cancel: CancellationToke
                     match list(&shared).await {
                         Ok(targets) => shared.forward_targets.replace(targets),
                         Err(status) => {
-                            tracing::error!(error = %status.message(), "cannot list the forward targets")
+                            // Watched again (and listed) after the delay: on a quiet
+                            // node the next change may be long in coming.
+                            tracing::error!(error = %status.message(), "cannot list the forward targets");
+                            break;
                         }
                     }
                     let event = tokio::select! {
@@ -136,7 +139,10 @@ pub(crate) async fn follow_targets(shared: Arc<Shared>, cancel: CancellationToke
                 tracing::error!(error = %status.message(), "cannot watch the forward targets");
             }
         }
-        tokio::time::sleep(REWATCH_DELAY).await;
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            () = tokio::time::sleep(REWATCH_DELAY) => {}
+        }
     }
 }
 

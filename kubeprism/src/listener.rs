@@ -22,6 +22,10 @@ use crate::shared::{Shared, Slot};
 use crate::spin;
 use crate::upstream::{ActiveGuard, Upstream};
 
+/// What a retry on another upstream needs of the dial budget at least, after a wait
+/// for an answer: a dial on a LAN takes well under this.
+const RETRY_ROOM: Duration = Duration::from_millis(100);
+
 /// After an accept error (e.g. out of file descriptors), wait this long: retrying at
 /// once would spin on the same error.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -106,7 +110,9 @@ async fn connect_client(shared: &Shared, client: &TcpStream) -> Option<(ActiveGu
         // The client socket has TCP_NODELAY from the listener already.
         let _ = stream.set_nodelay(true);
         let answer = if dialer.can_retry(answer_timeout) {
-            held.await_answer(client, &mut stream, answer_timeout).await
+            let retry_by = dialer.retry_by();
+            held.await_answer(client, &mut stream, answer_timeout, retry_by)
+                .await
         } else {
             // The last chance: no deadline, whatever the upstream's pace.
             match held.resend(&mut stream).await {
@@ -172,6 +178,12 @@ impl<'a> Dialer<'a> {
             .config
             .dial_budget
             .saturating_sub(self.started.elapsed())
+    }
+
+    /// Until when another upstream could still be tried after a wait (the budget's
+    /// end, less a moment to dial).
+    fn retry_by(&self) -> Instant {
+        self.started + self.shared.config.dial_budget.saturating_sub(RETRY_ROOM)
     }
 
     /// Whether, after waiting `wait` more, another upstream could still be tried.

@@ -62,18 +62,31 @@ impl Held {
     }
 
     /// Sends the kept bytes to `upstream`, then forwards what the client sends until
-    /// the upstream's first byte. The deadline starts when the first client byte
-    /// reaches this upstream: a client that says nothing is not the upstream's fault.
+    /// the upstream's first byte.
+    ///
+    /// The upstream is blamed (`Silent`) only for what a healthy server would have
+    /// answered: the deadline starts once the client's bytes are a whole first message
+    /// (a TLS record, an HTTP request head; a client that sends half of one, or bytes no
+    /// server answers, gets no answer from any), and a close before any answer counts
+    /// against the upstream only then, or when the client had sent nothing. Past
+    /// `retry_by` no other upstream could be tried: a deadline that would end after it
+    /// is not set, and this upstream is the last chance.
     pub async fn await_answer(
         &mut self,
         client: &TcpStream,
         upstream: &mut TcpStream,
         timeout: Duration,
+        retry_by: std::time::Instant,
     ) -> Answer {
         if let Err(e) = self.resend(upstream).await {
             return Answer::Silent(format!("sending the client's first bytes: {e}"));
         }
-        let mut deadline = (!self.bytes.is_empty()).then(|| Instant::now() + timeout);
+        let retry_by = Instant::from_std(retry_by);
+        let arm = |held: &Held| {
+            let at = Instant::now() + timeout;
+            (held.complete() && at < retry_by).then_some(at)
+        };
+        let mut deadline = arm(self);
         loop {
             let silence = async {
                 match deadline {
@@ -82,12 +95,14 @@ impl Held {
                 }
             };
             let mut first = [0u8; 1];
+            let blame = self.bytes.is_empty() || self.complete();
             tokio::select! {
                 // The answer first: a byte from the upstream settles it.
                 biased;
                 peeked = upstream.peek(&mut first) => return match peeked {
-                    Ok(0) => Answer::Silent("closed before answering".into()),
-                    Ok(_) => Answer::Proceed,
+                    Ok(n) if n > 0 || !blame => Answer::Proceed,
+                    Ok(_) => Answer::Silent("closed before answering".into()),
+                    Err(_) if !blame => Answer::Proceed,
                     Err(e) => Answer::Silent(format!("before answering: {e}")),
                 },
                 readable = client.readable(), if !self.client_done => {
@@ -109,7 +124,9 @@ impl Held {
                             if let Err(e) = upstream.write_all(new).await {
                                 return Answer::Silent(format!("sending the client's bytes: {e}"));
                             }
-                            deadline.get_or_insert_with(|| Instant::now() + timeout);
+                            if deadline.is_none() {
+                                deadline = arm(self);
+                            }
                         }
                         // Full: the rest stays in the client's socket for the proxy.
                         Ok(None) => return Answer::Proceed,
@@ -119,9 +136,21 @@ impl Held {
                 }
                 () = silence => {
                     let ms = timeout.as_millis();
-                    return Answer::Silent(format!("no answer {ms} ms after the client's first bytes"));
+                    return Answer::Silent(format!("no answer {ms} ms after the client's first message"));
                 }
             }
+        }
+    }
+
+    /// Whether the kept bytes hold a whole first message: a TLS record (a ClientHello:
+    /// type 22, then a 2-byte version and a 2-byte length) or an HTTP request head.
+    fn complete(&self) -> bool {
+        match self.bytes.as_slice() {
+            [0x16, _, _, hi, lo, rest @ ..] => {
+                rest.len() >= usize::from(u16::from_be_bytes([*hi, *lo]))
+            }
+            [0x16, ..] | [] => false,
+            head => head.windows(4).any(|w| w == b"\r\n\r\n"),
         }
     }
 
@@ -153,6 +182,23 @@ thread_local! {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn a_whole_first_message_is_a_tls_record_or_an_http_head() {
+        let held = |bytes: &[u8]| Held {
+            bytes: bytes.to_vec(),
+            client_done: false,
+        };
+        let mut hello = vec![0x16, 3, 1, 0, 4];
+        assert!(!held(&hello).complete(), "a record header alone");
+        hello.extend_from_slice(&[1, 0, 0, 0]);
+        assert!(held(&hello).complete());
+        assert!(!held(&hello[..7]).complete());
+        assert!(held(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").complete());
+        assert!(!held(b"GET / HTTP/1.1\r\n").complete());
+        assert!(!held(b"\0\0\0\0\0").complete());
+        assert!(!held(b"").complete());
+    }
 
     #[tokio::test]
     async fn a_client_waiting_holds_what_it_sent_not_the_limit() {

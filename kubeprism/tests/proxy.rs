@@ -262,3 +262,39 @@ async fn a_client_sending_more_than_can_be_kept_is_proxied_unharmed() {
     assert!(got.recv().await.unwrap() == sent, "the bytes differ");
     assert!(got.try_recv().is_err(), "sent to two upstreams");
 }
+
+/// Bytes no server answers (a client's garbage, half a ClientHello) are the client's
+/// fault: an upstream that closes on them, or says nothing, is not marked down for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_garbage_does_not_count_against_the_upstreams() {
+    let mut upstreams = Vec::new();
+    for _ in 0..2 {
+        // Reads what comes, then closes: what a server does with bytes it cannot parse.
+        let listener = TcpListener::bind(loopback()).await.unwrap();
+        upstreams.push(listener.local_addr().unwrap().to_string());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    let _ = tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await;
+                });
+            }
+        });
+    }
+    let lb = balancer(BalancerConfig::default(), &upstreams).await;
+    for garbage in [&b"\0\0\0\0\0"[..], &[0x16, 3, 1, 2, 0, 1, 0]] {
+        for _ in 0..10 {
+            let mut client = TcpStream::connect(lb.local_addr()).await.unwrap();
+            client.write_all(garbage).await.unwrap();
+            let mut rest = Vec::new();
+            // The upstream's close reaches the client.
+            let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest));
+            assert!(read.await.is_ok(), "the client was left hanging");
+        }
+    }
+    let status = lb.status();
+    for u in &status.upstreams {
+        assert_eq!(u.dial_failures, 0, "{u:#?}");
+        assert_eq!(u.state, basalt_kubeprism::UpstreamState::Healthy, "{u:#?}");
+    }
+}

@@ -343,7 +343,7 @@ async fn only_forward_targets_are_reached_and_unreachable_ones_look_alike() {
         errors.iter().all(|e| *e
             == (
                 tonic::Code::Unavailable as i32,
-                "node NODE is unreachable".to_string()
+                "node NODE is unreachable, or the connection to it was lost".to_string()
             )),
         "{errors:?}"
     );
