@@ -55,6 +55,7 @@ fn certificates_and_keys_must_parse_match_and_be_cas() {
         std::time::Duration::from_secs(3600),
     )
     .unwrap();
+    let leaf_crt = leaf.crt.clone();
     type Change = Box<dyn Fn(&mut Config)>;
     let cases: Vec<(Change, &str, &str)> = vec![
         (
@@ -92,6 +93,41 @@ fn certificates_and_keys_must_parse_match_and_be_cas() {
             "the service account key: not a usable private key",
         ),
     ];
+    // A worker may hold a trust bundle (a CA's rotation): every certificate is checked.
+    let worker = |crt: String| {
+        let mut c = sample.clone();
+        let m = c.machine.as_mut().unwrap();
+        m.role = basalt_machine_config::Role::Worker;
+        m.ca = Some(CertKey {
+            crt,
+            key: Default::default(),
+        });
+        let cl = c.cluster.as_mut().unwrap();
+        for pair in [&mut cl.ca, &mut cl.aggregator_ca] {
+            pair.as_mut().unwrap().key = Default::default();
+        }
+        cl.etcd.as_mut().unwrap().ca.as_mut().unwrap().key = Default::default();
+        cl.service_account_key = Default::default();
+        c
+    };
+    let os_ca = sample.machine.as_ref().unwrap().ca.clone().unwrap().crt;
+    worker(format!("{os_ca}{}", k8s_ca.crt))
+        .validate(Mode::Cloud)
+        .unwrap();
+    let err = worker(format!("{os_ca}{leaf_crt}"))
+        .validate(Mode::Cloud)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot be used as a certificate authority"),
+        "{err}"
+    );
+    let err = worker(format!("{os_ca}junk"))
+        .validate(Mode::Cloud)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the OS CA.crt[1]"), "{err}");
+
     for (change, path, reason) in cases {
         let mut c = sample.clone();
         change(&mut c);

@@ -47,7 +47,8 @@ impl CertAndKey {
         check_key_matches(&cert, &key, &format!("{field}.key"))
     }
 
-    /// As [`CertAndKey::check`], and the certificate may issue certificates.
+    /// As [`CertAndKey::check`], and the certificate may issue certificates (one
+    /// certificate: the one the key signs with).
     pub fn check_ca(&self, field: &str) -> Result<(), PkiError> {
         check_ca_certificate(&self.crt, &format!("{field}.crt"))?;
         self.check(field)
@@ -159,17 +160,42 @@ impl KeyAlgorithm {
 
 /// The DER of the one PEM certificate in `pem`. Anything but whitespace around the block
 /// is refused: a second certificate pasted by mistake would otherwise be ignored silently.
-/// Checks that `crt` (PEM) parses and may issue certificates; `field` names it in errors.
+/// Checks that `crt` (PEM: one certificate, or several, as a trust bundle in a CA's
+/// rotation holds) parses and that each may issue certificates; `field` names it in
+/// errors.
 pub fn check_ca_certificate(crt: &str, field: &str) -> Result<(), PkiError> {
-    let der = certificate_der(crt, field)?;
-    let cert = parse_certificate(&der, field)?;
-    match crate::inspect::ca_problem(&cert) {
-        None => Ok(()),
-        Some(reason) => Err(PkiError::NotACa {
-            subject: crate::inspect::display_name(&cert),
-            reason,
-        }),
+    let blocks = pem_blocks(crt);
+    for (i, block) in blocks.iter().enumerate() {
+        let field = match blocks.len() {
+            1 => field.to_owned(),
+            _ => format!("{field}[{i}]"),
+        };
+        let der = certificate_der(block, &field)?;
+        let cert = parse_certificate(&der, &field)?;
+        if let Some(reason) = crate::inspect::ca_problem(&cert) {
+            return Err(PkiError::NotACa {
+                subject: crate::inspect::display_name(&cert),
+                reason,
+            });
+        }
     }
+    Ok(())
+}
+
+/// `text` cut after each PEM block's END line; what follows the last one (or the whole
+/// text, without any) is a block of its own, for the parser to say what is wrong.
+fn pem_blocks(text: &str) -> Vec<&str> {
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(end) = rest.find("-----END ") {
+        let line_end = rest[end..].find('\n').map_or(rest.len(), |i| end + i + 1);
+        blocks.push(&rest[..line_end]);
+        rest = &rest[line_end..];
+    }
+    if blocks.is_empty() || !rest.trim().is_empty() {
+        blocks.push(rest);
+    }
+    blocks
 }
 
 pub(crate) fn certificate_der(pem: &str, field: &str) -> Result<Vec<u8>, PkiError> {
