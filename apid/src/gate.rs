@@ -247,7 +247,7 @@ async fn forward(
     };
     let nodes = match nodes
         .iter()
-        .map(|n| shared.forward_targets.resolve(n))
+        .map(|n| shared.forward_targets.resolve(n, shared.peer_port))
         .collect::<Result<Vec<_>, _>>()
     {
         Ok(nodes) => nodes,

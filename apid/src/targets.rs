@@ -32,9 +32,11 @@ impl ForwardTargets {
     }
 
     /// Where to send a call for `node`: a target name with addresses at the first of
-    /// them (on the port `node` names, if any), any other target as written; refused
-    /// when `node`'s host is no target.
-    pub fn resolve(&self, node: &str) -> Result<String, Status> {
+    /// them, any other target as written; refused when `node`'s host is no target. A
+    /// target host is reached on the API's port (`api_port`, or none named) only, unless
+    /// a target names the host with another port (`host:port`, as tests do): the
+    /// endpoint's host may be a load balancer with other ports behind it.
+    pub fn resolve(&self, node: &str, api_port: u16) -> Result<String, Status> {
         let refused = || {
             Status::permission_denied(format!(
                 "node {node} is not among the nodes this node forwards to \
@@ -44,12 +46,22 @@ impl ForwardTargets {
         let target = Target::parse(node, 0).map_err(|_| refused())?;
         let host = target.host.to_ascii_lowercase();
         let targets = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let bracketed = |h: &str| match h.contains(':') {
+            true => format!("[{h}]"),
+            false => h.to_string(),
+        };
+        if target.port != 0 && target.port != api_port {
+            let host_port = format!("{}:{}", bracketed(&host), target.port);
+            return match targets.contains_key(&host_port) {
+                true => Ok(node.to_string()),
+                false => Err(refused()),
+            };
+        }
         if let Some(addresses) = targets.get(&host) {
             return Ok(match addresses.first() {
                 None => node.to_string(),
                 Some(address) if target.port == 0 => address.clone(),
-                Some(address) if address.contains(':') => format!("[{address}]:{}", target.port),
-                Some(address) => format!("{address}:{}", target.port),
+                Some(address) => format!("{}:{}", bracketed(address), target.port),
             });
         }
         if targets
@@ -151,30 +163,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_targets_are_reached() {
+    fn only_targets_are_reached_and_on_the_api_port() {
         let targets = ForwardTargets::default();
-        let status = targets.resolve("10.9.9.9").unwrap_err();
+        let resolve = |node: &str| targets.resolve(node, 50000);
+        let status = resolve("10.9.9.9").unwrap_err();
         assert_eq!(status.code(), tonic::Code::PermissionDenied);
         targets.replace(BTreeMap::from([
             ("cp-1".to_string(), vec!["10.5.0.2".to_string()]),
             ("w-1".to_string(), vec!["fd00::3".to_string()]),
             ("10.5.0.4".to_string(), vec![]),
             ("api.lab".to_string(), vec![]),
+            ("127.0.0.9:4000".to_string(), vec![]),
         ]));
-        assert_eq!(targets.resolve("cp-1").unwrap(), "10.5.0.2");
-        assert_eq!(targets.resolve("CP-1:50001").unwrap(), "10.5.0.2:50001");
-        assert_eq!(targets.resolve("w-1:50001").unwrap(), "[fd00::3]:50001");
-        assert_eq!(targets.resolve("10.5.0.2").unwrap(), "10.5.0.2");
-        assert_eq!(targets.resolve("10.5.0.2:50000").unwrap(), "10.5.0.2:50000");
-        assert_eq!(
-            targets.resolve("[fd00::3]:50000").unwrap(),
-            "[fd00::3]:50000"
-        );
-        assert_eq!(
-            targets.resolve("https://10.5.0.4/").unwrap(),
-            "https://10.5.0.4/"
-        );
-        assert_eq!(targets.resolve("api.lab:50000").unwrap(), "api.lab:50000");
+        let resolve = |node: &str| targets.resolve(node, 50000);
+        assert_eq!(resolve("cp-1").unwrap(), "10.5.0.2");
+        assert_eq!(resolve("CP-1:50000").unwrap(), "10.5.0.2:50000");
+        assert_eq!(resolve("w-1:50000").unwrap(), "[fd00::3]:50000");
+        assert_eq!(resolve("10.5.0.2").unwrap(), "10.5.0.2");
+        assert_eq!(resolve("10.5.0.2:50000").unwrap(), "10.5.0.2:50000");
+        assert_eq!(resolve("[fd00::3]:50000").unwrap(), "[fd00::3]:50000");
+        assert_eq!(resolve("https://10.5.0.4/").unwrap(), "https://10.5.0.4/");
+        assert_eq!(resolve("api.lab:50000").unwrap(), "api.lab:50000");
+        assert_eq!(resolve("127.0.0.9:4000").unwrap(), "127.0.0.9:4000");
         for outsider in [
             "10.9.9.9",
             "w-2",
@@ -182,8 +192,13 @@ mod tests {
             "10.5.0.33",
             "10.5.0.2x",
             "",
+            // A target host, another port: not the API.
+            "api.lab:22",
+            "10.5.0.2:6443",
+            "cp-1:2379",
+            "127.0.0.9",
         ] {
-            let status = targets.resolve(outsider).unwrap_err();
+            let status = resolve(outsider).unwrap_err();
             assert_eq!(status.code(), tonic::Code::PermissionDenied, "{outsider}");
             assert!(status.message().contains("forwardtargets"), "{outsider}");
         }

@@ -105,9 +105,11 @@ async fn a_worker_gets_its_certificates_from_trustd_serves_them_and_renews_them(
     let port = free_port();
     // Short-lived, so that the worker renews within the test.
     let cp = control_plane(&cluster, port, Duration::from_secs(6)).await;
-    let worker = Node::start(worker_options(&cluster, port, None))
-        .await
-        .unwrap();
+    // On the API's port: a member is a forward target on that port only. (No other
+    // test listens on 127.0.0.2:50000.)
+    let mut options = worker_options(&cluster, port, None);
+    options.listen.set_port(basalt_api::DEFAULT_PORT);
+    let worker = Node::start(options).await.unwrap();
 
     // Issued once the hostname is known (a first set may name the node `basalt`).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

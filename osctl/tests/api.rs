@@ -97,16 +97,13 @@ async fn node(ip: &str, config: Option<String>, services: Vec<ServiceDefinition>
 }
 
 /// A node running the control-plane config of the cluster in `dir`.
-/// Lets `node` forward calls to `targets` (other nodes on loopback, no members of a
-/// cluster) with a test's `ForwardTargets` resource; returns once it does.
+/// Lets `node` forward calls to `targets` (`host:port` of other nodes on loopback, no
+/// members of a cluster) with a test's `ForwardTargets` resource; returns once it does.
 async fn forward_from(dir: &Path, node: &Node, targets: &[String]) {
     use basalt_resource::Resource;
     use basalt_resources::cluster::ForwardTargetSpec;
     let spec = ForwardTargetSpec {
-        targets: targets
-            .iter()
-            .map(|t| (t.rsplit_once(':').unwrap().0.to_string(), Vec::new()))
-            .collect(),
+        targets: targets.iter().map(|t| (t.clone(), Vec::new())).collect(),
     };
     node.state()
         .put(Resource::new("test", spec).into_any(), "test")

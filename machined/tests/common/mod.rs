@@ -156,17 +156,14 @@ pub fn denied_by_table(status: &tonic::Status) -> bool {
 }
 
 impl Cluster {
-    /// Lets `node` forward calls to `targets` (`host[:port]` each, other nodes on
-    /// loopback: no member of a cluster, so not targets by themselves), as a test's
+    /// Lets `node` forward calls to `targets` (`host:port` each, other nodes on
+    /// loopback: no member of a cluster, and on ports of their own), as a test's
     /// `ForwardTargets` resource; returns once its API forwards to them.
     pub async fn forward_from(&self, node: &Node, targets: &[String]) {
         use basalt_resource::Resource;
         use basalt_resources::cluster::ForwardTargetSpec;
         let spec = ForwardTargetSpec {
-            targets: targets
-                .iter()
-                .map(|t| (Target::parse(t, 0).unwrap().host, Vec::new()))
-                .collect(),
+            targets: targets.iter().map(|t| (t.clone(), Vec::new())).collect(),
         };
         node.state()
             .put(Resource::new("test", spec).into_any(), "test")
