@@ -91,9 +91,8 @@ async fn run() -> Result<()> {
     // Ours checks the HTTP backends as the node checks API servers (HTTPS `/readyz`
     // with the cluster CA); iperf3 speaks no HTTPS, so its balancers check by TCP.
     let ca_dir = tempfile::tempdir()?;
-    let ca_file = ca_dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem())?;
-    let ca_path = ca_file;
+    let ca_path = ca_dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem())?;
     let ca_file = Some(ca_path.as_path());
     let (_ours, ours_addr, ours_pid) = start_ours(&upstreams, ca_file, false).await?;
     let (_ours_iperf, ours_iperf, _) = start_ours(&[iperf_addr.to_string()], None, false).await?;
