@@ -37,7 +37,9 @@ struct Entry<'a> {
 
 impl SourceDoc {
     pub fn new(kind: String, name: Option<String>, first_line: usize, text: &str) -> Self {
-        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let lines: Vec<String> = crate::parse::yaml_lines(text)
+            .map(|(l, _)| l.to_string())
+            .collect();
         let entries = lines
             .iter()
             .enumerate()

@@ -206,6 +206,59 @@ fn round_trip_through_yaml_is_identity() {
     assert_eq!(again, c);
 }
 
+/// YAML breaks lines at CR, NEL, LS and PS too. A file's content holding one must come
+/// back as it went, and a `---` after one must still separate documents (found by the
+/// round-trip property test: the emitter ends a block scalar with an LS).
+#[test]
+fn every_yaml_line_break_round_trips_and_separates_documents() {
+    for content in [
+        "\n\u{2028}",
+        "\n\n\u{2029}",
+        "a\u{85}\n",
+        "a\rb",
+        "x\r\ny\n",
+    ] {
+        // A double-quoted YAML scalar, with YAML's escapes for the breaks.
+        let quoted: String = content
+            .chars()
+            .map(|c| match c {
+                '\n' => "\\n".to_string(),
+                '\r' => "\\r".to_string(),
+                '\u{85}' => "\\N".to_string(),
+                '\u{2028}' => "\\L".to_string(),
+                '\u{2029}' => "\\P".to_string(),
+                c => c.to_string(),
+            })
+            .collect();
+        let text = format!(
+            "apiVersion: basalt.dev/v1alpha1\nkind: ExtensionServiceConfig\nname: a\n\
+             configFiles:\n- mountPath: /etc/a\n  content: \"{quoted}\"\n---\n\
+             apiVersion: basalt.dev/v1alpha1\nkind: ExtensionServiceConfig\nname: b\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.extensions[0].config_files[0].content, content);
+        let yaml = c.to_yaml().unwrap();
+        let again = Config::parse(&yaml).unwrap_or_else(|e| panic!("{content:?}: {e}\n{yaml:?}"));
+        assert_eq!(again, c, "{content:?}");
+    }
+    // Documents separated after CR-only and CRLF line ends.
+    for eol in ["\r", "\r\n", "\u{2028}"] {
+        let text = [
+            "apiVersion: basalt.dev/v1alpha1",
+            "kind: ExtensionServiceConfig",
+            "name: a",
+            "---",
+            "apiVersion: basalt.dev/v1alpha1",
+            "kind: ExtensionServiceConfig",
+            "name: b",
+            "",
+        ]
+        .join(eol);
+        let c = Config::parse(&text).unwrap_or_else(|e| panic!("{eol:?}: {e}"));
+        assert_eq!(c.extensions.len(), 2, "{eol:?}");
+    }
+}
+
 #[test]
 fn strategic_merge_patch() {
     let patch = Patch::parse(&testdata("patch-merge.yaml")).unwrap();
