@@ -29,6 +29,11 @@ declare -A packages=(
 for cmd in "${!packages[@]}"; do
   have_cmd "$cmd" || need_apt+=("${packages[$cmd]}")
 done
+# A static busybox for the extension layer of the QEMU test (the image has no libraries
+# for it); Debian's plain busybox is dynamic.
+if [[ ! -x /bin/busybox ]] || ldd /bin/busybox >/dev/null 2>&1; then
+  need_apt+=(busybox-static)
+fi
 
 if ((${#need_apt[@]})); then
   echo "setup: installing ${need_apt[*]}" >&2

@@ -50,6 +50,38 @@ impl Image {
 }
 
 impl Image {
+    /// This image with one more image layer, as the image factory adds an extension: the
+    /// directory `layer` packed as `<name>.sqsh` into an initramfs segment of its own,
+    /// put before the image's. The new boot initramfs is written in `dir`.
+    pub async fn with_layer(&self, name: &str, layer: &Path, dir: &Path) -> Image {
+        let segment = dir.join(format!("{name}.segment"));
+        let extensions = segment.join("system/extensions");
+        std::fs::create_dir_all(&extensions).unwrap();
+        let boot_initramfs = dir.join(format!("initramfs-{name}.img"));
+        let script = format!(
+            "set -euo pipefail
+             mksquashfs '{layer}' '{extensions}/{name}.sqsh' -noappend -quiet -no-progress -comp zstd -all-root >/dev/null
+             (cd '{segment}' && find . | LC_ALL=C sort | cpio --create --format=newc --owner=0:0 --quiet) > '{dir}/{name}.cpio'
+             cat '{dir}/{name}.cpio' '{boot}' > '{out}'",
+            layer = layer.display(),
+            extensions = extensions.display(),
+            segment = segment.display(),
+            dir = dir.display(),
+            boot = self.boot_initramfs.display(),
+            out = boot_initramfs.display(),
+        );
+        let status = Command::new("bash")
+            .args(["-c", &script])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success(), "packing the layer {name} failed");
+        Image {
+            boot_initramfs,
+            ..self.clone()
+        }
+    }
+
     /// Unpacks the initramfs into `dir`: the root a container node runs.
     pub async fn unpack(&self, dir: &Path) {
         let script = format!(

@@ -1,7 +1,8 @@
 //! The image booted under QEMU (TCG), the way a user meets a new machine: it comes up in
 //! maintenance mode, takes a control-plane config from `osctl apply-config --insecure`,
-//! serves it over mutual TLS, survives a reboot with its config on STATE, and powers off
-//! on `osctl shutdown`. Its API certificates live 20 s: the served one changes while it
+//! serves it over mutual TLS, runs the services of an extension layer added to the image
+//! (one killed over its memory limit), survives a reboot with its config on STATE, and
+//! powers off on `osctl shutdown`. Its API certificates live 20 s: the served one changes while it
 //! runs. One boot of the scenario, every step asserted on the way.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,6 +15,29 @@ use basalt_e2e::{Image, Osctl, Vm};
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// The API certificates' lifetime: renewed at half of it.
 const CERT_LIFETIME: Duration = Duration::from_secs(20);
+/// The memory limit of the extension layer's service, which wants 64 MiB at once.
+const MEMHOG_LIMIT: u64 = 16 << 20;
+
+/// An extension layer with one service: busybox's `dd` with a 64 MiB buffer, limited to
+/// [`MEMHOG_LIMIT`] (Debian's static busybox: the image has no libraries for it).
+fn memhog_layer(dir: &std::path::Path) -> std::path::PathBuf {
+    let layer = dir.join("memhog");
+    std::fs::create_dir_all(layer.join("bin")).unwrap();
+    std::fs::create_dir_all(layer.join("services")).unwrap();
+    std::fs::copy("/bin/busybox", layer.join("bin/busybox"))
+        .expect("no /bin/busybox: run hack/setup.sh (busybox-static)");
+    std::fs::write(
+        layer.join("services/memhog.yaml"),
+        format!(
+            "command: [bin/busybox, dd, if=/dev/zero, of=/dev/null, bs=64M, count=1000]\n\
+             restart: never\n\
+             memoryMax: {}Mi\n",
+            MEMHOG_LIMIT >> 20
+        ),
+    )
+    .unwrap();
+    layer
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_vm_boots_to_maintenance_takes_a_config_reboots_with_it_and_powers_off() {
@@ -23,6 +47,9 @@ async fn a_vm_boots_to_maintenance_takes_a_config_reboots_with_it_and_powers_off
         dir: tmp.path().to_path_buf(),
         netns: None,
     };
+    let image = image
+        .with_layer("memhog", &memhog_layer(tmp.path()), tmp.path())
+        .await;
     let lifetime = format!("basalt.api-cert-lifetime={}s", CERT_LIFETIME.as_secs());
     let mut vm = Vm::boot(&image, &[&lifetime]).await;
     let endpoint = vm.endpoint();
@@ -64,7 +91,32 @@ async fn a_vm_boots_to_maintenance_takes_a_config_reboots_with_it_and_powers_off
     assert!(hostname.contains("qemu-1"), "{hostname}");
     let prism = osctl.ok(&["-e", &endpoint, "get", "kubeprismstatus"]).await;
     assert!(prism.contains("7445"), "{prism}");
-    osctl.ok(&["-e", &endpoint, "services"]).await;
+
+    // The layer's service ran in its cgroup, went over its memory limit, was killed by
+    // the kernel and is reported so; the node runs on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let memhog = loop {
+        let out = osctl
+            .ok(&["-e", &endpoint, "get", "services", "memhog", "-o", "yaml"])
+            .await;
+        if out.contains("state: Failed") {
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "memhog did not fail within 60 s:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!("{memhog}");
+    assert!(
+        memhog.contains(&format!(
+            "killed: over its memory limit of {MEMHOG_LIMIT} bytes (oom_kill)"
+        )),
+        "{memhog}"
+    );
+    let services = osctl.ok(&["-e", &endpoint, "services"]).await;
+    assert!(services.contains("memhog"), "{services}");
     let dmesg = osctl.ok(&["-e", &endpoint, "dmesg"]).await;
     assert!(dmesg.contains("Linux version"), "{dmesg}");
     // PID 1 logs to the kernel log too.

@@ -13,6 +13,7 @@ pub mod boot;
 pub mod edge;
 mod error;
 pub mod events;
+pub mod extension_services;
 mod node;
 pub mod parts;
 pub mod roles;

@@ -1,16 +1,19 @@
 //! The services a node runs for its role, from the image layers it has: a control plane
 //! runs etcd (Debian's, from the etcd layer); a worker and a node in maintenance mode
-//! run none of these. [`follow`] keeps the node's [`ServiceSet`] in step with the role
-//! of the config in effect.
+//! run none of these. Any configured node also runs the services its layers bring
+//! ([`crate::extension_services`]). [`follow`] keeps the node's [`ServiceSet`] in step
+//! with the role of the config in effect.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use basalt_resource::ResourceKey;
+use basalt_resource::{Kind, ResourceKey};
 use basalt_resources::cluster::MachineRole;
 use basalt_resources::config::MachineTypeSpec;
-use basalt_state::{Event, State};
+use basalt_resources::runtime::ExtensionServiceConfigSpec;
+use basalt_state::{State, WatchKindOptions};
 
+use crate::extension_services;
 use crate::parts::{HealthCheck, ServiceDefinition, ServiceSet};
 
 /// Where a node's image layers are (each mounted, or unpacked in a container node's
@@ -93,42 +96,93 @@ fn etcd(layout: &Layout) -> ServiceDefinition {
     }
 }
 
-/// Keeps `set` at `fixed` plus the services of the node's role, as `MachineType/machine-type`
-/// changes, until the state goes away. A set that cannot be supervised is logged; the
-/// current one runs on.
+/// Keeps `set` at `fixed`, plus the services of the node's role and, once it has one,
+/// the services its image layers bring (see [`crate::extension_services`]), as
+/// `MachineType/machine-type` and the `ExtensionServiceConfig`s change, until the state
+/// goes away. A set that cannot be supervised is logged, and the node runs without its
+/// extension services, or else on the current set.
 pub async fn follow(
     state: State,
     set: Arc<ServiceSet>,
     fixed: Vec<ServiceDefinition>,
     layout: Layout,
 ) {
-    let key = ResourceKey::of::<MachineTypeSpec>(MachineTypeSpec::ID);
-    let mut watch = match state.watch(&key).await {
-        Ok(watch) => watch,
-        Err(error) => {
-            tracing::error!(%error, "cannot follow the node's role: it runs no role services");
-            return;
-        }
-    };
-    let mut role = None;
     loop {
-        let mut definitions = fixed.clone();
-        definitions.extend(services(role, &layout));
+        let watches = async {
+            let role = state
+                .watch(&ResourceKey::of::<MachineTypeSpec>(MachineTypeSpec::ID))
+                .await?;
+            let configs = state
+                .watch_kind(
+                    &Kind::of::<ExtensionServiceConfigSpec>(),
+                    WatchKindOptions::default(),
+                )
+                .await?;
+            Ok::<_, basalt_state::StateError>((role, configs))
+        };
+        let (mut role_watch, mut config_watch) = match watches.await {
+            Ok(watches) => watches,
+            Err(error) => {
+                tracing::error!(%error, "cannot follow the node's role: it runs no role services");
+                return;
+            }
+        };
+        loop {
+            run_services(&state, &set, &fixed, &layout).await;
+            // What changed does not matter: everything is read afresh.
+            let event = tokio::select! {
+                event = role_watch.next() => event,
+                event = config_watch.next() => event,
+            };
+            match event {
+                Some(Ok(_)) => {}
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "following the node's role: watching afresh");
+                    break;
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+/// Makes `set` the services the node should run now.
+async fn run_services(
+    state: &State,
+    set: &ServiceSet,
+    fixed: &[ServiceDefinition],
+    layout: &Layout,
+) {
+    let role = state
+        .get_as::<MachineTypeSpec>(MachineTypeSpec::ID)
+        .await
+        .ok()
+        .map(|r| r.spec.role);
+    let mut definitions = fixed.to_vec();
+    definitions.extend(services(role, layout));
+    let extensions = match role {
+        Some(_) => extension_services::load(&layout.extensions),
+        None => Vec::new(),
+    };
+    if extensions.is_empty() {
         if let Err(error) = set.replace(definitions).await {
             tracing::error!(%error, ?role, "the services of the node's role cannot run");
         }
-        role = loop {
-            match watch.next().await {
-                Some(Ok(Event::Created(r) | Event::Updated { new: r, .. })) => {
-                    match basalt_resource::Resource::<MachineTypeSpec>::try_from(r.as_ref()) {
-                        Ok(typed) => break Some(typed.spec.role),
-                        Err(error) => tracing::warn!(%error, "an unreadable machine type"),
-                    }
-                }
-                Some(Ok(Event::Destroyed(_))) => break None,
-                Some(_) => continue,
-                None => return,
-            }
-        };
+        return;
+    }
+    let configs = state
+        .list_as::<ExtensionServiceConfigSpec>()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| (r.metadata.id.clone(), r.spec))
+        .collect();
+    let mut with_extensions = definitions.clone();
+    with_extensions.extend(extension_services::fit(&definitions, extensions, &configs));
+    if let Err(error) = set.replace(with_extensions).await {
+        tracing::error!(%error, "the extension services cannot run: the node runs without them");
+        if let Err(error) = set.replace(definitions).await {
+            tracing::error!(%error, ?role, "the services of the node's role cannot run");
+        }
     }
 }
