@@ -205,7 +205,7 @@ async fn a_full_state_refuses_an_apply_and_keeps_what_was_acknowledged() {
     let node = loop {
         match machined::Node::start(options()).await {
             Ok(node) => break node,
-            Err(e) if e.to_string().contains("already open") && Instant::now() < deadline => {
+            Err(e) if e.to_string().contains("in use") && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => panic!("the node does not start again: {e}"),

@@ -145,12 +145,12 @@ async fn apid_runs_unprivileged_in_its_own_process_and_is_restarted() {
 
     // What apid's uid can do: not read the node's state, not signal machined, while
     // the socket is its alone (another uid cannot connect).
-    let state_file = dir.join("state/state.redb");
-    assert!(state_file.exists());
-    let state = state_file.to_str().unwrap();
+    let state_dir = dir.join("state");
+    assert!(state_dir.join("state.redb.lock").exists());
+    let state = state_dir.to_str().unwrap();
     assert!(
-        !succeeds_as(APID_UID, "cat", &[state]),
-        "apid's uid read the state"
+        !succeeds_as(APID_UID, "ls", &[state]),
+        "apid's uid read the state's directory"
     );
     assert!(
         !succeeds_as(APID_UID, "kill", &["-0", &machined_pid.to_string()]),

@@ -17,6 +17,8 @@ pub fn main() -> ! {
         if let Err(e) = crate::log_to_kmsg() {
             tracing::warn!(error = %e, "logging to the console only, not the kernel log");
         }
+        // The first line in the kernel log: the boot's timeline starts here.
+        tracing::info!(mounts = mounted.len(), "machined started as PID 1");
         let runtime = super::runtime()?;
         let machine = Machine {
             hardware: true,
