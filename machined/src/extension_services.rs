@@ -17,8 +17,10 @@
 //! ```
 //!
 //! A file that cannot be read, or a service that cannot run here (a dependency the node
-//! does not run, a name taken), is not dropped silently: the service is published as
-//! Skipped with the reason, and the reason is logged.
+//! does not run, dependencies in a cycle), is not dropped silently: the service is
+//! published as Skipped with the reason, and the reason is logged. A service named like
+//! one the node has of its own (etcd) or one an earlier layer brings is left out, and
+//! that is logged.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -132,8 +134,8 @@ pub fn load(extensions: &Path) -> Vec<ServiceDefinition> {
             let definition = match describe(&layer, &file, &id) {
                 Ok(definition) => definition,
                 Err(error) => {
-                    tracing::error!(service = %id, %error, "an extension service cannot run");
-                    // Never started: the command is only there to be well-formed.
+                    // Never started (`fit` logs why): the command is only there to be
+                    // well-formed.
                     ServiceDefinition::new(id, &[&file.to_string_lossy()]).skip(error.to_string())
                 }
             };
@@ -143,10 +145,16 @@ pub fn load(extensions: &Path) -> Vec<ServiceDefinition> {
     definitions
 }
 
+/// The entries of `dir`, sorted; none if it does not exist (a layer without services).
 fn sorted_entries(dir: &Path) -> Vec<PathBuf> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let mut entries: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(Result::ok).map(|e| e.path()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(error) => {
+            tracing::error!(dir = %dir.display(), %error, "extension services cannot be listed");
+            Vec::new()
+        }
+    };
     entries.sort();
     entries
 }
@@ -156,16 +164,36 @@ fn describe(
     file: &Path,
     id: &str,
 ) -> Result<ServiceDefinition, ExtensionServiceError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let read_error = |source| ExtensionServiceError::Read {
         path: file.to_path_buf(),
         source,
     };
-    if std::fs::metadata(file).map_err(read_error)?.len() > MAX_DESCRIPTION_BYTES {
+    // Without blocking (a FIFO waits for a writer to open), and then judged by what was
+    // opened, not by what the name pointed at before: a FIFO or a device would block or
+    // never end.
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(file)
+        .map_err(read_error)?;
+    if !opened.metadata().map_err(read_error)?.is_file() {
+        return Err(ExtensionServiceError::Invalid {
+            path: file.to_path_buf(),
+            reason: "not a regular file".to_string(),
+        });
+    }
+    let mut text = String::new();
+    opened
+        .take(MAX_DESCRIPTION_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read_error)?;
+    if text.len() as u64 > MAX_DESCRIPTION_BYTES {
         return Err(ExtensionServiceError::TooLarge {
             path: file.to_path_buf(),
         });
     }
-    let text = std::fs::read_to_string(file).map_err(read_error)?;
     parse(layer, id, &text).map_err(|reason| ExtensionServiceError::Invalid {
         path: file.to_path_buf(),
         reason,
@@ -179,6 +207,7 @@ pub fn parse(layer: &Path, id: &str, text: &str) -> Result<ServiceDefinition, St
             "{id:?} is not a service name (lowercase letters, digits and '-', at most 63)"
         ));
     }
+    basalt_resource::yaml::check_expansion(text)?;
     let description: Description = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
     definition(layer, id, description)
 }
@@ -218,13 +247,22 @@ fn definition(layer: &Path, id: &str, d: Description) -> Result<ServiceDefinitio
         definition = definition.env(key, value);
     }
     if let Some(health) = d.health {
-        definition = definition.health(health_check(health)?);
+        let check = health_check(health)?;
+        if let Some(reason) = check.refused() {
+            return Err(format!("health: {reason}"));
+        }
+        definition = definition.health(check);
     }
     if let Some(size) = d.memory_max {
-        definition = definition.memory_max(size.bytes().map_err(|e| format!("memoryMax: {e}"))?);
+        match size.bytes().map_err(|e| format!("memoryMax: {e}"))? {
+            0 => return Err("memoryMax: 0 leaves the service no memory".to_string()),
+            bytes => definition = definition.memory_max(bytes),
+        }
     }
-    if let Some(pids) = d.pids_max {
-        definition = definition.pids_max(pids);
+    match d.pids_max {
+        Some(0) => return Err("pidsMax: 0 leaves the service no process".to_string()),
+        Some(pids) => definition = definition.pids_max(pids),
+        None => {}
     }
     let capabilities = d
         .capabilities
@@ -259,29 +297,33 @@ fn health_check(h: Health) -> Result<HealthCheck, String> {
     Ok(check.timing(interval, timeout, initial_delay))
 }
 
-/// Makes `extensions` fit beside `others` (the node's own services): one named like a
-/// service already defined, or depending on one the node does not run, is skipped with
-/// the reason. `configs` (by service name) add to their environment.
+/// Makes `extensions` fit beside `others` (the node's own services now) and `reserved`
+/// (names the node's own services have whether it runs them or not): one named like
+/// either, or like an extension before it, is left out; one that depends on a service
+/// the node does not run, or waits on a cycle of dependencies, is skipped with the
+/// reason. `configs` (by service name) add to their environment.
 pub fn fit(
     others: &[ServiceDefinition],
+    reserved: &[&str],
     extensions: Vec<ServiceDefinition>,
     configs: &BTreeMap<String, ExtensionServiceConfigSpec>,
 ) -> Vec<ServiceDefinition> {
     let mut taken: HashSet<String> = others.iter().map(|d| d.id.clone()).collect();
+    taken.extend(reserved.iter().map(|r| r.to_string()));
     let mut fitted: Vec<ServiceDefinition> = extensions
         .into_iter()
         .filter(|d| {
             let first = taken.insert(d.id.clone());
             if !first {
-                // The first of the name keeps it: two would refuse the whole set.
-                tracing::error!(service = %d.id, "an extension service is named like another service");
+                // Two of a name would refuse the whole set.
+                tracing::error!(service = %d.id, "an extension service is named like another service: left out");
             }
             first
         })
         .collect();
-    // Skipping one service may leave another without its dependency: until none changes.
+    // Skipping one may leave another without its dependency: until none changes.
     loop {
-        let running: HashSet<String> = others
+        let defined: HashSet<String> = others
             .iter()
             .chain(&fitted)
             .filter(|d| d.skip.is_none())
@@ -289,10 +331,10 @@ pub fn fit(
             .collect();
         let mut changed = false;
         for definition in fitted.iter_mut().filter(|d| d.skip.is_none()) {
-            if let Some(missing) = definition.depends_on.iter().find(|d| !running.contains(*d)) {
-                let reason = format!("it depends on {missing}, which this node does not run");
-                tracing::error!(service = %definition.id, %reason, "an extension service cannot run");
-                definition.skip = Some(reason);
+            if let Some(missing) = definition.depends_on.iter().find(|d| !defined.contains(*d)) {
+                definition.skip = Some(format!(
+                    "it depends on {missing}, which this node does not run"
+                ));
                 changed = true;
             }
         }
@@ -300,8 +342,26 @@ pub fn fit(
             break;
         }
     }
+    // What can start: each service once all it depends on can. The rest wait on a cycle.
+    let mut can_start: HashSet<String> = others.iter().map(|d| d.id.clone()).collect();
+    loop {
+        let ready: Vec<String> = fitted
+            .iter()
+            .filter(|d| d.skip.is_none() && !can_start.contains(&d.id))
+            .filter(|d| d.depends_on.iter().all(|dep| can_start.contains(dep)))
+            .map(|d| d.id.clone())
+            .collect();
+        if ready.is_empty() {
+            break;
+        }
+        can_start.extend(ready);
+    }
     for definition in &mut fitted {
-        if definition.skip.is_some() {
+        if definition.skip.is_none() && !can_start.contains(&definition.id) {
+            definition.skip = Some("its dependencies wait on each other in a cycle".to_string());
+        }
+        if let Some(reason) = &definition.skip {
+            tracing::error!(service = %definition.id, %reason, "an extension service cannot run");
             // Never started, so it waits for nothing (and names nothing undefined).
             definition.depends_on.clear();
         }
@@ -313,6 +373,11 @@ pub fn fit(
                     "ExtensionServiceConfig configFiles are not delivered to services yet"
                 );
             }
+        }
+    }
+    for name in configs.keys() {
+        if !fitted.iter().any(|d| &d.id == name) {
+            tracing::warn!(service = %name, "an ExtensionServiceConfig names no extension service of this node");
         }
     }
     fitted
@@ -410,8 +475,31 @@ mod tests {
                 "command: [x]\ncapabilities: [CAP_EVERYTHING]\n",
             ),
             ("l", "Bad_Name.yaml", "command: [x]\n"),
-            ("l", "garbage.yaml", "\u{0}\u{1}: [\n"),
+            ("l", "garbage.yaml", "command: [x\n"),
+            (
+                "l",
+                "remote.yaml",
+                "command: [x]\nhealth: {http: 'http://192.0.2.1/'}\n",
+            ),
+            ("l", "nomemory.yaml", "command: [x]\nmemoryMax: 0\n"),
+            (
+                "l",
+                "deep.yaml",
+                &format!("command: {}\n", "[".repeat(1000)),
+            ),
         ]);
+        // A FIFO that nobody writes: reading it would block for ever.
+        let fifo = dir.path().join("l/services/fifo.yaml");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let big = dir.path().join("l/services/big.yaml");
+        std::fs::write(&big, "#".repeat(MAX_DESCRIPTION_BYTES as usize + 1)).unwrap();
         let definitions = load(dir.path());
         let reason = |id: &str| {
             let d = definitions.iter().find(|d| d.id == id).unwrap();
@@ -428,7 +516,12 @@ mod tests {
             ("health", "expect is for http checks"),
             ("cap", "CAP_EVERYTHING"),
             ("Bad_Name", "is not a service name"),
-            ("garbage", "garbage.yaml"),
+            ("garbage", "did not find expected"),
+            ("remote", "192.0.2.1 is not a loopback address"),
+            ("nomemory", "leaves the service no memory"),
+            ("deep", "nested more than"),
+            ("fifo", "not a regular file"),
+            ("big", "larger than"),
         ] {
             let why = reason(id);
             assert!(why.contains(says), "{id}: {why}");
@@ -451,9 +544,14 @@ mod tests {
         let own = vec![ServiceDefinition::new("etcd", &["etcd"])];
         let extensions = vec![
             ServiceDefinition::new("etcd", &["impostor"]),
+            ServiceDefinition::new("kubelet", &["impostor"]),
             ServiceDefinition::new("a", &["a"]).depends_on("etcd"),
             ServiceDefinition::new("b", &["b"]).depends_on("kubelet"),
             ServiceDefinition::new("c", &["c"]).depends_on("b"),
+            ServiceDefinition::new("d", &["d"]).depends_on("e"),
+            ServiceDefinition::new("e", &["e"]).depends_on("d"),
+            ServiceDefinition::new("f", &["f"]).depends_on("d"),
+            ServiceDefinition::new("a", &["a again"]),
         ];
         let configs = BTreeMap::from([(
             "a".to_string(),
@@ -462,22 +560,44 @@ mod tests {
                 config_files: Vec::new(),
             },
         )]);
-        let fitted = fit(&own, extensions, &configs);
+        let fitted = fit(&own, &["etcd", "kubelet"], extensions, &configs);
         let ids: Vec<&str> = fitted.iter().map(|d| d.id.as_str()).collect();
-        assert_eq!(ids, ["a", "b", "c"], "the impostor is dropped");
-        assert_eq!(fitted[0].skip, None);
+        assert_eq!(
+            ids,
+            ["a", "b", "c", "d", "e", "f"],
+            "impostors and the second a are left out"
+        );
+        let skip = |id: &str| fitted.iter().find(|d| d.id == id).unwrap().skip.clone();
+        assert_eq!(skip("a"), None);
+        assert_eq!(fitted[0].command, ["a"]);
         assert_eq!(
             fitted[0].env.get("TOKEN").map(String::as_str),
             Some("s3cret")
         );
         assert_eq!(
-            fitted[1].skip.as_deref(),
+            skip("b").as_deref(),
             Some("it depends on kubelet, which this node does not run")
         );
         assert_eq!(
-            fitted[2].skip.as_deref(),
+            skip("c").as_deref(),
             Some("it depends on b, which this node does not run")
         );
-        assert!(fitted[1].depends_on.is_empty() && fitted[2].depends_on.is_empty());
+        for id in ["d", "e", "f"] {
+            assert_eq!(
+                skip(id).as_deref(),
+                Some("its dependencies wait on each other in a cycle"),
+                "{id}"
+            );
+        }
+        assert!(fitted.iter().skip(1).all(|d| d.depends_on.is_empty()));
+        // What is fitted, the supervisor takes.
+        let mut all = own.clone();
+        all.extend(fitted);
+        crate::parts::Supervisor::new(
+            basalt_state::State::new(),
+            all,
+            crate::parts::SupervisorOptions::default(),
+        )
+        .unwrap();
     }
 }

@@ -11,7 +11,7 @@ use basalt_resource::{Kind, ResourceKey};
 use basalt_resources::cluster::MachineRole;
 use basalt_resources::config::MachineTypeSpec;
 use basalt_resources::runtime::ExtensionServiceConfigSpec;
-use basalt_state::{State, WatchKindOptions};
+use basalt_state::{State, StateError, WatchKindOptions};
 
 use crate::extension_services;
 use crate::parts::{HealthCheck, ServiceDefinition, ServiceSet};
@@ -27,6 +27,9 @@ const ETCD_PEER: &str = "http://127.0.0.1:2380";
 const ETCD_NAME: &str = "basalt";
 const ETCD_MEMORY_MAX: u64 = 512 << 20;
 const ETCD_PIDS_MAX: u64 = 512;
+/// The names of the services a role may run: never an extension service's, whatever
+/// the node's role.
+const ROLE_SERVICES: &[&str] = &["etcd"];
 
 /// Where the role's services find what they need.
 #[derive(Debug, Clone)]
@@ -123,7 +126,7 @@ pub async fn follow(
         let (mut role_watch, mut config_watch) = match watches.await {
             Ok(watches) => watches,
             Err(error) => {
-                tracing::error!(%error, "cannot follow the node's role: it runs no role services");
+                tracing::error!(%error, "cannot follow the node's role and configs: it runs no role or extension services");
                 return;
             }
         };
@@ -146,43 +149,53 @@ pub async fn follow(
     }
 }
 
-/// Makes `set` the services the node should run now.
+/// Makes `set` the services the node should run now. If the state cannot be read, the
+/// services stay as they are.
 async fn run_services(
     state: &State,
     set: &ServiceSet,
     fixed: &[ServiceDefinition],
     layout: &Layout,
 ) {
-    let role = state
-        .get_as::<MachineTypeSpec>(MachineTypeSpec::ID)
-        .await
-        .ok()
-        .map(|r| r.spec.role);
+    let role = match state.get_as::<MachineTypeSpec>(MachineTypeSpec::ID).await {
+        Ok(machine_type) => Some(machine_type.spec.role),
+        Err(StateError::NotFound(_)) => None,
+        Err(error) => {
+            tracing::error!(%error, "cannot read the node's role: its services stay as they are");
+            return;
+        }
+    };
     let mut definitions = fixed.to_vec();
     definitions.extend(services(role, layout));
-    let extensions = match role {
-        Some(_) => extension_services::load(&layout.extensions),
-        None => Vec::new(),
-    };
-    if extensions.is_empty() {
-        if let Err(error) = set.replace(definitions).await {
-            tracing::error!(%error, ?role, "the services of the node's role cannot run");
-        }
-        return;
+    let mut extensions = Vec::new();
+    if role.is_some() {
+        let configs = match state.list_as::<ExtensionServiceConfigSpec>().await {
+            Ok(configs) => configs
+                .into_iter()
+                .map(|r| (r.metadata.id.clone(), r.spec))
+                .collect(),
+            Err(error) => {
+                tracing::error!(%error, "cannot read the extension services' configs: the services stay as they are");
+                return;
+            }
+        };
+        let dir = layout.extensions.clone();
+        let loaded = tokio::task::spawn_blocking(move || extension_services::load(&dir))
+            .await
+            .unwrap_or_default();
+        extensions = extension_services::fit(&definitions, ROLE_SERVICES, loaded, &configs);
     }
-    let configs = state
-        .list_as::<ExtensionServiceConfigSpec>()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| (r.metadata.id.clone(), r.spec))
-        .collect();
-    let mut with_extensions = definitions.clone();
-    with_extensions.extend(extension_services::fit(&definitions, extensions, &configs));
-    if let Err(error) = set.replace(with_extensions).await {
-        tracing::error!(%error, "the extension services cannot run: the node runs without them");
-        if let Err(error) = set.replace(definitions).await {
-            tracing::error!(%error, ?role, "the services of the node's role cannot run");
+    if !extensions.is_empty() {
+        let mut all = definitions.clone();
+        all.extend(extensions);
+        match set.replace(all).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::error!(%error, "the extension services cannot run: the node runs without them")
+            }
         }
+    }
+    if let Err(error) = set.replace(definitions).await {
+        tracing::error!(%error, ?role, "the services of the node's role cannot run");
     }
 }

@@ -37,7 +37,7 @@ struct Entry<'a> {
 
 impl SourceDoc {
     pub fn new(kind: String, name: Option<String>, first_line: usize, text: &str) -> Self {
-        let lines: Vec<String> = crate::parse::yaml_lines(text)
+        let lines: Vec<String> = basalt_resource::yaml::lines(text)
             .map(|(l, _)| l.to_string())
             .collect();
         let entries = lines

@@ -19,28 +19,6 @@ struct RawDoc {
     text: String,
 }
 
-/// The lines of a YAML text, broken where YAML 1.1 (libyaml) breaks them: at `\n`,
-/// `\r\n`, `\r`, NEL, LS and PS. Each line comes as (its text, its text with its
-/// break). `str::lines` knows only the first two, and the YAML emitter may end a block
-/// scalar with an LS: a `---` after it is a marker to YAML.
-pub(crate) fn yaml_lines(text: &str) -> impl Iterator<Item = (&str, &str)> {
-    let mut rest = text;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let is_break = |c| matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}');
-        let (end, next) = match rest.char_indices().find(|&(_, c)| is_break(c)) {
-            None => (rest.len(), rest.len()),
-            Some((i, '\r')) if rest[i + 1..].starts_with('\n') => (i, i + 2),
-            Some((i, c)) => (i, i + c.len_utf8()),
-        };
-        let (whole, tail) = rest.split_at(next);
-        rest = tail;
-        Some((&whole[..end], whole))
-    })
-}
-
 /// Splits at `---` lines (and ends a document at `...`). Block scalars are indented
 /// under their key, so a `---` at column 0 is always a document marker. Each document
 /// keeps its text as written, line breaks included.
@@ -49,7 +27,7 @@ fn split_documents(text: &str) -> Vec<RawDoc> {
     let mut current = String::new();
     let mut first_line = 1;
     let mut flush = |current: &mut String, first_line: usize| {
-        let has_content = yaml_lines(current).any(|(l, _)| {
+        let has_content = basalt_resource::yaml::lines(current).any(|(l, _)| {
             let l = l.trim();
             !l.is_empty() && !l.starts_with('#')
         });
@@ -61,7 +39,7 @@ fn split_documents(text: &str) -> Vec<RawDoc> {
         }
         current.clear();
     };
-    for (i, (line, whole)) in yaml_lines(text).enumerate() {
+    for (i, (line, whole)) in basalt_resource::yaml::lines(text).enumerate() {
         let marker = line.trim_end();
         if marker == "---" || marker.starts_with("--- ") || marker == "..." {
             flush(&mut current, first_line);

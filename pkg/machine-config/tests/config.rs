@@ -241,8 +241,8 @@ fn every_yaml_line_break_round_trips_and_separates_documents() {
         let again = Config::parse(&yaml).unwrap_or_else(|e| panic!("{content:?}: {e}\n{yaml:?}"));
         assert_eq!(again, c, "{content:?}");
     }
-    // Documents separated after CR-only and CRLF line ends.
-    for eol in ["\r", "\r\n", "\u{2028}"] {
+    // Documents separated by a `---` after each kind of line break.
+    for eol in ["\r", "\r\n", "\u{85}", "\u{2028}", "\u{2029}"] {
         let text = [
             "apiVersion: basalt.dev/v1alpha1",
             "kind: ExtensionServiceConfig",

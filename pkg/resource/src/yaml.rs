@@ -89,6 +89,28 @@ impl<'de> Visitor<'de> for Budget<'_> {
     }
 }
 
+/// The lines of a YAML text, broken where YAML 1.1 (libyaml) breaks them: at `\n`,
+/// `\r\n`, `\r`, NEL, LS and PS. Each line comes as (its text, its text with its
+/// break). `str::lines` knows only the first two, and the YAML emitter may end a block
+/// scalar with an LS: a `---` after it is a marker to YAML.
+pub fn lines(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let is_break = |c| matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}');
+        let (end, next) = match rest.char_indices().find(|&(_, c)| is_break(c)) {
+            None => (rest.len(), rest.len()),
+            Some((i, '\r')) if rest[i + 1..].starts_with('\n') => (i, i + 2),
+            Some((i, c)) => (i, i + c.len_utf8()),
+        };
+        let (whole, tail) = rest.split_at(next);
+        rest = tail;
+        Some((&whole[..end], whole))
+    })
+}
+
 /// The most flow collections (`[...]`, `{...}`) one may hold inside another. Configs,
 /// patches, bundles and resources nest a handful of levels.
 pub const MAX_NESTING: usize = 64;
@@ -101,7 +123,7 @@ pub fn check_nesting(text: &str) -> Result<(), String> {
     let mut depth = 0usize;
     // Inside a block scalar: the indentation its content is deeper than.
     let mut block_scalar: Option<usize> = None;
-    for (number, line) in text.lines().enumerate() {
+    for (number, (line, _)) in lines(text).enumerate() {
         let indent = line.len() - line.trim_start_matches(' ').len();
         if let Some(parent) = block_scalar {
             if line.trim().is_empty() || indent > parent {
@@ -252,6 +274,12 @@ mod tests {
             err.contains("line 2") && err.contains("nested more than 64"),
             "{err}"
         );
+        // A comment ends at any YAML line break, CR alone too: what follows it counts.
+        for eol in ["\r", "\u{85}", "\u{2028}", "\u{2029}"] {
+            let hidden = format!("# note{eol}x: {}", "[".repeat(100));
+            let err = check_nesting(&hidden).unwrap_err();
+            assert!(err.contains("line 2"), "{eol:?}: {err}");
+        }
         let deep_maps = format!("a: {}", "{b: ".repeat(65));
         assert!(check_nesting(&deep_maps).is_err());
         check_nesting(&format!("a: {}{}", "[".repeat(64), "]".repeat(64))).unwrap();

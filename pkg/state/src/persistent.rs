@@ -52,7 +52,7 @@ fn lock(path: &Path) -> Result<std::fs::File, String> {
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(file),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(format!(
-            "in use by another process (it holds {})",
+            "in use: {} is locked (by another process, or already open in this one)",
             lock_path.display()
         )),
         Err(e) => Err(format!("cannot lock {}: {e}", lock_path.display())),
@@ -87,8 +87,15 @@ fn create_new(path: &Path) -> Result<(), String> {
         txn.open_table(RESOURCES).map_err(|e| e.to_string())?;
         txn.commit().map_err(|e| e.to_string())?;
     }
-    std::fs::rename(&fresh, path)
-        .map_err(|e| format!("cannot rename {} into place: {e}", fresh.display()))?;
+    // Never over a file that appeared meanwhile: that one may hold resources.
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        &fresh,
+        rustix::fs::CWD,
+        path,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .map_err(|e| format!("cannot rename {} into place: {e}", fresh.display()))?;
     // The rename itself is durable only once the directory is synced.
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     std::fs::File::open(dir.unwrap_or(Path::new(".")))
@@ -122,7 +129,9 @@ impl PersistentStore {
             })?),
         };
         let mut report = LoadReport::default();
-        if !path.exists() {
+        // Only a file that is certainly not there is made anew: one that cannot be
+        // looked at is an error, not an empty state.
+        if !path.try_exists().map_err(|e| store.error(e))? {
             return Ok((store, Vec::new(), report));
         }
         let db = redb::Database::create(path).map_err(|e| {
@@ -148,35 +157,31 @@ impl PersistentStore {
 
         let mut resources = Vec::new();
         let txn = db.begin_read().map_err(|e| store.error(e))?;
-        let table = match txn.open_table(RESOURCES) {
-            Ok(table) => Some(table),
-            // A file from before the table was made with it: the first write makes it.
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(store.error(e)),
-        };
-        let entries = match &table {
-            Some(table) => Some(table.iter().map_err(|e| store.error(e))?),
-            None => None,
-        };
-        for entry in entries.into_iter().flatten() {
-            let (key, value) = entry.map_err(|e| store.error(e))?;
-            let key_text = String::from_utf8_lossy(key.value()).replace('\0', "/");
-            match decode(registry, key.value(), value.value()) {
-                Ok(res) if namespaces.contains(&res.metadata.namespace) => {
-                    report.loaded += 1;
-                    resources.push(res);
+        match txn.open_table(RESOURCES) {
+            Ok(table) => {
+                for entry in table.iter().map_err(|e| store.error(e))? {
+                    let (key, value) = entry.map_err(|e| store.error(e))?;
+                    let key_text = String::from_utf8_lossy(key.value()).replace('\0', "/");
+                    match decode(registry, key.value(), value.value()) {
+                        Ok(res) if namespaces.contains(&res.metadata.namespace) => {
+                            report.loaded += 1;
+                            resources.push(res);
+                        }
+                        Ok(res) => report.skipped.push(format!(
+                            "{key_text}: namespace {:?} is not persistent",
+                            res.metadata.namespace
+                        )),
+                        Err(reason) => report.skipped.push(format!("{key_text}: {reason}")),
+                    }
                 }
-                Ok(res) => report.skipped.push(format!(
-                    "{key_text}: namespace {:?} is not persistent",
-                    res.metadata.namespace
-                )),
-                Err(reason) => report.skipped.push(format!("{key_text}: {reason}")),
             }
+            // A file from before the table was made with it: the first write makes it.
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(store.error(e)),
         }
         for skipped in &report.skipped {
             tracing::warn!(path = %path.display(), record = %skipped, "persistent record not loaded");
         }
-        drop(table);
         drop(txn);
         *store.db.lock().unwrap_or_else(PoisonError::into_inner) = Some(db);
         Ok((store, resources, report))
@@ -195,7 +200,7 @@ impl PersistentStore {
         let mut slot = self.db.lock().unwrap_or_else(PoisonError::into_inner);
         let db = match slot.take() {
             Some(db) => db,
-            None if !self.path.exists() => {
+            None if !self.path.try_exists().map_err(|e| self.error(e))? => {
                 create_new(&self.path).map_err(|e| self.error(e))?;
                 redb::Database::create(&self.path).map_err(|e| self.error(e))?
             }

@@ -70,6 +70,15 @@ impl HealthCheck {
         self
     }
 
+    /// Why the supervisor would refuse this check (an HTTP check must be plain HTTP to a
+    /// loopback address), if it would.
+    pub fn refused(&self) -> Option<String> {
+        match &self.kind {
+            HealthKind::Http { url, .. } => http_target(url).err(),
+            HealthKind::Tcp(_) => None,
+        }
+    }
+
     pub fn timing(
         mut self,
         interval: Duration,
