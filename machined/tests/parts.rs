@@ -720,21 +720,31 @@ async fn node_handles_serve_the_local_implementations() {
     assert!(plain.services.list().await.unwrap().is_empty());
 }
 
-/// A new set of services (the node's role changed) stops the old one, removes the status
-/// of what is gone, and starts the new one; a set that cannot be supervised is refused
-/// and the old one runs on.
+/// A new set of services (the node's role changed, an extension's config changed): what
+/// is unchanged runs on untouched, a changed service restarts keeping its log, and so
+/// does what depends on it; the status of what is gone is removed; a set that cannot be
+/// supervised is refused and the old one runs on.
 #[tokio::test]
-async fn a_service_set_is_replaced_as_a_whole() {
+async fn a_service_set_is_replaced_keeping_what_did_not_change() {
     let state = State::new();
+    let base = |version: &str| sh("base", &format!("echo base-{version}; exec sleep 30"));
+    let user = || sh("user", "sleep 30").depends_on("base");
     let set = ServiceSet::new(
         state.clone(),
-        vec![sh("old", "sleep 30"), sh("both", "sleep 30")],
+        vec![
+            sh("old", "sleep 30"),
+            sh("both", "sleep 30"),
+            base("v1"),
+            user(),
+        ],
         fast_options(),
     )
     .unwrap();
     set.start_all().await.unwrap();
     wait_state(&*set.supervisor().await, "old", "Running").await;
-    let first = wait_state(&*set.supervisor().await, "both", "Running").await;
+    let both = wait_state(&*set.supervisor().await, "both", "Running").await;
+    let first_base = wait_state(&*set.supervisor().await, "base", "Running").await;
+    let first_user = wait_state(&*set.supervisor().await, "user", "Running").await;
 
     let refused = set
         .replace(vec![sh("x", "true"), sh("x", "true")])
@@ -744,12 +754,26 @@ async fn a_service_set_is_replaced_as_a_whole() {
     let old = wait_state(&*set.supervisor().await, "old", "Running").await;
     assert!(old.pid > 0, "{old:?}");
 
-    set.replace(vec![sh("both", "sleep 30"), sh("new", "sleep 30")])
-        .await
-        .unwrap();
-    wait_state(&*set.supervisor().await, "new", "Running").await;
-    let again = wait_state(&*set.supervisor().await, "both", "Running").await;
-    assert_ne!(again.pid, first.pid, "the set restarted as a whole");
+    let next = || {
+        vec![
+            sh("both", "sleep 30"),
+            sh("new", "sleep 30"),
+            base("v2"),
+            user(),
+        ]
+    };
+    set.replace(next()).await.unwrap();
+    let supervisor = set.supervisor().await;
+    wait_state(&supervisor, "new", "Running").await;
+    let again = wait_state(&supervisor, "both", "Running").await;
+    assert_eq!(again.pid, both.pid, "an unchanged service runs on");
+    assert_eq!(again.restarts, both.restarts);
+    let changed = wait_state(&supervisor, "base", "Running").await;
+    assert_ne!(changed.pid, first_base.pid, "a changed service restarts");
+    let log = text(supervisor.logs("base", false, None).await.unwrap()).await;
+    assert!(log.contains("base-v1") && log.contains("base-v2"), "{log}");
+    let dependent = wait_state(&supervisor, "user", "Running").await;
+    assert_ne!(dependent.pid, first_user.pid, "what depends on it restarts");
     let gone = state
         .get(&basalt_resource::ResourceKey::of::<ServiceSpec>("old"))
         .await;
@@ -764,19 +788,26 @@ async fn a_service_set_is_replaced_as_a_whole() {
         .into_iter()
         .map(|s| s.id)
         .collect();
-    assert_eq!(ids, ["both", "new"]);
+    assert_eq!(ids, ["both", "new", "base", "user"]);
+    let old_pid = rustix::process::Pid::from_raw(old.pid as i32).unwrap();
+    assert!(
+        rustix::process::test_kill_process(old_pid).is_err(),
+        "the service that is gone was stopped"
+    );
 
     // The same set again changes nothing.
-    set.replace(vec![sh("both", "sleep 30"), sh("new", "sleep 30")])
-        .await
-        .unwrap();
+    set.replace(next()).await.unwrap();
     assert_eq!(
-        wait_state(&*set.supervisor().await, "both", "Running")
+        wait_state(&*set.supervisor().await, "base", "Running")
             .await
             .pid,
-        again.pid
+        changed.pid
     );
     set.shutdown().await;
+    assert!(rustix::process::test_kill_process(
+        rustix::process::Pid::from_raw(again.pid as i32).unwrap()
+    )
+    .is_err());
 }
 
 /// While a directory under the root is swapped, again and again, with a symlink to a

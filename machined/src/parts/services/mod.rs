@@ -110,6 +110,8 @@ pub struct Supervisor {
     services: Vec<Arc<Service>>,
     /// Indices into `services`, each after its dependencies.
     order: Vec<usize>,
+    /// Set once a successor took over the shared parts ([`Supervisor::succeed`]).
+    handed_over: AtomicBool,
 }
 
 impl Supervisor {
@@ -123,11 +125,86 @@ impl Supervisor {
         options: SupervisorOptions,
     ) -> Result<Self, NodeError> {
         let order = definition::check(&definitions)?;
+        let hierarchies = if options.cgroup_parent.is_some() {
+            basalt_sys::cgroups::own_hierarchies()
+        } else {
+            Vec::new()
+        };
+        let shared = Arc::new(Shared {
+            state,
+            options,
+            shutdown: CancellationToken::new(),
+            closing: AtomicBool::new(false),
+            changes: watch::channel(0).0,
+            hierarchies,
+        });
+        Ok(Self::assemble(shared, &definitions, order, &[], &[]))
+    }
+
+    /// The supervisor of `definitions` after this one, which it replaces: a service whose
+    /// definition is unchanged, and so are those of everything it depends on, is taken
+    /// over as it is (running, its status, log and restarts); every other service of
+    /// this one is stopped, dependents first. A changed service keeps its log. Refuses
+    /// what [`Supervisor::new`] refuses, leaving this one as it was.
+    pub(super) async fn succeed(
+        &self,
+        definitions: Vec<ServiceDefinition>,
+    ) -> Result<Supervisor, NodeError> {
+        let order = definition::check(&definitions)?;
+        let mut kept: Vec<Arc<Service>> = Vec::new();
+        for definition in order.iter().filter_map(|&i| definitions.get(i)) {
+            let same = self.services.iter().find(|s| s.definition == *definition);
+            let deps_kept = definition
+                .depends_on
+                .iter()
+                .all(|dep| kept.iter().any(|k| k.definition.id == *dep));
+            if let (Some(service), true) = (same, deps_kept) {
+                kept.push(Arc::clone(service));
+            }
+        }
+        for service in self
+            .order
+            .iter()
+            .rev()
+            .filter_map(|&i| self.services.get(i))
+        {
+            if !kept.iter().any(|k| Arc::ptr_eq(k, service)) {
+                Self::stop_runner(&mut *service.runner.lock().await).await;
+            }
+        }
+        // The services taken over go on under the same shared parts: this one must not
+        // stop them when it is dropped.
+        self.handed_over.store(true, Ordering::SeqCst);
+        Ok(Self::assemble(
+            Arc::clone(&self.shared),
+            &definitions,
+            order,
+            &self.services,
+            &kept,
+        ))
+    }
+
+    /// A supervisor over `shared` for checked `definitions` in `order`: the services of
+    /// `kept` as they are, the others made anew (one named like one of `previous` keeps
+    /// its log).
+    fn assemble(
+        shared: Arc<Shared>,
+        definitions: &[ServiceDefinition],
+        order: Vec<usize>,
+        previous: &[Arc<Service>],
+        kept: &[Arc<Service>],
+    ) -> Supervisor {
         let mut made: Vec<Option<Arc<Service>>> = vec![None; definitions.len()];
         for &i in &order {
             let Some(definition) = definitions.get(i) else {
                 continue;
             };
+            if let Some(same) = kept.iter().find(|k| k.definition.id == definition.id) {
+                if let Some(slot) = made.get_mut(i) {
+                    *slot = Some(Arc::clone(same));
+                }
+                continue;
+            }
             // Dependencies come first in `order`: each is made already.
             let dependencies = definition
                 .depends_on
@@ -139,9 +216,14 @@ impl Supervisor {
                         .cloned()
                 })
                 .collect();
+            let log = previous
+                .iter()
+                .find(|p| p.definition.id == definition.id)
+                .map(|p| Arc::clone(&p.log))
+                .unwrap_or_else(|| Arc::new(LogBuffer::new(shared.options.logs)));
             if let Some(slot) = made.get_mut(i) {
                 *slot = Some(Arc::new(Service {
-                    log: Arc::new(LogBuffer::new(options.logs)),
+                    log,
                     status: Mutex::new(stopped()),
                     runner: Mutex::new(None),
                     started: AtomicBool::new(false),
@@ -150,24 +232,12 @@ impl Supervisor {
                 }));
             }
         }
-        let services: Vec<Arc<Service>> = made.into_iter().flatten().collect();
-        let hierarchies = if options.cgroup_parent.is_some() {
-            basalt_sys::cgroups::own_hierarchies()
-        } else {
-            Vec::new()
-        };
-        Ok(Supervisor {
-            shared: Arc::new(Shared {
-                state,
-                options,
-                shutdown: CancellationToken::new(),
-                closing: AtomicBool::new(false),
-                changes: watch::channel(0).0,
-                hierarchies,
-            }),
-            services,
+        Supervisor {
+            shared,
+            services: made.into_iter().flatten().collect(),
             order,
-        })
+            handed_over: AtomicBool::new(false),
+        }
     }
 
     /// Starts every service that is not running, in dependency order: a service whose
@@ -265,7 +335,9 @@ impl Supervisor {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        self.shared.shutdown.cancel();
+        if !self.handed_over.load(Ordering::SeqCst) {
+            self.shared.shutdown.cancel();
+        }
     }
 }
 

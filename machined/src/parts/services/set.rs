@@ -1,6 +1,7 @@
 //! The node's services as they stand now: a supervisor for the current set of
-//! definitions, replaced as a whole when the set changes (the node's role changed: a
-//! configured control plane runs etcd, a node in maintenance mode does not).
+//! definitions, succeeded by another when the set changes (the node's role changed: a
+//! configured control plane runs etcd, a node in maintenance mode does not; an extension
+//! service's config changed), which takes over the services that did not change.
 
 use std::sync::Arc;
 
@@ -24,7 +25,6 @@ struct Current {
 #[derive(Debug)]
 pub struct ServiceSet {
     state: State,
-    options: SupervisorOptions,
     current: RwLock<Current>,
 }
 
@@ -38,11 +38,10 @@ impl ServiceSet {
         let supervisor = Arc::new(Supervisor::new(
             state.clone(),
             definitions.clone(),
-            options.clone(),
+            options,
         )?);
         Ok(ServiceSet {
             state,
-            options,
             current: RwLock::new(Current {
                 definitions,
                 supervisor,
@@ -63,21 +62,17 @@ impl ServiceSet {
         self.supervisor().await.shutdown().await;
     }
 
-    /// Makes `definitions` the node's services: when they differ from the current ones,
-    /// every current service stops (dependents first), the status of those that are gone
-    /// is removed, and the new set starts. A set that cannot be supervised (a duplicate
-    /// id, a cycle) is refused and the current one runs on.
+    /// Makes `definitions` the node's services: a service that is unchanged (and so is
+    /// everything it depends on) runs on untouched; the others stop (dependents first),
+    /// the status of those that are gone is removed, and the new and changed ones start.
+    /// A set that cannot be supervised (a duplicate id, a cycle) is refused and the
+    /// current one runs on.
     pub async fn replace(&self, definitions: Vec<ServiceDefinition>) -> Result<(), NodeError> {
         let mut current = self.current.write().await;
         if current.definitions == definitions {
             return Ok(());
         }
-        let next = Arc::new(Supervisor::new(
-            self.state.clone(),
-            definitions.clone(),
-            self.options.clone(),
-        )?);
-        current.supervisor.shutdown().await;
+        let next = Arc::new(current.supervisor.succeed(definitions.clone()).await?);
         for gone in current
             .definitions
             .iter()
