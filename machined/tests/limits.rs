@@ -461,12 +461,20 @@ async fn hostile_yaml_shapes_cost_no_more_than_a_flat_config() {
         }
     };
 
-    let flat = format!(
+    // A flat config of 1 MiB: its bytes in many small entries (an environment of ~60,000
+    // variables), as many nodes for the parser as a long list; not one long scalar,
+    // which costs it next to nothing.
+    let mut flat = format!(
         "{}---\napiVersion: basalt.dev/v1alpha1\nkind: ExtensionServiceConfig\nname: big\n\
-         configFiles:\n- mountPath: /etc/big\n  content: \"{}\"\n",
-        controlplane_yaml(&cluster),
-        "a".repeat(MIB)
+         environment:\n",
+        controlplane_yaml(&cluster)
     );
+    for i in 0.. {
+        if flat.len() > MIB {
+            break;
+        }
+        flat.push_str(&format!("  VARIABLE_{i}: v{i}\n"));
+    }
     // The flat config's time, the slower of two runs (the machine is shared).
     let mut baseline = Duration::ZERO;
     for _ in 0..2 {

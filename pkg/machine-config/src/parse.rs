@@ -68,6 +68,71 @@ struct Header {
     kind: Option<serde_yaml_ng::Value>,
 }
 
+/// The kinds of document a config may hold.
+const KINDS: [&str; 5] = [
+    MachineConfigKind::KIND,
+    ClusterConfigKind::KIND,
+    KubeSpanConfigKind::KIND,
+    KubePrismConfigKind::KIND,
+    ExtensionServiceConfigKind::KIND,
+];
+
+/// The document's kind when its lines say it plainly: a top-level (column 0)
+/// `apiVersion: basalt.dev/v1alpha1` and `kind: <a known kind>`, once each, as every
+/// written config has them. It saves a whole parse of the document (the typed parse
+/// after it checks both fields again); anything else gets [`header_kind`].
+fn plain_kind(text: &str) -> Option<&'static str> {
+    let mut kind = None;
+    let mut version = false;
+    for (line, _) in basalt_resource::yaml::lines(text) {
+        let value = |key: &str| {
+            line.strip_prefix(key)
+                .map(|v| v.split(" #").next().unwrap_or(v).trim())
+        };
+        if let Some(v) = value("kind: ") {
+            if kind.is_some() {
+                return None;
+            }
+            kind = Some(KINDS.into_iter().find(|k| *k == v)?);
+        } else if let Some(v) = value("apiVersion: ") {
+            if version || v != API_VERSION {
+                return None;
+            }
+            version = true;
+        }
+    }
+    kind.filter(|_| version)
+}
+
+/// The document's kind, from a parse of its `apiVersion` and `kind`, each checked.
+fn header_kind(doc: &RawDoc, index: usize) -> Result<String, ConfigError> {
+    let fail = |reason: String| ConfigError::Document {
+        document: index,
+        line: doc.first_line,
+        reason,
+    };
+    let header: Header = serde_yaml_ng::from_str(&doc.text).map_err(|e| {
+        let (line, column, message) = positioned(&e, doc);
+        ConfigError::Document {
+            document: index,
+            line,
+            reason: format!("not a mapping with apiVersion and kind (column {column}): {message}"),
+        }
+    })?;
+    let kind = match header.kind {
+        Some(serde_yaml_ng::Value::String(k)) => k,
+        Some(_) => return Err(fail("kind must be a string".into())),
+        None => return Err(fail("the document has no kind".into())),
+    };
+    match header.api_version {
+        Some(serde_yaml_ng::Value::String(v)) if v == API_VERSION => Ok(kind),
+        Some(v) => Err(fail(format!(
+            "{kind}: unsupported apiVersion {v:?}, expected {API_VERSION}"
+        ))),
+        None => Err(fail(format!("{kind}: the document has no apiVersion"))),
+    }
+}
+
 /// Serde quotes the offending value in some messages; a secret pasted in the wrong place
 /// must not end up in an error. Quoted text longer than a short word is replaced.
 fn redact_quoted(message: &str) -> String {
@@ -125,6 +190,11 @@ fn positioned(e: &serde_yaml_ng::Error, doc: &RawDoc) -> (usize, usize, String) 
 
 fn typed<T: DeserializeOwned>(doc: &RawDoc, index: usize, kind: &str) -> Result<T, ConfigError> {
     serde_yaml_ng::from_str(&doc.text).map_err(|e| {
+        // A field's error may come before the syntax error further on that is its cause
+        // (`role: [worker` unclosed): the whole document's parse names that one.
+        if let Err(syntax) = header_kind(doc, index) {
+            return syntax;
+        }
         let (line, column, message) = positioned(&e, doc);
         ConfigError::Field {
             kind: kind.to_string(),
@@ -169,30 +239,10 @@ impl Config {
                 line: doc.first_line,
                 reason,
             };
-            let header: Header = serde_yaml_ng::from_str(&doc.text).map_err(|e| {
-                let (line, column, message) = positioned(&e, doc);
-                ConfigError::Document {
-                    document: index,
-                    line,
-                    reason: format!(
-                        "not a mapping with apiVersion and kind (column {column}): {message}"
-                    ),
-                }
-            })?;
-            let kind = match header.kind {
-                Some(serde_yaml_ng::Value::String(k)) => k,
-                Some(_) => return Err(fail("kind must be a string".into())),
-                None => return Err(fail("the document has no kind".into())),
+            let kind = match plain_kind(&doc.text) {
+                Some(kind) => kind.to_string(),
+                None => header_kind(doc, index)?,
             };
-            match header.api_version {
-                Some(serde_yaml_ng::Value::String(v)) if v == API_VERSION => {}
-                Some(v) => {
-                    return Err(fail(format!(
-                        "{kind}: unsupported apiVersion {v:?}, expected {API_VERSION}"
-                    )))
-                }
-                None => return Err(fail(format!("{kind}: the document has no apiVersion"))),
-            }
             // Reads a document that may appear once.
             let once = |slot_taken: bool| -> Result<(), ConfigError> {
                 if slot_taken {
