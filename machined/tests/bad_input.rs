@@ -81,20 +81,9 @@ async fn a_missing_binary_and_a_daemon_that_exits_at_once_are_reported_and_the_n
     let ghost = services.iter().find(|s| s.id == "ghost").unwrap();
     assert_eq!(ghost.state, "Failed");
     assert!(!ghost.healthy);
-    let mut logs = machine
-        .logs(tonic::Request::new(mapi::LogsRequest {
-            id: "flaky".into(),
-            follow: false,
-            tail_lines: -1,
-        }))
+    assert!(service_logs(&mut machine, "flaky")
         .await
-        .unwrap()
-        .into_inner();
-    let mut text = Vec::new();
-    while let Some(chunk) = logs.message().await.unwrap() {
-        text.extend(chunk.bytes);
-    }
-    assert!(String::from_utf8_lossy(&text).contains("starting"));
+        .contains("starting"));
     node.shutdown().await.unwrap();
 }
 

@@ -51,28 +51,11 @@ async fn services(machine: &mut MachineServiceClient<Channel>) -> Vec<mapi::Serv
     list.messages.into_iter().next().unwrap().services
 }
 
-async fn logs(machine: &mut MachineServiceClient<Channel>, id: &str) -> String {
-    let mut stream = machine
-        .logs(mapi::LogsRequest {
-            id: id.into(),
-            follow: false,
-            tail_lines: -1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut text = Vec::new();
-    while let Some(chunk) = stream.message().await.unwrap() {
-        text.extend(chunk.bytes);
-    }
-    String::from_utf8_lossy(&text).into_owned()
-}
-
 /// Waits until the service's log holds `needle`.
 async fn wait_logs(machine: &mut MachineServiceClient<Channel>, id: &str, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let text = logs(machine, id).await;
+        let text = service_logs(machine, id).await;
         if text.contains(needle) {
             return;
         }

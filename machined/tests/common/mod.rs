@@ -195,6 +195,27 @@ pub fn to_nodes<T>(message: T, nodes: &[String]) -> tonic::Request<T> {
     request
 }
 
+/// A service's whole log, through the Logs RPC.
+pub async fn service_logs(
+    machine: &mut basalt_api::machine::v1::machine_service_client::MachineServiceClient<Channel>,
+    id: &str,
+) -> String {
+    let mut stream = machine
+        .logs(basalt_api::machine::v1::LogsRequest {
+            id: id.into(),
+            follow: false,
+            tail_lines: -1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut text = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        text.extend(chunk.bytes);
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
 /// A generated control-plane config for this cluster's secrets, with KubePrism off (API
 /// tests have no use for it, and nodes on one address would compete for its port).
 /// The configs generated from the cluster's bundle, the endpoint on 127.0.0.1.
