@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -18,22 +17,21 @@ use machined::roles::Layout;
 use machined::NodeOptions;
 use tonic::transport::Channel;
 
-/// Writes `services/<name>.yaml` files and a script into `layer`.
+/// Writes `services/<name>.yaml` files into `layer`, and `bin/sh`: a link to the host's
+/// shell (run from where it is: a temporary directory may be mounted noexec).
 fn layer(dir: &Path, name: &str, services: &[(&str, &str)]) {
     let layer = dir.join(name);
     std::fs::create_dir_all(layer.join("services")).unwrap();
     std::fs::create_dir_all(layer.join("bin")).unwrap();
-    let script = layer.join("bin/greet");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\necho \"GREETING=$GREETING FROM=$FROM\"\nexec sleep 600\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("/bin/sh", layer.join("bin/sh")).unwrap();
     for (service, text) in services {
         std::fs::write(layer.join("services").join(format!("{service}.yaml")), text).unwrap();
     }
 }
+
+/// A greeter's command: says its environment, then stays.
+const GREET: &str =
+    r#"command: [bin/sh, -c, 'echo "GREETING=$GREETING FROM=$FROM"; exec sleep 600']"#;
 
 fn with_greeting(config: &str, greeting: &str) -> String {
     format!(
@@ -75,11 +73,8 @@ async fn a_layers_services_run_with_the_configs_environment_or_say_why_not() {
         extensions.path(),
         "greeter",
         &[
-            (
-                "greet",
-                "command: [bin/greet]\nenvironment: {FROM: layer}\n",
-            ),
-            ("orphan", "command: [bin/greet]\ndependsOn: [kubelet]\n"),
+            ("greet", &format!("{GREET}\nenvironment: {{FROM: layer}}\n")),
+            ("orphan", &format!("{GREET}\ndependsOn: [kubelet]\n")),
         ],
     );
     layer(
