@@ -10,6 +10,7 @@
 #
 #   hack/image.sh build BINARY   build the image around this machined binary
 #   hack/image.sh init BINARY    only replace rootfs/init (for `make reload`)
+#   hack/image.sh inputs BINARY  what a build from this binary is a function of (INPUTS)
 #   hack/image.sh lock           pin the newest linux-image-cloud-amd64 in image/kernel.lock
 #
 # Reproducible: every entry is sorted, owned by root, dated SOURCE_DATE_EPOCH (default: the
@@ -73,10 +74,19 @@ libraries_of() {
   ldd "$1" | awk '/=> \// { print $3 } /^\t\/.*ld-linux/ { print $1 }'
 }
 
+export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$root" log -1 --format=%ct 2>/dev/null || echo 0)}"
+
+# The inputs of a build, one line each: the binary, SOURCE_DATE_EPOCH, and the files of
+# the repository that shape the image.
+inputs() {
+  echo "binary $(sha256sum < "$1" | cut -d' ' -f1)"
+  echo "epoch $SOURCE_DATE_EPOCH"
+  (cd "$root" && sha256sum hack/image.sh image/*)
+}
+
 cmd_build() {
   local binary="$1"
   [[ -x "$binary" ]] || die "$binary is not an executable (build machined first)"
-  export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$root" log -1 --format=%ct 2>/dev/null || echo 0)}"
 
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
@@ -158,6 +168,9 @@ cmd_build() {
   cp -a "$layer" "$out/rootfs/system/extensions/etcd"
   touch -d "@$SOURCE_DATE_EPOCH" "$out"/{vmlinuz,initramfs.cpio.zst,extensions.cpio,initramfs.img}
   (cd "$out" && sha256sum vmlinuz initramfs.cpio.zst extensions.cpio initramfs.img > SHA256SUMS)
+  # What the build is a function of: another build from the same inputs must give the
+  # same SHA256SUMS (the reproducibility test builds once more and compares).
+  inputs "$binary" > "$out/INPUTS"
   echo "image: $out/vmlinuz ($kernel), $out/initramfs.img: ours $(stat -c %s "$out/initramfs.cpio.zst") bytes (initramfs.cpio.zst), layers $(stat -c %s "$out/extensions.cpio") bytes (extensions.cpio)"
 }
 
@@ -200,6 +213,7 @@ cmd_init() {
 case "${1:-}" in
   build) [[ $# -eq 2 ]] || die "usage: hack/image.sh build BINARY"; cmd_build "$2" ;;
   init) [[ $# -eq 2 ]] || die "usage: hack/image.sh init BINARY"; cmd_init "$2" ;;
+  inputs) [[ $# -eq 2 ]] || die "usage: hack/image.sh inputs BINARY"; inputs "$2" ;;
   lock) cmd_lock ;;
   *) die "usage: hack/image.sh build BINARY | lock" ;;
 esac
