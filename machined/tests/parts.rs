@@ -762,7 +762,11 @@ async fn a_service_set_is_replaced_keeping_what_did_not_change() {
             user(),
         ]
     };
+    let before = set.supervisor().await;
     set.replace(next()).await.unwrap();
+    // A call that still holds the supervisor from before starts nothing.
+    let late = before.start("old").await.unwrap_err();
+    assert!(late.to_string().contains("changed meanwhile"), "{late}");
     let supervisor = set.supervisor().await;
     wait_state(&supervisor, "new", "Running").await;
     let again = wait_state(&supervisor, "both", "Running").await;

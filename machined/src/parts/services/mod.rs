@@ -301,6 +301,13 @@ impl Supervisor {
                 service.definition.id
             )));
         }
+        // A call that began before the node's services changed: its successor runs them.
+        if self.handed_over.load(Ordering::SeqCst) {
+            return Err(NodeError::Unavailable(format!(
+                "service {} cannot start: the node's services changed meanwhile; try again",
+                service.definition.id
+            )));
+        }
         if let Some(reason) = &service.definition.skip {
             return Err(NodeError::FailedPrecondition(format!(
                 "service {} is skipped on this node: {reason}",
