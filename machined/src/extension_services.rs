@@ -57,7 +57,7 @@ pub enum ExtensionServiceError {
 struct Description {
     command: Vec<String>,
     #[serde(default)]
-    restart: Restart,
+    restart: RestartPolicy,
     #[serde(default)]
     depends_on: Vec<String>,
     #[serde(default)]
@@ -67,15 +67,6 @@ struct Description {
     pids_max: Option<u64>,
     #[serde(default)]
     capabilities: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-enum Restart {
-    #[default]
-    Always,
-    OnFailure,
-    Never,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,11 +226,7 @@ fn definition(layer: &Path, id: &str, d: Description) -> Result<ServiceDefinitio
     let program = layer.join(relative).to_string_lossy().into_owned();
     let mut command = vec![program.as_str()];
     command.extend(args.iter().map(String::as_str));
-    let mut definition = ServiceDefinition::new(id, &command).restart(match d.restart {
-        Restart::Always => RestartPolicy::Always,
-        Restart::OnFailure => RestartPolicy::OnFailure,
-        Restart::Never => RestartPolicy::Never,
-    });
+    let mut definition = ServiceDefinition::new(id, &command).restart(d.restart);
     for dependency in d.depends_on {
         definition = definition.depends_on(dependency);
     }

@@ -27,9 +27,11 @@ const ETCD_PEER: &str = "http://127.0.0.1:2380";
 const ETCD_NAME: &str = "basalt";
 const ETCD_MEMORY_MAX: u64 = 512 << 20;
 const ETCD_PIDS_MAX: u64 = 512;
+/// etcd's service id.
+const ETCD: &str = "etcd";
 /// The names of the services a role may run: never an extension service's, whatever
 /// the node's role.
-const ROLE_SERVICES: &[&str] = &["etcd"];
+const ROLE_SERVICES: &[&str] = &[ETCD];
 
 /// Where the role's services find what they need.
 #[derive(Debug, Clone)]
@@ -63,7 +65,7 @@ fn etcd(layout: &Layout) -> ServiceDefinition {
         .unwrap_or_default();
     let initial_cluster = format!("{ETCD_NAME}={ETCD_PEER}");
     let definition = ServiceDefinition::new(
-        "etcd",
+        ETCD,
         &[
             &binary.to_string_lossy(),
             "--name",
@@ -121,7 +123,7 @@ pub async fn follow(
                     WatchKindOptions::default(),
                 )
                 .await?;
-            Ok::<_, basalt_state::StateError>((role, configs))
+            Ok::<_, StateError>((role, configs))
         };
         let (mut role_watch, mut config_watch) = match watches.await {
             Ok(watches) => watches,

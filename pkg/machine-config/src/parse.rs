@@ -283,7 +283,8 @@ impl Config {
                 }
                 other => {
                     return Err(fail(format!(
-                        "unknown kind {other:?}; known kinds: MachineConfig, ClusterConfig, KubeSpanConfig, KubePrismConfig, ExtensionServiceConfig"
+                        "unknown kind {other:?}; known kinds: {}",
+                        KINDS.join(", ")
                     )))
                 }
             }

@@ -12,8 +12,10 @@ use basalt_sys::exec::Capability;
 
 use crate::parts::NodeError;
 
-/// When a service that exited is started again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// When a service that exited is started again (`always`, `onFailure`, `never` in an
+/// extension service's description).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum RestartPolicy {
     #[default]
     Always,
