@@ -37,8 +37,9 @@ use tonic::{Request, Response, Status};
 
 use crate::api::status::pki_status;
 
-/// How often trustd reads the node's CA and certificates again (a local call).
-const POLL: Duration = Duration::from_millis(200);
+/// How long trustd waits before watching the node's CA and certificates again, when a
+/// watch could not start or ended.
+const REWATCH_DELAY: Duration = Duration::from_secs(1);
 /// A member not heard from for this long is dropped (members register every second).
 const MEMBER_TTL: Duration = Duration::from_secs(60);
 /// The most members, and addresses per member, trustd keeps: the registry's memory is
@@ -85,6 +86,70 @@ async fn get<S: ResourceSpec + serde::de::DeserializeOwned>(
     serde_yaml_ng::from_str(&resource.spec).ok()
 }
 
+/// Watches on the node's OS CA and API certificates, which tell trustd when to read them
+/// again: it reads nothing while they stay the same (it read them five times a second
+/// before, a tenth of an idle VM's CPU in trustd and as much in machined answering).
+struct Changes {
+    backend: Backend,
+    watches: [Option<tonic::Streaming<rapi::WatchResponse>>; 2],
+}
+
+impl Changes {
+    const WATCHED: [(&'static str, &'static str); 2] = [
+        (OsRootSpec::TYPE, OsRootSpec::ID),
+        (ApiCertificatesSpec::TYPE, ApiCertificatesSpec::ID),
+    ];
+
+    fn new(backend: Backend) -> Changes {
+        Changes {
+            backend,
+            watches: [None, None],
+        }
+    }
+
+    /// Returns when either may have changed: an event, or a watch (re)started (it may
+    /// have missed one). A watch that fails or ends is started again after
+    /// [`REWATCH_DELAY`].
+    async fn next(&mut self) {
+        let mut started = false;
+        for (watch, (r#type, id)) in self.watches.iter_mut().zip(Self::WATCHED) {
+            if watch.is_some() {
+                continue;
+            }
+            let request = rapi::WatchRequest {
+                r#type: r#type.to_string(),
+                id: id.to_string(),
+                ..Default::default()
+            };
+            match apid::node_resources(&self.backend).watch(request).await {
+                Ok(events) => {
+                    *watch = Some(events.into_inner());
+                    started = true;
+                }
+                Err(status) => {
+                    tracing::warn!(r#type, error = %status.message(), "trustd cannot watch the node")
+                }
+            }
+        }
+        if started {
+            return;
+        }
+        let [Some(root), Some(certs)] = &mut self.watches else {
+            tokio::time::sleep(REWATCH_DELAY).await;
+            return;
+        };
+        // `message` keeps its state in the stream: the one not chosen loses nothing.
+        let (which, event) = tokio::select! {
+            event = root.message() => (0, event),
+            event = certs.message() => (1, event),
+        };
+        if !matches!(event, Ok(Some(_))) {
+            self.watches[which] = None;
+            tokio::time::sleep(REWATCH_DELAY).await;
+        }
+    }
+}
+
 /// The node's OS CA (with its key) and its own certificates, when it can sign.
 async fn current(backend: &Backend) -> Option<(OsRootSpec, ApiCertificatesSpec)> {
     let root = get::<OsRootSpec>(backend, OsRootSpec::ID).await?;
@@ -113,13 +178,14 @@ fn server_config(certs: &ApiCertificatesSpec) -> Result<Arc<ServerConfig>, Strin
 
 async fn run(backend: Backend, listen: SocketAddr, validity: Duration, stop: CancellationToken) {
     // Until this node can sign, it does not listen.
-    let mut certs = loop {
-        if let Some((_, certs)) = current(&backend).await {
-            break certs;
-        }
+    let mut changes = Changes::new(backend.clone());
+    let (root, mut certs) = loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(POLL) => {}
+            () = changes.next() => {}
+        }
+        if let Some(current) = current(&backend).await {
+            break current;
         }
     };
     let config = match server_config(&certs) {
@@ -147,8 +213,11 @@ async fn run(backend: Backend, listen: SocketAddr, validity: Duration, stop: Can
         stop.clone(),
         CancellationToken::new(),
     ));
+    // The OS CA requests are signed with: read as it changes, not at every request (each
+    // node registers every second).
+    let (root_tx, root_rx) = watch::channel(Some(root));
     let service = TrustServiceServer::new(Signer {
-        backend: backend.clone(),
+        root: root_rx,
         validity,
         members: Mutex::default(),
     });
@@ -161,10 +230,12 @@ async fn run(backend: Backend, listen: SocketAddr, validity: Duration, stop: Can
         );
     let follow = async {
         loop {
-            tokio::time::sleep(POLL).await;
-            let Some((_, renewed)) = current(&backend).await else {
+            changes.next().await;
+            let Some((root, renewed)) = current(&backend).await else {
+                root_tx.send_replace(None);
                 continue;
             };
+            root_tx.send_replace(Some(root));
             if renewed.server_crt != certs.server_crt {
                 match server_config(&renewed) {
                     Ok(config) => {
@@ -235,7 +306,8 @@ pub(crate) fn trustd_args(
 }
 
 struct Signer {
-    backend: Backend,
+    /// The node's OS CA, while it holds the key.
+    root: watch::Receiver<Option<OsRootSpec>>,
     validity: Duration,
     /// The members that registered, by name, with when they were last heard from.
     members: Mutex<BTreeMap<String, (Member, Instant)>>,
@@ -252,7 +324,7 @@ impl Signer {
 
     /// The OS CA of a node that can sign, once the caller's token is checked.
     async fn authorize<T>(&self, request: &Request<T>) -> Result<OsRootSpec, Status> {
-        let Some((root, _)) = current(&self.backend).await else {
+        let Some(root) = self.root.borrow().clone() else {
             return Err(Status::failed_precondition(
                 "this node holds no OS CA key: ask a control-plane node",
             ));

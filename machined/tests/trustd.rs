@@ -216,8 +216,51 @@ async fn a_worker_gets_its_certificates_from_trustd_serves_them_and_renews_them(
         assert!(std::time::Instant::now() < deadline, "not renewed");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // trustd serves the control plane's renewed certificate, without a restart.
+    let initial = certificates(&cp).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = certificates(&cp).await;
+        if now.server_crt != initial.server_crt
+            && served_certificate(port).await == pem_body(&now.server_crt)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "trustd does not serve the renewed certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     worker.shutdown().await.unwrap();
     cp.shutdown().await.unwrap();
+}
+
+/// The base64 of a PEM certificate, without its lines' breaks.
+fn pem_body(pem: &str) -> String {
+    pem.lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect()
+}
+
+/// The certificate trustd on 127.0.0.1:`port` serves, as a TLS client sees it.
+async fn served_certificate(port: u16) -> String {
+    let out = tokio::process::Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("openssl is missing: run hack/setup.sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let begin = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("no certificate");
+    let end = text
+        .find("-----END CERTIFICATE-----")
+        .expect("no certificate");
+    pem_body(&text[begin..end])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
