@@ -5,6 +5,9 @@ SHELL := /bin/bash
 .PHONY: cluster reload test setup fmt fmt-check lint unit image image-lock bench fuzz-smoke clean
 
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+# Development images (a debug machined, rebuilt at every change) are packed fast; the
+# image that ships (`make bench` builds it from a release machined) at zstd's level 19.
+DEV_IMAGE := IMAGE_ZSTD_LEVEL=3 bash hack/image.sh
 
 ## cluster: a local Basalt cluster from this tree (1 control plane and 2 workers on the
 ## container provider; root): machined and osctl built, the image, `osctl cluster create`.
@@ -12,7 +15,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 CLUSTER_ARGS ?=
 cluster: setup
 	$(CARGO) build --locked -p basalt-machined -p osctl
-	bash hack/image.sh build $(TARGET_DIR)/debug/machined
+	$(DEV_IMAGE) build $(TARGET_DIR)/debug/machined
 	$(TARGET_DIR)/debug/osctl cluster create --image _out $(CLUSTER_ARGS)
 	@echo "osctl is $(abspath $(TARGET_DIR))/debug/osctl: export PATH=\"$(abspath $(TARGET_DIR))/debug:\$$PATH\""
 
@@ -43,14 +46,14 @@ lint: setup
 
 unit: setup
 	$(CARGO) test --workspace --locked --doc --quiet
-	$(CARGO) nextest run --workspace --locked --no-tests=fail
+	$(CARGO) nextest run --workspace --locked --no-tests=fail --test-threads $$(( 2 * $$(nproc) ))
 
 ## image: the boot image under _out/ (vmlinuz, initramfs.cpio.zst) around the machined the
 ## tests build: one compile serves both (a `cargo build --bins` would unify features
 ## without the dev-dependencies and compile most of the tree a second time)
 image: setup
 	$(CARGO) nextest run --workspace --locked --no-run
-	bash hack/image.sh build $(TARGET_DIR)/debug/machined
+	$(DEV_IMAGE) build $(TARGET_DIR)/debug/machined
 
 ## image-lock: pin the newest Debian cloud kernel in image/kernel.lock
 image-lock:

@@ -55,7 +55,8 @@ for i in $(seq "$runs"); do
   truncate -s 1G "$dir/state.img"
   mkfs.ext4 -q -F -L STATE "$dir/state.img"
   port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-  qemu-system-x86_64 -M q35 -accel tcg -cpu max -m 512 -smp 2 -display none -monitor none -nodefaults \
+  # The accelerator as the qemu provider runs it (basalt_cluster::qemu::TCG_ACCEL).
+  qemu-system-x86_64 -M q35 -accel tcg,tb-size=256 -cpu max -m 512 -smp 2 -display none -monitor none -nodefaults \
     -kernel "$image/vmlinuz" -initrd "$image/initramfs.img" \
     -append "console=ttyS0 panic=-1 basalt.platform=cloud ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off" \
     -serial "file:$dir/console.log" -drive "file=$dir/state.img,format=raw,if=virtio" \

@@ -13,6 +13,10 @@
 #   hack/image.sh inputs BINARY  what a build from this binary is a function of (INPUTS)
 #   hack/image.sh lock           pin the newest linux-image-cloud-amd64 in image/kernel.lock
 #
+# IMAGE_ZSTD_LEVEL (default 19, what ships) sets our initramfs's zstd level. Development
+# images (`make image`, `make cluster`: a debug machined, rebuilt at every change) take 3:
+# level 19 spends ~30 s of CPU on them, level 3 under one, for ~30 % more bytes.
+#
 # Reproducible: every entry is sorted, owned by root, dated SOURCE_DATE_EPOCH (default: the
 # last commit's date) and packed with fixed compression settings, so two builds from the
 # same binary in clean directories give bit-identical files.
@@ -23,6 +27,8 @@ umask 022
 root="$(cd "$(dirname "$0")/.." && pwd)"
 lock="$root/image/kernel.lock"
 cache="${BASALT_CACHE:-/var/tmp/basalt-cache}"
+level="${IMAGE_ZSTD_LEVEL:-19}"
+[[ "$level" =~ ^([1-9]|1[0-9])$ ]] || { echo "image: IMAGE_ZSTD_LEVEL=$level is not a zstd level (1 to 19)" >&2; exit 1; }
 out="${OUT:-$root/_out}"
 
 die() { echo "image: $*" >&2; exit 1; }
@@ -76,11 +82,12 @@ libraries_of() {
 
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$root" log -1 --format=%ct 2>/dev/null || echo 0)}"
 
-# The inputs of a build, one line each: the binary, SOURCE_DATE_EPOCH, and the files of
-# the repository that shape the image.
+# The inputs of a build, one line each: the binary, SOURCE_DATE_EPOCH, the zstd level, and
+# the files of the repository that shape the image.
 inputs() {
   echo "binary $(sha256sum < "$1" | cut -d' ' -f1)"
   echo "epoch $SOURCE_DATE_EPOCH"
+  echo "zstd-level $level"
   (cd "$root" && sha256sum hack/image.sh image/*)
 }
 
@@ -138,10 +145,10 @@ cmd_build() {
   mkdir -p "$out"
   find "$tree" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
   # Every core: zstd's output does not depend on the number of threads (checked: -T1,
-  # -T2 and -T0 give the same bytes), and level 19 on one thread is ~half of `make image`.
+  # -T2 and -T0 give the same bytes).
   (cd "$tree" && find . -print0 | sort -z \
     | cpio --null --create --format=newc --reproducible --owner=0:0 --quiet) \
-    | zstd -q -19 -T0 -f -o "$out/initramfs.cpio.zst"
+    | zstd -q "-$level" -T0 -f -o "$out/initramfs.cpio.zst"
   cp "$work/kernel/boot/vmlinuz-$kernel" "$out/vmlinuz"
 
   # The etcd layer: Debian's etcd in a squashfs of its own (third-party files, counted

@@ -21,6 +21,14 @@ pub struct VmOptions {
     pub kvm: bool,
 }
 
+/// QEMU's emulator, with a translation cache of 256 MiB instead of its default 1 GiB.
+/// QEMU keeps what it translated until that cache fills, across a reset too: after a
+/// reboot, the guest rewrites pages that held code it ran (etcd, machined) and QEMU
+/// invalidates each one's translations on the first write. With the default, a reboot's
+/// kernel took 6-7 s instead of 1.3 s to unpack the initramfs (measured with the QEMU
+/// test's image); a smaller cache is flushed whole before that piles up.
+pub const TCG_ACCEL: &str = "tcg,tb-size=256";
+
 /// The STATE disk of each node.
 /// Sparse: room for etcd's write-ahead log (64 MiB segments) without using it up front.
 const STATE_DISK_BYTES: u64 = 1 << 30;
@@ -112,7 +120,7 @@ pub fn start(
         .arg("--")
         .arg("qemu-system-x86_64")
         .args(["-M", "q35", "-cpu", "max"])
-        .args(["-accel", if vm.kvm { "kvm" } else { "tcg" }])
+        .args(["-accel", if vm.kvm { "kvm" } else { TCG_ACCEL }])
         .args(["-m", &vm.memory_mib.to_string()])
         .args(["-smp", &vm.cpus.to_string()])
         .args(["-display", "none", "-monitor", "none", "-nodefaults"])

@@ -262,9 +262,8 @@ impl Vm {
             kernel_args.join(" ")
         );
         let child = Command::new("qemu-system-x86_64")
-            .args([
-                "-M", "q35", "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "2",
-            ])
+            .args(["-M", "q35", "-accel", basalt_cluster::qemu::TCG_ACCEL])
+            .args(["-cpu", "max", "-m", "512", "-smp", "2"])
             .args(["-display", "none", "-monitor", "none", "-nodefaults"])
             .arg("-kernel")
             .arg(&image.kernel)
