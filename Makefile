@@ -46,7 +46,7 @@ lint: setup
 
 unit: setup
 	$(CARGO) test --workspace --locked --doc --quiet
-	$(CARGO) nextest run --workspace --locked --no-tests=fail --test-threads $$(( 2 * $$(nproc) ))
+	$(CARGO) nextest run --workspace --locked --no-tests=fail --test-threads $$(( 3 * $$(nproc) ))
 
 ## image: the boot image under _out/ (vmlinuz, initramfs.cpio.zst) around the machined the
 ## tests build: one compile serves both (a `cargo build --bins` would unify features

@@ -207,8 +207,9 @@ async fn shim_of(cluster: &Cluster, node: &str, timeout: Duration) -> u32 {
     }
 }
 
-/// Waits until `node`'s hostname resource says `expected`.
-async fn wait_for_hostname(cluster: &Cluster, node: &str, expected: &str) {
+/// Waits until `node`'s hostname resource says `expected`, and the endpoint knows the
+/// node as a member by that name and no longer by `former`.
+async fn wait_for_hostname(cluster: &Cluster, node: &str, expected: &str, former: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let args = [
@@ -220,12 +221,18 @@ async fn wait_for_hostname(cluster: &Cluster, node: &str, expected: &str) {
             "jsonpath={.spec.hostname}",
         ];
         let out = cluster.ok(&args).await;
-        if out.trim() == expected {
+        // The endpoint learns the new name when the node registers next (every second).
+        let members = cluster.ok(&["get", "members"]).await;
+        if out.trim() == expected
+            && members.contains(&format!("\t{expected}\t"))
+            && !members.contains(&format!("\t{former}\t"))
+        {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{node}'s hostname is {out:?}, not {expected:?}"
+            "{node}'s hostname is {out:?}, not {expected:?}, or the endpoint's members \
+             do not say so (or still name {former:?}):\n{members}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -287,7 +294,7 @@ async fn a_three_node_cluster_is_made_used_through_one_endpoint_and_destroyed_le
         .ok(&["-n", &addresses[2], "patch", "mc", "-p", &patch])
         .await;
     assert!(out.contains("applied without a reboot"), "{out}");
-    wait_for_hostname(&cluster, &addresses[2], &renamed).await;
+    wait_for_hostname(&cluster, &addresses[2], &renamed, &nodes[2]).await;
     let editor = format!("sed -i 's/^hostname: .*/hostname: {}/'", nodes[2]);
     let edited = cluster
         .command(&["-n", &addresses[2], "edit", "mc"])
@@ -300,7 +307,7 @@ async fn a_three_node_cluster_is_made_used_through_one_endpoint_and_destroyed_le
         "{}",
         String::from_utf8_lossy(&edited.stderr)
     );
-    wait_for_hostname(&cluster, &addresses[2], &nodes[2]).await;
+    wait_for_hostname(&cluster, &addresses[2], &nodes[2], &renamed).await;
 
     // The workers hold no CA key: their API certificates came from the control plane's
     // trustd; the control plane issued its own.

@@ -49,11 +49,17 @@ async fn services(machine: &mut MachineServiceClient<Channel>) -> Vec<mapi::Serv
     list.messages.into_iter().next().unwrap().services
 }
 
-/// Waits until the service's log holds `needle`.
+/// Waits until the service's log holds `needle` (the node takes its services up a moment
+/// after it takes its config: until then it has no such service).
 async fn wait_logs(machine: &mut MachineServiceClient<Channel>, id: &str, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let text = service_logs(machine, id).await;
+        let listed = services(machine).await.iter().any(|s| s.id == id);
+        let text = if listed {
+            service_logs(machine, id).await
+        } else {
+            String::new()
+        };
         if text.contains(needle) {
             return;
         }

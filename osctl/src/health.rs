@@ -168,19 +168,17 @@ async fn services(channel: &Channel, node: &str) -> Result<String> {
     Ok(format!("{count} healthy"))
 }
 
-async fn same_members(
-    channel: &Channel,
-    node: &str,
-    expected: &BTreeSet<String>,
-) -> Result<String> {
-    let known: BTreeSet<String> = members(channel, node)
-        .await?
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
-    if known != *expected {
+/// Whether `node` knows the members the endpoint knows, both read now: membership may be
+/// changing while the check runs (a node renamed), and both views follow it.
+async fn same_members(channel: &Channel, endpoint: &str, node: &str) -> Result<String> {
+    let names = |targets: Vec<Target>| -> BTreeSet<String> {
+        targets.into_iter().map(|t| t.name).collect()
+    };
+    let expected = names(members(channel, endpoint).await?);
+    let known = names(members(channel, node).await?);
+    if known != expected {
         let missing: Vec<_> = expected.difference(&known).collect();
-        let extra: Vec<_> = known.difference(expected).collect();
+        let extra: Vec<_> = known.difference(&expected).collect();
         bail!("knows other members: missing {missing:?}, extra {extra:?}");
     }
     Ok(format!("{} members", known.len()))
@@ -236,7 +234,8 @@ where
 pub async fn run(connection: &Connection, args: HealthArgs) -> Result<()> {
     let channel = &connection.channel;
     let deadline = Instant::now() + args.wait_timeout;
-    // The endpoint's own view of the cluster: the reference for every node's.
+    // The endpoint's own view of the cluster: the nodes to check (each one's members are
+    // compared with the endpoint's, read again at every try).
     let endpoint = connection.endpoint.clone();
     let known = loop {
         match members(channel, &endpoint).await {
@@ -248,7 +247,6 @@ pub async fn run(connection: &Connection, args: HealthArgs) -> Result<()> {
             _ => tokio::time::sleep(RETRY).await,
         }
     };
-    let expected: BTreeSet<String> = known.iter().map(|t| t.name.clone()).collect();
     let targets: Vec<Target> = if connection.nodes.is_empty() {
         known
     } else {
@@ -277,7 +275,7 @@ pub async fn run(connection: &Connection, args: HealthArgs) -> Result<()> {
         check("clock", target, deadline, || clock(channel, node)).await?;
         check("services", target, deadline, || services(channel, node)).await?;
         check("members", target, deadline, || {
-            same_members(channel, node, &expected)
+            same_members(channel, &endpoint, node)
         })
         .await?;
         check("kubeprism", target, deadline, || kubeprism(channel, node)).await?;
