@@ -14,6 +14,8 @@
 //! memoryMax: 64Mi             # bytes, or with Ki, Mi or Gi
 //! pidsMax: 128
 //! capabilities: []            # the default: none
+//! user: 65534                 # the uid it runs as (the default: 0, root)
+//! group: 65534                # its gid (the default: its user's uid)
 //! ```
 //!
 //! A file that cannot be read, or a service that cannot run here (a dependency the node
@@ -67,6 +69,8 @@ struct Description {
     pids_max: Option<u64>,
     #[serde(default)]
     capabilities: Vec<String>,
+    user: Option<u32>,
+    group: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,6 +255,17 @@ fn definition(layer: &Path, id: &str, d: Description) -> Result<ServiceDefinitio
         Some(pids) => definition = definition.pids_max(pids),
         None => {}
     }
+    match (d.user, d.group) {
+        (None, None) => {}
+        (Some(u32::MAX), _) | (_, Some(u32::MAX)) => {
+            return Err("user and group: 4294967295 (-1) is not an id".to_string())
+        }
+        (user, group) => {
+            let uid = user.unwrap_or(0);
+            let gid = group.unwrap_or(uid);
+            definition = definition.user(basalt_sys::exec::User { uid, gid });
+        }
+    }
     let capabilities = d
         .capabilities
         .iter()
@@ -400,7 +415,8 @@ mod tests {
                  health: {http: 'http://127.0.0.1:9100/healthz', expect: ok, interval: 2s}\n\
                  memoryMax: 64Mi\n\
                  pidsMax: 128\n\
-                 capabilities: [CAP_NET_BIND_SERVICE]\n",
+                 capabilities: [CAP_NET_BIND_SERVICE]\n\
+                 user: 65534\n",
             ),
             ("agent", "README", "not a service"),
             ("tools", "idle.yaml", "command: [bin/sleep, '60']\n"),
@@ -429,7 +445,11 @@ mod tests {
         )
         .memory_max(64 << 20)
         .pids_max(128)
-        .capabilities(vec![basalt_sys::exec::Capability::CAP_NET_BIND_SERVICE]);
+        .capabilities(vec![basalt_sys::exec::Capability::CAP_NET_BIND_SERVICE])
+        .user(basalt_sys::exec::User {
+            uid: 65534,
+            gid: 65534,
+        });
         assert_eq!(definitions.len(), 2, "{definitions:?}");
         assert_eq!(definitions[0], expected);
         let idle = &definitions[1];
@@ -437,6 +457,7 @@ mod tests {
         assert_eq!(idle.restart, RestartPolicy::Always);
         assert_eq!(idle.capabilities, Some(Vec::new()), "none unless asked for");
         assert_eq!(idle.resources.memory_max, None);
+        assert_eq!(idle.user, None, "root unless asked for");
     }
 
     #[test]
@@ -461,6 +482,7 @@ mod tests {
                 "cap.yaml",
                 "command: [x]\ncapabilities: [CAP_EVERYTHING]\n",
             ),
+            ("l", "nobody.yaml", "command: [x]\nuser: 4294967295\n"),
             ("l", "Bad_Name.yaml", "command: [x]\n"),
             ("l", "garbage.yaml", "command: [x\n"),
             (
@@ -502,6 +524,7 @@ mod tests {
             ("size", "memoryMax: \"12Mb\" is not a size"),
             ("health", "expect is for http checks"),
             ("cap", "CAP_EVERYTHING"),
+            ("nobody", "4294967295 (-1) is not an id"),
             ("Bad_Name", "is not a service name"),
             ("garbage", "did not find expected"),
             ("remote", "192.0.2.1 is not a loopback address"),

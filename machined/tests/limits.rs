@@ -267,7 +267,10 @@ fn alone(test: &str) -> bool {
         .env(CHILD, "1")
         .status()
         .unwrap();
-    assert!(status.success(), "{test}, alone in a process of its own, failed");
+    assert!(
+        status.success(),
+        "{test}, alone in a process of its own, failed"
+    );
     false
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use basalt_resources::runtime::ServiceSpec;
 use basalt_state::State;
 use basalt_sys::cgroups::{current_dir, hierarchies, own_hierarchies};
-use basalt_sys::exec::Capability;
+use basalt_sys::exec::{Capability, User};
 use futures::StreamExt;
 use machined::parts::{
     HealthCheck, RestartPolicy, ServiceDefinition, Services, Supervisor, SupervisorOptions,
@@ -492,6 +492,12 @@ async fn a_missing_binary_fails_alone() {
 #[tokio::test]
 async fn a_service_keeps_only_the_capabilities_it_is_given() {
     let dir = tempfile::tempdir().unwrap();
+    // Open to the service that runs as another user (CAP_CHOWN does not let it search).
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let script = |file: &str| {
         let path = dir.path().join(file);
         std::fs::write(&path, "").unwrap();
@@ -511,12 +517,31 @@ async fn a_service_keeps_only_the_capabilities_it_is_given() {
                 .capabilities(vec![Capability::CAP_CHOWN])
                 .restart(RestartPolicy::Never),
             sh("all", "grep -E '^CapEff' /proc/self/status").restart(RestartPolicy::Never),
+            // Another user keeps the capabilities it is given across exec (ambient), and
+            // has no supplementary group.
+            sh("nobody", &script("nobody"))
+                .user(User {
+                    uid: 65534,
+                    gid: 65533,
+                })
+                .capabilities(vec![Capability::CAP_CHOWN])
+                .restart(RestartPolicy::Never),
+            sh(
+                "nobody-bare",
+                "grep -E '^(Uid|CapEff)' /proc/self/status; id -G",
+            )
+            .user(User {
+                uid: 65534,
+                gid: 65534,
+            })
+            .capabilities(vec![])
+            .restart(RestartPolicy::Never),
         ],
         options(),
     )
     .unwrap();
     supervisor.start_all().await.unwrap();
-    for id in ["none", "chown", "all"] {
+    for id in ["none", "chown", "all", "nobody", "nobody-bare"] {
         wait_for(&supervisor, id, "ended", |s| {
             s.state == "Finished" || s.state == "Failed"
         })
@@ -544,6 +569,25 @@ async fn a_service_keeps_only_the_capabilities_it_is_given() {
     // Without a list, a service keeps machined's (root's here).
     let all = logs(&supervisor, "all").await;
     assert!(!all.contains("CapEff:\t0000000000000000"), "{all}");
+    let nobody = logs(&supervisor, "nobody").await;
+    for line in [
+        "CapEff:\t0000000000000001",
+        "CapPrm:\t0000000000000001",
+        "CapAmb:\t0000000000000001",
+        "CapBnd:\t0000000000000001",
+        "NoNewPrivs:\t1",
+        "chowned",
+    ] {
+        assert!(nobody.contains(line), "{line:?} not in {nobody}");
+    }
+    let bare = logs(&supervisor, "nobody-bare").await;
+    for line in [
+        "Uid:\t65534\t65534\t65534\t65534",
+        "CapEff:\t0000000000000000",
+    ] {
+        assert!(bare.contains(line), "{line:?} not in {bare}");
+    }
+    assert_eq!(bare.lines().last(), Some("65534"), "{bare}");
     supervisor.shutdown().await;
     assert_no_cgroups_left();
 }

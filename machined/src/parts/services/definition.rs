@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use basalt_sys::exec::Capability;
+use basalt_sys::exec::{Capability, User};
 
 use crate::parts::NodeError;
 
@@ -124,6 +124,8 @@ pub struct ServiceDefinition {
     /// The only capabilities the service keeps (with no_new_privs); `None` keeps
     /// machined's.
     pub capabilities: Option<Vec<Capability>>,
+    /// The user it runs as; `None`: machined's (root).
+    pub user: Option<User>,
 }
 
 impl ServiceDefinition {
@@ -138,7 +140,13 @@ impl ServiceDefinition {
             health: None,
             resources: ServiceResources::default(),
             capabilities: None,
+            user: None,
         }
+    }
+
+    pub fn user(mut self, user: User) -> Self {
+        self.user = Some(user);
+        self
     }
 
     pub fn restart(mut self, restart: RestartPolicy) -> Self {

@@ -322,9 +322,12 @@ async fn run_once(
         .as_mut()
         .map(|c| c.procs_files())
         .unwrap_or_default();
-    if let Err(error) =
-        basalt_sys::exec::confine(&mut cmd, procs, definition.capabilities.as_deref())
-    {
+    if let Err(error) = basalt_sys::exec::confine(
+        &mut cmd,
+        procs,
+        definition.user,
+        definition.capabilities.as_deref(),
+    ) {
         cgroup::remove(id, run_cgroup.cgroup).await;
         return RunOutcome::Failed(format!("could not confine the service: {error}"));
     }
