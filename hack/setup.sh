@@ -65,7 +65,11 @@ if have_cmd rustup; then
       || rustup component add "$component"
   done
 fi
-have_cmd cargo-nextest || cargo install --locked cargo-nextest
+# Test priorities (.config/nextest.toml) need 0.9.91.
+nextest_version() { cargo nextest --version 2>/dev/null | sed -n 's/^cargo-nextest \([0-9.]*\).*/\1/p'; }
+if ! printf '0.9.91\n%s\n' "$(nextest_version)" | sort -V -C; then
+  cargo install --locked cargo-nextest
+fi
 
 # Tools for `make fuzz-smoke` only: installing cargo-fuzz takes a minute, so only on demand.
 if [[ "${BASALT_SETUP_FUZZ:-0}" == 1 ]]; then
