@@ -188,15 +188,20 @@ fn cmdline_of(pid: u32) -> String {
     String::from_utf8_lossy(&cmdline).into_owned()
 }
 
+/// The shims of node `node` of `cluster` running now.
+fn shims_of(cluster: &Cluster, node: &str) -> Vec<u32> {
+    let wanted = format!("\0--node\0{node}\0");
+    processes_of(&cluster.clusters_dir())
+        .into_iter()
+        .filter(|pid| cmdline_of(*pid).contains(&wanted))
+        .collect()
+}
+
 /// The shim of node `node` of `cluster`, once it runs.
 async fn shim_of(cluster: &Cluster, node: &str, timeout: Duration) -> u32 {
-    let wanted = format!("\0--node\0{node}\0");
     let deadline = Instant::now() + timeout;
     loop {
-        let found = processes_of(&cluster.clusters_dir())
-            .into_iter()
-            .find(|pid| cmdline_of(*pid).contains(&wanted));
-        if let Some(pid) = found {
+        if let Some(&pid) = shims_of(cluster, node).first() {
             return pid;
         }
         assert!(
@@ -373,8 +378,29 @@ async fn a_three_node_cluster_is_made_used_through_one_endpoint_and_destroyed_le
     let out = cluster.ok(&["health", "--wait-timeout", "30s"]).await;
     assert!(out.contains("healthy: 3 nodes"), "{out}");
 
-    // A node gone: health fails, naming it and the check.
+    // A node gone: health fails, naming it and the check. Its shim is killed until its
+    // API stops answering (the kill takes a moment to end the node's processes).
     kill(shim_of(&cluster, &nodes[2], Duration::from_secs(5)).await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster
+        .run(&["-n", &addresses[2], "version"])
+        .await
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{} still answers after its shim was killed",
+            nodes[2]
+        );
+        for pid in shims_of(&cluster, &nodes[2]) {
+            // It may be gone meanwhile: that is what this waits for.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let failed = cluster.run(&["health", "--wait-timeout", "2s"]).await;
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(!failed.status.success());
