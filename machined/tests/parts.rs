@@ -745,6 +745,13 @@ async fn a_service_set_is_replaced_keeping_what_did_not_change() {
     let both = wait_state(&*set.supervisor().await, "both", "Running").await;
     let first_base = wait_state(&*set.supervisor().await, "base", "Running").await;
     let first_user = wait_state(&*set.supervisor().await, "user", "Running").await;
+    // Running is published at the spawn: the shell may not have echoed yet.
+    eventually("base-v1 in the log of base", || async {
+        let supervisor = set.supervisor().await;
+        let log = text(supervisor.logs("base", false, None).await.unwrap()).await;
+        log.contains("base-v1").then_some(())
+    })
+    .await;
 
     let refused = set
         .replace(vec![sh("x", "true"), sh("x", "true")])
