@@ -456,4 +456,27 @@ impl Osctl {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+
+    /// Retries `args` until its output contains `needle` or `timeout` passes (what a
+    /// controller publishes a moment after the config it follows).
+    pub async fn until_contains(
+        &self,
+        args: &[&str],
+        needle: &str,
+        timeout: Duration,
+        node: &dyn Console,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.until_ok(args, timeout, node).await;
+            if out.contains(needle) {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in osctl {args:?} after {timeout:?}:\n{out}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }

@@ -79,8 +79,15 @@ async fn a_container_node_boots_to_maintenance_takes_a_config_reboots_with_it_an
         .until_ok(&["-e", ENDPOINT, "get", "hostname"], BOOT_TIMEOUT, &node)
         .await;
     assert!(hostname.contains(&name), "{hostname}");
-    let prism = osctl.ok(&["-e", ENDPOINT, "get", "kubeprismstatus"]).await;
-    assert!(prism.contains("7445"), "{prism}");
+    // KubePrism runs once its controller has followed the config.
+    osctl
+        .until_contains(
+            &["-e", ENDPOINT, "get", "kubeprismstatus"],
+            "7445",
+            Duration::from_secs(30),
+            &node,
+        )
+        .await;
     osctl.ok(&["-e", ENDPOINT, "services"]).await;
     osctl.ok(&["-e", ENDPOINT, "dmesg"]).await;
 

@@ -89,8 +89,15 @@ async fn a_vm_boots_to_maintenance_takes_a_config_reboots_with_it_and_powers_off
         )
         .await;
     assert!(hostname.contains("qemu-1"), "{hostname}");
-    let prism = osctl.ok(&["-e", &endpoint, "get", "kubeprismstatus"]).await;
-    assert!(prism.contains("7445"), "{prism}");
+    // KubePrism runs once its controller has followed the config.
+    osctl
+        .until_contains(
+            &["-e", &endpoint, "get", "kubeprismstatus"],
+            "7445",
+            Duration::from_secs(30),
+            &vm,
+        )
+        .await;
 
     // The layer's service ran in its cgroup, went over its memory limit, was killed by
     // the kernel and is reported so; the node runs on.
