@@ -2,7 +2,7 @@
 //! maintenance mode, takes a control-plane config from `osctl apply-config --insecure`,
 //! serves it over mutual TLS, runs the services of an extension layer added to the image
 //! (one killed over its memory limit), survives a reboot with its config on STATE, and
-//! powers off on `osctl shutdown`. Its API certificates live 20 s: the served one changes while it
+//! powers off on `osctl shutdown`. Its API certificates live 12 s: the served one changes while it
 //! runs. One boot of the scenario, every step asserted on the way.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,7 +14,7 @@ use basalt_e2e::{Image, Osctl, Vm};
 /// Under TCG the kernel alone takes ~2 s to reach /init; a debug machined more to start.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// The API certificates' lifetime: renewed at half of it.
-const CERT_LIFETIME: Duration = Duration::from_secs(20);
+const CERT_LIFETIME: Duration = Duration::from_secs(12);
 /// The memory limit of the extension layer's service, which wants 64 MiB at once.
 const MEMHOG_LIMIT: u64 = 16 << 20;
 
