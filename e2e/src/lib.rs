@@ -441,24 +441,11 @@ impl Osctl {
 
     /// Retries `args` until it succeeds or `timeout` passes (a booting node).
     pub async fn until_ok(&self, args: &[&str], timeout: Duration, node: &dyn Console) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let out = self.run(args).await;
-            if out.status.success() {
-                return String::from_utf8(out.stdout).unwrap();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "osctl {args:?} still failing after {timeout:?}: {}\nconsole:\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                node.console_text()
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        self.until(args, timeout, node, "").await
     }
 
-    /// Retries `args` until its output contains `needle` or `timeout` passes (what a
-    /// controller publishes a moment after the config it follows).
+    /// Retries `args` until it succeeds with `needle` in its output or `timeout` passes
+    /// (what a controller publishes a moment after the config it follows).
     pub async fn until_contains(
         &self,
         args: &[&str],
@@ -466,17 +453,31 @@ impl Osctl {
         timeout: Duration,
         node: &dyn Console,
     ) -> String {
+        self.until(args, timeout, node, needle).await
+    }
+
+    async fn until(
+        &self,
+        args: &[&str],
+        timeout: Duration,
+        node: &dyn Console,
+        needle: &str,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            let out = self.until_ok(args, timeout, node).await;
-            if out.contains(needle) {
-                return out;
+            let out = self.run(args).await;
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() && stdout.contains(needle) {
+                return stdout;
             }
             assert!(
                 Instant::now() < deadline,
-                "no {needle:?} in osctl {args:?} after {timeout:?}:\n{out}"
+                "osctl {args:?} still failing or without {needle:?} after {timeout:?}: \
+                 {stdout}{}\nconsole:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                node.console_text()
             );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 }

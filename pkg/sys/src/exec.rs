@@ -139,13 +139,12 @@ fn narrow_bounding(plan: &CapsPlan) -> io::Result<()> {
 /// before permitted: it must stay a subset); ambient raised to what is kept, so that a
 /// non-root service keeps it across exec.
 fn narrow_sets(plan: &CapsPlan) -> io::Result<()> {
-    let err = caps_error;
-    caps::clear(None, CapSet::Ambient).map_err(err)?;
-    caps::set(None, CapSet::Inheritable, &plan.keep).map_err(err)?;
-    caps::set(None, CapSet::Effective, &plan.keep).map_err(err)?;
-    caps::set(None, CapSet::Permitted, &plan.keep).map_err(err)?;
+    caps::clear(None, CapSet::Ambient).map_err(caps_error)?;
+    caps::set(None, CapSet::Inheritable, &plan.keep).map_err(caps_error)?;
+    caps::set(None, CapSet::Effective, &plan.keep).map_err(caps_error)?;
+    caps::set(None, CapSet::Permitted, &plan.keep).map_err(caps_error)?;
     for &cap in &plan.keep {
-        caps::raise(None, CapSet::Ambient, cap).map_err(err)?;
+        caps::raise(None, CapSet::Ambient, cap).map_err(caps_error)?;
     }
     Ok(())
 }
